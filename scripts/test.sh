@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole check: lint, types, and the test suite (unit, property and integration tests against a
+# real Mosquitto and real HTTP servers on 127.0.0.1). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+export CI=${CI:-}
+echo "== ruff"; .venv/bin/ruff check src tests bench
+echo "== mypy --strict"; .venv/bin/mypy --strict
+echo "== pytest"; .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

@@ -1,0 +1,188 @@
+"""JSON <-> message objects, with cattrs: lenient where real devices differ, exact when emitting.
+
+Receivers accept an int or a numeric string for every integer field (OTA sends `"percent":"10"`,
+resources send `89`), keep unknown keys in `extra`, and reject everything else with one error type,
+`DecodeError`, whose message names the field and what was expected. Senders emit each feature's
+documented form: numbers as strings only where the field is marked `text`, keys in declared order,
+compact separators, no NaN.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from ..machines.feature import Direction, Feature
+from ..machines.messages import Message, wire_info
+
+MAX_PAYLOAD_BYTES = 16 * 1024
+"""Tencent's MQTT packet limit; nothing bigger is a valid message of these features."""
+
+_EXTRA = "\x00extra"
+_NUMERIC = re.compile(r"-?[0-9]{1,19}")
+
+
+class DecodeError(ValueError):
+    """An inbound payload is not a valid message of the feature and direction it arrived on."""
+
+
+def _strict_int(value: Any, _: Any) -> int:
+    if type(value) is int:
+        return value
+    if type(value) is str and _NUMERIC.fullmatch(value.strip()):
+        return int(value)
+    raise ValueError(f"expected an integer or a numeric string, got {_show(value)}")
+
+
+def _strict_str(value: Any, _: Any) -> str:
+    if type(value) is str:
+        return value
+    raise ValueError(f"expected a string, got {_show(value)}")
+
+
+def _strict_bool(value: Any, _: Any) -> bool:
+    if type(value) is bool:
+        return value
+    raise ValueError(f"expected true or false, got {_show(value)}")
+
+
+def _json_object(value: Any, _: Any) -> dict[str, Any]:
+    if type(value) is dict:
+        return value
+    raise ValueError(f"expected a JSON object, got {_show(value)}")
+
+
+def _show(value: Any) -> str:
+    text = (
+        json.dumps(value)
+        if isinstance(value, (str, int, float, bool, type(None)))
+        else type(value).__name__
+    )
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _describe(exc: BaseException, expected: Any) -> str:
+    if isinstance(exc, KeyError):
+        return "required field missing"
+    return str(exc) or f"invalid value, expected {getattr(expected, '__name__', expected)}"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _as_text(value: Any) -> Any:
+    return None if value is None else str(value)
+
+
+class Codec:
+    """Encodes and decodes the messages of the given features. One instance per runtime."""
+
+    def __init__(self, features: Iterable[Feature]) -> None:
+        self._types: dict[tuple[str, Direction], dict[str, type[Message]]] = {}
+        for feature in features:
+            for direction in ("up", "down"):
+                self._types[(feature.name, direction)] = {
+                    m.TYPE: m for m in feature.messages(direction)
+                }
+        conv = cattrs.Converter(detailed_validation=True)
+        conv.register_structure_hook(int, _strict_int)
+        conv.register_structure_hook(str, _strict_str)
+        conv.register_structure_hook(bool, _strict_bool)
+        conv.register_structure_hook_func(lambda t: t == dict[str, Any], _json_object)
+        conv.register_structure_hook_factory(attrs.has, self._structure_factory)
+        conv.register_unstructure_hook_factory(attrs.has, self._unstructure_factory)
+        self._conv = conv
+        self._encoders: dict[type[Message], Callable[[Any], dict[str, Any]]] = {}
+
+    def _overrides(self, cls: type[Any], emitting: bool) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            if field.name == "extra" and issubclass(cls, Message):
+                result[field.name] = override(omit=True) if emitting else override(rename=_EXTRA)
+                continue
+            info = wire_info(field)
+            result[field.name] = override(
+                rename=info.name,
+                omit_if_default=info.omit_if_none or None,
+                unstruct_hook=_as_text if (info.text and emitting) else None,
+            )
+        return result
+
+    def _structure_factory(self, cls: type[Any]) -> Any:
+        return make_dict_structure_fn(cls, self._conv, **self._overrides(cls, emitting=False))
+
+    def _unstructure_factory(self, cls: type[Any]) -> Any:
+        return make_dict_unstructure_fn(cls, self._conv, **self._overrides(cls, emitting=True))
+
+    # ---- inbound ----------------------------------------------------------------------------
+
+    def decode(self, feature: str, direction: Direction, payload: bytes) -> Message:
+        """Parse one payload received on `feature`'s `direction` topic. Raises DecodeError only."""
+        where = f"{feature} {direction}"
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise DecodeError(f"{where}: {len(payload)} bytes exceed {MAX_PAYLOAD_BYTES}")
+        try:
+            doc = json.loads(payload, parse_constant=_reject_constant)
+        except RecursionError:
+            raise DecodeError(f"{where}: JSON nested too deeply") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DecodeError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise DecodeError(f"{where}: a message is a JSON object, got {type(doc).__name__}")
+        kind = doc.get("type")
+        types = self._types.get((feature, direction))
+        if types is None:
+            raise DecodeError(f"{where}: no such feature/direction in this codec")
+        cls = types.get(kind) if isinstance(kind, str) else None
+        if cls is None:
+            raise DecodeError(
+                f"{where}: unknown message type {_show(kind)}; expected one of {sorted(types)}"
+            )
+        return self.structure(cls, doc, where)
+
+    def structure(self, cls: type[Message], doc: dict[str, Any], where: str = "") -> Message:
+        known = {"type"}
+        for field in attrs.fields(cls):
+            known.add(wire_info(field).name or field.name)
+        fields = dict(doc)
+        fields[_EXTRA] = {k: v for k, v in doc.items() if k not in known}
+        try:
+            return self._conv.structure(fields, cls)
+        except cattrs.BaseValidationError as exc:
+            problems = "; ".join(
+                cattrs.transform_error(exc, path=cls.TYPE, format_exception=_describe)
+            )
+            raise DecodeError(f"{where}: invalid {cls.TYPE}: {problems}") from None
+        except (TypeError, ValueError, KeyError, RecursionError) as exc:
+            raise DecodeError(f"{where}: invalid {cls.TYPE}: {exc}") from None
+
+    # ---- outbound ---------------------------------------------------------------------------
+
+    def to_dict(self, message: Message) -> dict[str, Any]:
+        """The exact wire document: `type` first, declared fields in order, then kept extras."""
+        encode = self._encoders.get(type(message))
+        if encode is None:
+            encode = self._encoders[type(message)] = self._conv.get_unstructure_hook(type(message))
+        doc: dict[str, Any] = {"type": message.TYPE}
+        doc.update(encode(message))
+        for key, value in message.extra.items():
+            doc.setdefault(key, value)
+        return doc
+
+    def encode(self, message: Message) -> bytes:
+        payload = json.dumps(
+            self.to_dict(message), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            raise ValueError(
+                f"{message.TYPE} encodes to {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES}-byte"
+                " MQTT limit; shrink it (e.g. a smaller config payload)"
+            )
+        return payload

@@ -1,0 +1,232 @@
+"""The runtime binds declared machines to a transport, a clock and the application.
+
+One runtime plays one role. It parses inbound topics, decodes payloads, finds (or creates) the
+session, steps it, and carries out the effects: publishes, timers, log lines, and feature effects
+handed to the application's handlers. Bad input is logged and counted, never raised into a
+transport thread and never allowed to change a session.
+
+Steps run to completion one at a time per runtime: whoever posts an event while no step is running
+drains the queue (a trampoline), and a post made while a step runs, from the same thread or another,
+only enqueues. Over the memory broker that makes a device and a platform in one thread fully
+deterministic; over MQTT the network and timer threads simply take turns.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+from ..fsm.clock import Clock, ManualClock, RealClock, Scheduler
+from ..fsm.effects import CancelTimer, Effect, Log, Publish, SetTimer
+from ..fsm.events import Connected, Disconnected, Event, TimerFired
+from ..fsm.machine import Machine
+from ..fsm.session import Session
+from ..fsm.trace import Tracer
+from ..machines.feature import DeviceKey, Feature, Role, inbound_direction, outbound_direction
+from ..machines.messages import Message
+from .codec import Codec, DecodeError
+from .scheduler import ThreadScheduler
+from .topics import TopicError, Topics, check_key
+from .transport import Transport, TransportError
+
+log = logging.getLogger(__name__)
+
+EffectHandler = Callable[[DeviceKey, Any], None]
+"""Carries out one feature effect (e.g. ApplyLogLevel) for the session `key`."""
+
+
+class Runtime:
+    def __init__(
+        self,
+        role: Role,
+        transport: Transport,
+        features: Iterable[Feature],
+        *,
+        identity: DeviceKey | None = None,
+        products: Sequence[str] | None = None,
+        clock: Clock | None = None,
+        scheduler: Scheduler | None = None,
+        handlers: Mapping[type[Effect], EffectHandler] | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
+        if role == "device":
+            if identity is None:
+                raise ValueError("a device runtime needs its identity (DeviceKey)")
+            check_key(identity)
+        self.role: Role = role
+        self.identity = identity
+        self.transport = transport
+        self.features = {f.name: f for f in features}
+        self.clock: Clock = clock or RealClock()
+        self.scheduler: Scheduler = scheduler or _scheduler_for(self.clock)
+        self.codec = Codec(self.features.values())
+        self.topics = Topics(self.features.values())
+        self._products = products
+        self.machines = {name: Machine(f.spec(role), tracer) for name, f in self.features.items()}
+        self.sessions: dict[str, dict[DeviceKey, Session]] = {name: {} for name in self.features}
+        self._inbound = inbound_direction(role)
+        self._outbound = outbound_direction(role)
+        self._handlers: dict[type[Effect], Callable[[str, Session, Any], None]] = {
+            Publish: self._publish,
+            SetTimer: self._set_timer,
+            CancelTimer: _nothing,
+            Log: self._log,
+        }
+        for kind, handler in (handlers or {}).items():
+            self._handlers[kind] = partial(_call_with_key, handler)
+        self._queue: deque[tuple[str, DeviceKey, Event]] = deque()
+        self._lock = threading.Lock()
+        self._draining = False
+        self.rejected = 0
+        """Inbound messages dropped as malformed, misrouted or not ours."""
+        self.ignored = 0
+        """Events that no transition accepted in the session's state."""
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Subscribe, create the device's sessions, connect. `Connected` follows the connection."""
+        self.transport.set_handlers(self.on_message, self.on_connection)
+        if self.identity is not None:
+            for name in self.features:
+                self.session(name, self.identity)
+        for topic_filter in self.topics.filters(
+            self.role, device=self.identity, products=self._products
+        ):
+            self.transport.subscribe(topic_filter, 1)
+        self.transport.start()
+
+    def stop(self) -> None:
+        self.transport.stop()
+        stop = getattr(self.scheduler, "stop", None)
+        if callable(stop) and isinstance(self.scheduler, ThreadScheduler):
+            stop()
+
+    # ---- sessions ---------------------------------------------------------------------------
+
+    def session(self, feature: str, key: DeviceKey) -> Session:
+        """The session of `key` for `feature`, created in its initial state on first use."""
+        sessions = self.sessions[feature]
+        session = sessions.get(key)
+        if session is None:
+            session = sessions[key] = self.machines[feature].new_session(key)
+        return session
+
+    def all_sessions(self) -> Iterator[tuple[str, Session]]:
+        for feature, sessions in self.sessions.items():
+            for session in sessions.values():
+                yield feature, session
+
+    def adopt(self, feature: str, session: Session) -> None:
+        """Install a restored session and re-arm its timers (past deadlines fire at once)."""
+        self.sessions[feature][session.key] = session
+        for name, (generation, deadline) in (session.timers or {}).items():
+            self.scheduler.call_at(
+                deadline, partial(self.post, feature, session.key, TimerFired(name, generation))
+            )
+
+    # ---- events -----------------------------------------------------------------------------
+
+    def post(self, feature: str, key: DeviceKey, event: Event) -> None:
+        """Queue an event for a session and, unless a step is already running, run the queue."""
+        with self._lock:
+            self._queue.append((feature, key, event))
+            if self._draining:
+                return
+            self._draining = True
+        try:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        self._draining = False
+                        return
+                    item = self._queue.popleft()
+                self._step(*item)
+        except BaseException:
+            with self._lock:
+                self._draining = False
+            raise
+
+    def _step(self, feature: str, key: DeviceKey, event: Event) -> None:
+        session = self.session(feature, key)
+        try:
+            effects = self.machines[feature].step(session, event, self.clock.now())
+        except Exception:
+            log.exception("%s %s/%s: step on %s failed", feature, *key, event.trigger)
+            return
+        if effects is None:
+            self.ignored += 1
+            log.debug("%s %s/%s: ignored %s in %s", feature, *key, event.trigger, session.state)
+            return
+        for effect in effects:
+            handler = self._handlers.get(type(effect))
+            if handler is None:
+                log.error("%s: no handler for effect %r; pass one in handlers=", feature, effect)
+                continue
+            try:
+                handler(feature, session, effect)
+            except Exception:
+                log.exception("%s %s/%s: effect %r failed", feature, *key, effect)
+
+    # ---- transport callbacks ----------------------------------------------------------------
+
+    def on_message(self, topic: str, payload: bytes) -> None:
+        try:
+            route = self.topics.parse(topic)
+            if route.direction != self._inbound:
+                raise TopicError(f"a {self.role} does not receive {route.direction} topics")
+            if self.identity is not None and route.key != self.identity:
+                raise TopicError(f"not a topic of this device ({'/'.join(self.identity)})")
+            message = self.codec.decode(route.feature.name, route.direction, payload)
+        except (TopicError, DecodeError) as exc:
+            self.rejected += 1
+            log.warning("dropped a message on %r: %s", topic, exc)
+            return
+        self.post(route.feature.name, route.key, message)
+
+    def on_connection(self, up: bool) -> None:
+        if self.identity is None:
+            log.info("platform transport %s", "connected" if up else "disconnected")
+            return
+        event: Event = Connected() if up else Disconnected()
+        for feature in self.features:
+            self.post(feature, self.identity, event)
+
+    # ---- effects ----------------------------------------------------------------------------
+
+    def _publish(self, feature: str, session: Session, effect: Publish) -> None:
+        message = effect.message
+        assert isinstance(message, Message)
+        topic = self.topics.topic(feature, self._outbound, session.key)
+        try:
+            self.transport.publish(topic, self.codec.encode(message), effect.qos)
+        except TransportError as exc:
+            log.warning("%s: could not publish %s to %s: %s", feature, message.TYPE, topic, exc)
+
+    def _set_timer(self, feature: str, session: Session, effect: SetTimer) -> None:
+        event = TimerFired(effect.name, effect.generation)
+        self.scheduler.call_at(
+            self.clock.now() + effect.delay, partial(self.post, feature, session.key, event)
+        )
+
+    def _log(self, feature: str, session: Session, effect: Log) -> None:
+        log.log(effect.level, "%s %s/%s: %s", feature, *session.key, effect.text)
+
+
+def _scheduler_for(clock: Clock) -> Scheduler:
+    """A clock that schedules too (ManualClock) drives its own timers; otherwise a thread does."""
+    if isinstance(clock, ManualClock):
+        return clock
+    return ThreadScheduler(clock)
+
+
+def _nothing(feature: str, session: Session, effect: Any) -> None:
+    """Cancelled timers need no work: the engine ignores their stale generation when they fire."""
+
+
+def _call_with_key(handler: EffectHandler, feature: str, session: Session, effect: Any) -> None:
+    handler(session.key, effect)

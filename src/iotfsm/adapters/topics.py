@@ -1,0 +1,99 @@
+"""Concrete topics: format them for a session, parse them back into (feature, direction, device).
+
+Every feature topic is `<prefix>/{product}/{device}`, so parsing is one `rsplit` and a dict lookup,
+whatever the number of features. Names are checked here because they come from the network: a
+topic naming a malformed product or device is refused before any session is touched.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+from ..machines.feature import DeviceKey, Direction, Feature, Role, inbound_direction
+
+MAX_TOPIC_BYTES = 64
+"""Tencent's topic length limit (seed 004)."""
+DEVICE_NAME = re.compile(r"[A-Za-z0-9:_-]{1,48}")
+PRODUCT_ID = re.compile(r"[A-Za-z0-9]{1,32}")
+_SUFFIX = "/{product}/{device}"
+
+
+class TopicError(ValueError):
+    """A topic or name that this library will not publish to or accept messages from."""
+
+
+def check_key(key: DeviceKey) -> DeviceKey:
+    """Raise TopicError unless product id and device name are valid Tencent names."""
+    if not PRODUCT_ID.fullmatch(key.product):
+        raise TopicError(f"product id {key.product!r} must be 1-32 letters or digits")
+    if not DEVICE_NAME.fullmatch(key.device):
+        raise TopicError(
+            f"device name {key.device!r} must be 1-48 letters, digits, ':', '_' or '-'"
+        )
+    return key
+
+
+@attrs.frozen
+class Route:
+    feature: Feature
+    direction: Direction
+    key: DeviceKey
+
+
+class Topics:
+    def __init__(self, features: Iterable[Feature]) -> None:
+        self._by_prefix: dict[str, tuple[Feature, Direction]] = {}
+        self._prefix: dict[tuple[str, Direction], str] = {}
+        for feature in features:
+            for direction in ("up", "down"):
+                template = feature.topic_template(direction)
+                if not template.endswith(_SUFFIX) or "{" in template[: -len(_SUFFIX)]:
+                    raise ValueError(
+                        f"{feature.name!r}: topic template {template!r} must end with {_SUFFIX}"
+                    )
+                prefix = template[: -len(_SUFFIX)]
+                if prefix in self._by_prefix:
+                    raise ValueError(f"topic prefix {prefix!r} is declared twice")
+                self._by_prefix[prefix] = (feature, direction)
+                self._prefix[(feature.name, direction)] = prefix
+
+    def parse(self, topic: str) -> Route:
+        parts = topic.rsplit("/", 2)
+        found = self._by_prefix.get(parts[0]) if len(parts) == 3 else None
+        if found is None:
+            raise TopicError(f"topic {topic!r} belongs to no declared feature")
+        return Route(found[0], found[1], check_key(DeviceKey(parts[1], parts[2])))
+
+    def topic(self, feature: str, direction: Direction, key: DeviceKey) -> str:
+        topic = f"{self._prefix[(feature, direction)]}/{key.product}/{key.device}"
+        if len(topic.encode()) > MAX_TOPIC_BYTES:
+            raise TopicError(
+                f"topic {topic!r} is longer than {MAX_TOPIC_BYTES} bytes; use a shorter device name"
+            )
+        return topic
+
+    def filters(
+        self,
+        role: Role,
+        *,
+        device: DeviceKey | None = None,
+        products: Sequence[str] | None = None,
+    ) -> list[str]:
+        """What a role subscribes: a device its own down topics; a platform every up topic of
+        every product (`+/+`, spelled out because `$` topics never match a leading wildcard),
+        or of the chosen products only."""
+        direction = inbound_direction(role)
+        prefixes = [p for (_, d), p in self._prefix.items() if d == direction]
+        if role == "device":
+            if device is None:
+                raise ValueError("a device subscribes its own topics: give its DeviceKey")
+            check_key(device)
+            return [f"{p}/{device.product}/{device.device}" for p in prefixes]
+        if products is None:
+            return [f"{p}/+/+" for p in prefixes]
+        for product in products:
+            check_key(DeviceKey(product, "x"))
+        return [f"{p}/{product}/+" for p in prefixes for product in products]

@@ -1,0 +1,34 @@
+"""Feature declarations: topic pairs, messages, and one machine per role. Pure data, no I/O."""
+
+from . import log_level
+from .feature import (
+    ROLES,
+    DeviceKey,
+    Direction,
+    Feature,
+    Role,
+    inbound_direction,
+    outbound_direction,
+)
+from .messages import Message, Wire, wire
+
+
+def all_features() -> tuple[Feature, ...]:
+    """Every feature this version declares, in a stable order (diagrams, runtimes, CLI)."""
+    return (log_level.FEATURE,)
+
+
+__all__ = [
+    "ROLES",
+    "DeviceKey",
+    "Direction",
+    "Feature",
+    "Message",
+    "Role",
+    "Wire",
+    "all_features",
+    "inbound_direction",
+    "log_level",
+    "outbound_direction",
+    "wire",
+]

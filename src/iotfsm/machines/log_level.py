@@ -1,0 +1,238 @@
+"""Log level (seed 004 §1.6): the platform decides how much each device uploads of its log.
+
+The device asks with `get_log_level` after every (re)connect and applies the level it is answered,
+and any level the platform pushes later. The platform keeps one level per device, answers every
+ask, and pushes a change at once; a device offline during the push gets it on its next ask.
+Levels: 0 upload nothing, 1 error, 2 warning, 3 info, 4 debug.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import attrs
+
+from ..fsm import (
+    ANY_STATE,
+    Connected,
+    Disconnected,
+    Effect,
+    Event,
+    Log,
+    MachineSpec,
+    On,
+    Publish,
+    SetTimer,
+    State,
+    timer,
+)
+from .feature import DeviceKey, Feature
+from .messages import Message, wire
+
+LEVELS = range(0, 5)
+REPLY_TIMEOUT = 5.0
+"""Seconds the device waits for an answer before asking again (doubled on each retry)."""
+MAX_ASKS = 3
+"""Asks per (re)connect before the device stops asking and just listens for pushes."""
+
+_PYTHON_LEVELS = {
+    0: logging.CRITICAL + 10,
+    1: logging.ERROR,
+    2: logging.WARNING,
+    3: logging.INFO,
+    4: logging.DEBUG,
+}
+
+
+def python_level(level: int) -> int:
+    """The `logging` level that keeps exactly the records a remote level asks for.
+
+    Level 0 means "upload nothing", so it maps above CRITICAL: no record passes.
+    """
+    return _PYTHON_LEVELS[level]
+
+
+# ---- messages -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class GetLogLevel(Message):
+    """up, QoS 0: `{"type":"get_log_level","clientToken":"<pid>-<n>"}`."""
+
+    TYPE = "get_log_level"
+    client_token: str = attrs.field(metadata=wire(name="clientToken"))
+
+
+@attrs.frozen
+class LogLevelReply(Message):
+    """down: the answer to an ask, and the same shape pushed when the platform changes the level."""
+
+    TYPE = "get_log_level"
+    client_token: str = attrs.field(metadata=wire(name="clientToken"))
+    log_level: int
+    result: int = 0
+    timestamp: int = 0
+
+
+# ---- commands and effects -------------------------------------------------------------------
+
+
+@attrs.frozen
+class SetLogLevel(Event):
+    """Platform command: set this device's level and push it."""
+
+    level: int
+
+
+@attrs.frozen
+class ApplyLogLevel(Effect):
+    """Device effect: the application's logger should now keep records at `level` and above."""
+
+    level: int
+
+
+# ---- device ---------------------------------------------------------------------------------
+
+
+@attrs.define
+class DeviceContext:
+    product: str
+    asked: int = 0
+    """Asks sent so far; numbers the clientToken."""
+    attempts: int = 0
+    """Asks sent since the last (re)connect."""
+    level: int | None = None
+    """The level last applied; None until the platform has said."""
+
+
+def _ask(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
+    ctx.attempts = 0 if isinstance(event, Connected) else ctx.attempts
+    ctx.attempts += 1
+    ctx.asked += 1
+    delay = REPLY_TIMEOUT * 2 ** (ctx.attempts - 1)
+    return (Publish(GetLogLevel(f"{ctx.product}-{ctx.asked}"), 0), SetTimer("reply", delay))
+
+
+def _may_ask_again(ctx: DeviceContext, event: Event) -> bool:
+    return ctx.attempts < MAX_ASKS
+
+
+def _give_up(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
+    kept = "no level yet" if ctx.level is None else f"keeping level {ctx.level}"
+    text = f"no log level reply after {ctx.attempts} asks; {kept}, listening for pushes"
+    return (Log.warning(text),)
+
+
+def _valid_reply(ctx: DeviceContext, event: LogLevelReply) -> bool:
+    return event.result == 0 and event.log_level in LEVELS
+
+
+def _apply(ctx: DeviceContext, event: LogLevelReply, now: float) -> Iterable[Effect]:
+    ctx.level = event.log_level
+    return (ApplyLogLevel(event.log_level),)
+
+
+def _ignore_invalid(ctx: DeviceContext, event: LogLevelReply, now: float) -> Iterable[Effect]:
+    if event.result != 0:
+        why = f"the platform answered result {event.result}"
+    else:
+        why = f"log_level {event.log_level} is outside 0-4"
+    kept = "no level yet" if ctx.level is None else f"keeping level {ctx.level}"
+    return (Log.warning(f"ignored a log level message: {why}; {kept}"),)
+
+
+DEVICE = MachineSpec(
+    name="log_level.device",
+    doc="Ask for the level after every (re)connect; apply answers and pushes.",
+    states=[
+        State("offline", initial=True, doc="not connected: nothing to ask yet"),
+        State("asking", doc="an ask is out; its reply timer runs"),
+        State("listening", doc="answered (or gave up asking): applies pushed levels"),
+    ],
+    transitions=[
+        On(Connected, ANY_STATE, "asking", action=_ask),
+        On(Disconnected, ANY_STATE, "offline"),
+        On(LogLevelReply, ("asking", "listening"), "listening", guard=_valid_reply, action=_apply),
+        On(LogLevelReply, ("asking", "listening"), None, action=_ignore_invalid),
+        On(timer("reply"), "asking", "asking", guard=_may_ask_again, action=_ask),
+        On(timer("reply"), "asking", "listening", action=_give_up),
+    ],
+    context=lambda key: DeviceContext(key.product),
+    context_type=DeviceContext,
+    inbound=[LogLevelReply],
+)
+
+
+# ---- platform -------------------------------------------------------------------------------
+
+
+@attrs.define
+class PlatformContext:
+    product: str
+    level: int = 0
+    """Level 0 (upload nothing) until someone sets one, as on Tencent's console."""
+    pushes: int = 0
+
+
+def _answer(ctx: PlatformContext, event: GetLogLevel, now: float) -> Iterable[Effect]:
+    return (Publish(LogLevelReply(event.client_token, ctx.level, 0, int(now)), 0),)
+
+
+def _valid_level(ctx: PlatformContext, event: SetLogLevel) -> bool:
+    return event.level in LEVELS
+
+
+def _push(ctx: PlatformContext, event: SetLogLevel, now: float) -> Iterable[Effect]:
+    ctx.level = event.level
+    ctx.pushes += 1
+    token = f"{ctx.product}-push-{ctx.pushes}"
+    return (Publish(LogLevelReply(token, event.level, 0, int(now)), 0),)
+
+
+def _refuse_level(ctx: PlatformContext, event: SetLogLevel, now: float) -> Iterable[Effect]:
+    return (Log.warning(f"refused log level {event.level}: levels are 0-4; keeping {ctx.level}"),)
+
+
+PLATFORM = MachineSpec(
+    name="log_level.platform",
+    doc="One per device: remember its level, answer every ask, push every change.",
+    states=[
+        State("default", initial=True, doc="never set: answers level 0"),
+        State("assigned", doc="set by the platform: answers and pushed that level"),
+    ],
+    transitions=[
+        On(GetLogLevel, ("default", "assigned"), None, action=_answer),
+        On(SetLogLevel, ("default", "assigned"), "assigned", guard=_valid_level, action=_push),
+        On(SetLogLevel, ("default", "assigned"), None, action=_refuse_level),
+    ],
+    context=lambda key: PlatformContext(key.product),
+    context_type=PlatformContext,
+    inbound=[GetLogLevel],
+)
+
+
+FEATURE = Feature(
+    name="log_level",
+    up_topic="$log/operation/{product}/{device}",
+    down_topic="$log/operation/result/{product}/{device}",
+    up=[GetLogLevel],
+    down=[LogLevelReply],
+    device=DEVICE,
+    platform=PLATFORM,
+    doc=__doc__ or "",
+)
+
+__all__ = [
+    "DEVICE",
+    "FEATURE",
+    "PLATFORM",
+    "ApplyLogLevel",
+    "DeviceContext",
+    "DeviceKey",
+    "GetLogLevel",
+    "LogLevelReply",
+    "PlatformContext",
+    "SetLogLevel",
+    "python_level",
+]

@@ -1,0 +1,52 @@
+"""Message base and wire annotations shared by every feature.
+
+A message is a frozen attrs class whose fields mirror the JSON document; `TYPE` is its `type` field.
+Field metadata says how the wire differs from Python (a camelCase name, a number sent as a string,
+a field left out when empty). The codec in `adapters` reads it; here it is only data, so feature
+modules stay free of I/O imports.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+from ..fsm.events import Event
+
+WIRE = "iotfsm.wire"
+
+
+@attrs.frozen
+class Wire:
+    name: str | None = None
+    """The JSON key when it is not the attribute name (e.g. `clientToken`)."""
+    text: bool = False
+    """Emit the number as a string: OTA progress sends `"percent":"10"` (PROTOCOL.md)."""
+    omit_if_none: bool = False
+    """Leave the key out when the value is None (OTA `done`/`fail` carry no percent)."""
+
+
+def wire(
+    *, name: str | None = None, text: bool = False, omit_if_none: bool = False
+) -> dict[str, Wire]:
+    """Field metadata for `attrs.field(metadata=wire(...))`.
+
+    A metadata helper rather than a field factory, so the attrs plugin of mypy still sees every
+    `attrs.field(...)` and types the constructors correctly.
+    """
+    return {WIRE: Wire(name, text, omit_if_none)}
+
+
+def wire_info(field: attrs.Attribute[Any]) -> Wire:
+    info = field.metadata.get(WIRE)
+    return info if isinstance(info, Wire) else Wire()
+
+
+@attrs.frozen
+class Message(Event):
+    """Base of every wire message. Unknown JSON keys are kept in `extra`, never rejected:
+    platform variants add fields (e.g. Explorer's `user_defined`) that a device must tolerate."""
+
+    TYPE: ClassVar[str] = ""
+    extra: dict[str, Any] = attrs.field(factory=dict, kw_only=True, repr=False, hash=False)
