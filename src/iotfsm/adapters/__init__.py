@@ -1,0 +1,1 @@
+"""The edges of iotfsm: codec, topics, transports, HTTP transfers, stores, clock."""

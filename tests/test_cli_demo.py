@@ -1,0 +1,37 @@
+"""The README's first command: `iotfsm demo` passes every check and says so."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from iotfsm.cli import main
+
+
+def test_demo_passes_every_check(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--devices", "3", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["passed"] is True
+    assert doc["devices"] == 3
+    assert len(doc["checks"]) >= 5
+    assert all(c["passed"] for c in doc["checks"])
+
+
+def test_python_dash_m_runs_the_same_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "iotfsm", "demo", "--devices", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "all checks passed" in done.stdout
+
+
+def test_bad_arguments_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--devices", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "iotfsm: --devices must be at least 1"
