@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
 
+from ._role import RoleFacade
 from .adapters.connect import Broker, transport_for
 from .adapters.runtime import Runtime
 from .adapters.topics import check_key
@@ -23,7 +23,7 @@ from .machines.log_level import ApplyLogLevel, python_level
 log = logging.getLogger(__name__)
 
 
-class Device:
+class Device(RoleFacade):
     def __init__(
         self,
         product_id: str,
@@ -57,23 +57,6 @@ class Device:
             handlers={ApplyLogLevel: self._apply_log_level},
             tracer=on_step,
         )
-
-    # ---- lifecycle --------------------------------------------------------------------------
-
-    def start(self) -> Device:
-        self.runtime.start()
-        return self
-
-    def stop(self) -> None:
-        self.runtime.stop()
-
-    def __enter__(self) -> Device:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ---- what the application reads --------------------------------------------------------
 

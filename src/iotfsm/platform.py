@@ -7,10 +7,10 @@ its own threads (an HTTP handler, a console) and observes steps by callback.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import TracebackType
 
 import attrs
 
+from ._role import RoleFacade
 from .adapters.connect import Broker, transport_for
 from .adapters.runtime import Runtime
 from .adapters.topics import check_key
@@ -28,7 +28,7 @@ class SessionStatus:
     state: str
 
 
-class Platform:
+class Platform(RoleFacade):
     def __init__(
         self,
         broker: Broker,
@@ -46,21 +46,6 @@ class Platform:
             clock=clock,
             tracer=on_step,
         )
-
-    def start(self) -> Platform:
-        self.runtime.start()
-        return self
-
-    def stop(self) -> None:
-        self.runtime.stop()
-
-    def __enter__(self) -> Platform:
-        return self.start()
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ---- log level --------------------------------------------------------------------------
 
