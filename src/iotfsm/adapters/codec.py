@@ -109,9 +109,7 @@ class Codec:
                 continue
             info = wire_info(field)
             result[field.name] = override(
-                rename=info.name,
-                omit_if_default=info.omit_if_none or None,
-                unstruct_hook=_as_text if (info.text and emitting) else None,
+                rename=info.name, unstruct_hook=_as_text if (info.text and emitting) else None
             )
         return result
 
@@ -119,7 +117,22 @@ class Codec:
         return make_dict_structure_fn(cls, self._conv, **self._overrides(cls, emitting=False))
 
     def _unstructure_factory(self, cls: type[Any]) -> Any:
-        return make_dict_unstructure_fn(cls, self._conv, **self._overrides(cls, emitting=True))
+        encode = make_dict_unstructure_fn(cls, self._conv, **self._overrides(cls, emitting=True))
+        optional = tuple(
+            wire_info(f).name or f.name for f in attrs.fields(cls) if wire_info(f).omit_if_none
+        )
+        if not optional:
+            return encode
+
+        def encode_omitting_none(value: Any) -> dict[str, Any]:
+            # cattrs' own omit_if_default moves such keys to the end; the wire order is declared
+            doc: dict[str, Any] = encode(value)
+            for key in optional:
+                if doc.get(key) is None:
+                    doc.pop(key, None)
+            return doc
+
+        return encode_omitting_none
 
     # ---- inbound ----------------------------------------------------------------------------
 

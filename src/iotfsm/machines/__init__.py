@@ -1,6 +1,6 @@
 """Feature declarations: topic pairs, messages, and one machine per role. Pure data, no I/O."""
 
-from . import log_level
+from . import log_level, ota
 from .feature import (
     ROLES,
     DeviceKey,
@@ -15,7 +15,7 @@ from .messages import Message, Wire, wire
 
 def all_features() -> tuple[Feature, ...]:
     """Every feature this version declares, in a stable order (diagrams, runtimes, CLI)."""
-    return (log_level.FEATURE,)
+    return (log_level.FEATURE, ota.FEATURE)
 
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "all_features",
     "inbound_direction",
     "log_level",
+    "ota",
     "outbound_direction",
     "wire",
 ]

@@ -1,0 +1,663 @@
+"""OTA firmware update with breakpoint resume (seed 004 §1.4, PROTOCOL.md "OTA").
+
+Device: reports its version after every (re)connect; on an offer it downloads (resuming a partial
+download of the very same firmware), reports progress, hands the verified image to the
+application's burn step, and reports done and its new version, or fail with Tencent's code.
+Platform: one session per device; a task names the target firmware; every report_version is
+answered, a device reporting the target has succeeded, any other version gets a fresh offer.
+Failed attempts are retried with backoff, and an attempt counts as failed only when it made no
+progress, because real devices on weak links fail often but resume each time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+import attrs
+
+from ..fsm import (
+    ANY_STATE,
+    Connected,
+    Disconnected,
+    Effect,
+    Event,
+    Log,
+    MachineSpec,
+    On,
+    Publish,
+    SetTimer,
+    State,
+    timer,
+)
+from .feature import Feature
+from .messages import Message, wire
+from .transfer import (
+    BURN_FAILED,
+    TIMEOUT,
+    CancelTransfer,
+    StartDownload,
+    TransferDone,
+    TransferFailed,
+    TransferProgress,
+    TransferStarted,
+    percent,
+)
+
+MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
+RSP_TIMEOUT = 10.0
+"""Seconds a device waits for report_version_rsp before reporting again."""
+MAX_REPORTS = 3
+STALL_TIMEOUT = 60.0
+"""Seconds without download progress before the device gives up this attempt (fail -1)."""
+DEVICE_RETRY = 10.0
+"""After a failed attempt the device reports its version again this much later, so the platform
+re-offers and the download resumes from the checkpoint."""
+PROGRESS_INTERVAL = 1.0
+"""Downloading progress goes out at most once a second (and always at 0 % and 100 %)."""
+SILENCE_TIMEOUT = 300.0
+"""Seconds the platform waits for any word from a device with an active task."""
+RETRY_BASE = 30.0
+RETRY_MAX = 600.0
+MAX_ATTEMPTS = 3
+"""Failed attempts without progress before the platform marks the task failed."""
+
+
+# ---- messages -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class VersionReport:
+    version: str
+
+
+@attrs.frozen
+class ReportVersion(Message):
+    """up, QoS 1: `{"type":"report_version","report":{"version":"0.1"}}`."""
+
+    TYPE = "report_version"
+    report: VersionReport
+
+    @classmethod
+    def of(cls, version: str) -> ReportVersion:
+        return cls(VersionReport(version))
+
+
+@attrs.frozen
+class ReportVersionRsp(Message):
+    """down: always result 0 (a non-zero answer makes the C SDK ignore every later offer)."""
+
+    TYPE = "report_version_rsp"
+    result_code: int = 0
+    result_msg: str = "success"
+    version: str = ""
+
+
+@attrs.frozen
+class UpdateFirmware(Message):
+    """down: the offer. `url` is presigned and long; Explorer's extra fields land in `extra`."""
+
+    TYPE = "update_firmware"
+    file_size: int
+    md5sum: str
+    url: str
+    version: str
+
+
+@attrs.frozen
+class Progress:
+    state: str
+    percent: int | None = attrs.field(default=None, metadata=wire(text=True, omit_if_none=True))
+    result_code: int = attrs.field(default=0, metadata=wire(text=True))
+    result_msg: str = ""
+
+
+@attrs.frozen
+class ProgressReport:
+    progress: Progress
+    version: str
+
+
+@attrs.frozen
+class ReportProgress(Message):
+    """up: numbers as strings (`"percent":"10"`); `downloading` with percent at QoS 0, the other
+    states without percent at QoS 1."""
+
+    TYPE = "report_progress"
+    report: ProgressReport
+
+    @property
+    def state(self) -> str:
+        return self.report.progress.state
+
+    @property
+    def version(self) -> str:
+        return self.report.version
+
+    @classmethod
+    def downloading(cls, version: str, pct: int) -> ReportProgress:
+        return cls(ProgressReport(Progress("downloading", pct), version))
+
+    @classmethod
+    def burning(cls, version: str) -> ReportProgress:
+        return cls(ProgressReport(Progress("burning"), version))
+
+    @classmethod
+    def done(cls, version: str) -> ReportProgress:
+        return cls(ProgressReport(Progress("done"), version))
+
+    @classmethod
+    def fail(cls, version: str, code: int, message: str = "time_out") -> ReportProgress:
+        return cls(ProgressReport(Progress("fail", None, code, message), version))
+
+
+# ---- device effects and events ----------------------------------------------------------------
+
+
+@attrs.frozen
+class BurnFirmware(Effect):
+    """The application installs the verified image at `path`; it answers with `BurnDone`."""
+
+    path: str
+    version: str
+
+
+@attrs.frozen
+class BurnDone(Event):
+    ok: bool
+    reason: str = ""
+
+
+@attrs.frozen
+class FirmwareAdopted(Effect):
+    """The device now runs `version`: the application should remember it across restarts."""
+
+    version: str
+
+
+# ---- device ---------------------------------------------------------------------------------
+
+
+@attrs.define
+class DeviceContext:
+    version: str = "0.0.0"
+    """The running firmware version, reported after every (re)connect."""
+    target: str = ""
+    size: int = 0
+    md5: str = ""
+    transfer: int = 0
+    """Number of the current transfer; outcomes of older ones are ignored."""
+    reports: int = 0
+    last_progress_at: float = float("-inf")
+
+
+def _report(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
+    ctx.reports = 1
+    return (Publish(ReportVersion.of(ctx.version), 1), SetTimer("rsp", RSP_TIMEOUT))
+
+
+def _report_again(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
+    ctx.reports += 1
+    return (Publish(ReportVersion.of(ctx.version), 1), SetTimer("rsp", RSP_TIMEOUT * ctx.reports))
+
+
+def _may_report_again(ctx: DeviceContext, event: Event) -> bool:
+    return ctx.reports < MAX_REPORTS
+
+
+def _report_busy(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
+    return (Publish(ReportVersion.of(ctx.version), 1),)
+
+
+def _rsp_seen(ctx: DeviceContext, event: ReportVersionRsp, now: float) -> Iterable[Effect]:
+    if event.result_code != 0:
+        return (Log.warning(f"report_version_rsp result {event.result_code}: {event.result_msg}"),)
+    return ()
+
+
+def _offer_problem(event: UpdateFirmware) -> str:
+    if not 1 <= len(event.version) <= 32:
+        return f"version {event.version[:40]!r} must be 1-32 characters"
+    if event.file_size <= 0:
+        return f"file_size {event.file_size} must be positive"
+    if not MD5_HEX.fullmatch(event.md5sum):
+        return f"md5sum {event.md5sum[:40]!r} is not 32 hex digits"
+    if not event.url:
+        return "url is empty"
+    return ""
+
+
+def _valid_offer(ctx: DeviceContext, event: UpdateFirmware) -> bool:
+    return not _offer_problem(event)
+
+
+def _refuse_offer(ctx: DeviceContext, event: UpdateFirmware, now: float) -> Iterable[Effect]:
+    return (Log.warning(f"refused update_firmware: {_offer_problem(event)}"),)
+
+
+def _offers_running(ctx: DeviceContext, event: UpdateFirmware) -> bool:
+    return event.version == ctx.version and not _offer_problem(event)
+
+
+def _same_download(ctx: DeviceContext, event: UpdateFirmware) -> bool:
+    return (event.version, event.file_size, event.md5sum.lower()) == (ctx.target, ctx.size, ctx.md5)
+
+
+def _start(ctx: DeviceContext, event: UpdateFirmware, now: float) -> Iterable[Effect]:
+    effects: list[Effect] = []
+    if ctx.target:
+        effects.append(CancelTransfer(ctx.transfer))
+    ctx.target, ctx.size, ctx.md5 = event.version, event.file_size, event.md5sum.lower()
+    ctx.transfer += 1
+    ctx.last_progress_at = float("-inf")
+    effects.append(
+        StartDownload(ctx.transfer, event.url, ctx.size, ctx.md5, ctx.target, "firmware")
+    )
+    effects.append(SetTimer("stall", STALL_TIMEOUT))
+    return effects
+
+
+def _current(ctx: DeviceContext, event: TransferStarted) -> bool:
+    return event.transfer == ctx.transfer
+
+
+def _started(ctx: DeviceContext, event: TransferStarted, now: float) -> Iterable[Effect]:
+    ctx.last_progress_at = now
+    pct = percent(event.offset, ctx.size)
+    return (
+        Publish(ReportProgress.downloading(ctx.target, pct), 0),
+        SetTimer("stall", STALL_TIMEOUT),
+    )
+
+
+def _current_progress(ctx: DeviceContext, event: TransferProgress) -> bool:
+    return event.transfer == ctx.transfer
+
+
+def _progress(ctx: DeviceContext, event: TransferProgress, now: float) -> Iterable[Effect]:
+    pct = percent(event.done, ctx.size)
+    if pct < 100 and now - ctx.last_progress_at < PROGRESS_INTERVAL:
+        return (SetTimer("stall", STALL_TIMEOUT),)
+    ctx.last_progress_at = now
+    return (
+        Publish(ReportProgress.downloading(ctx.target, pct), 0),
+        SetTimer("stall", STALL_TIMEOUT),
+    )
+
+
+def _current_done(ctx: DeviceContext, event: TransferDone) -> bool:
+    return event.transfer == ctx.transfer
+
+
+def _burn(ctx: DeviceContext, event: TransferDone, now: float) -> Iterable[Effect]:
+    return (Publish(ReportProgress.burning(ctx.target), 1), BurnFirmware(event.path, ctx.target))
+
+
+def _current_failure(ctx: DeviceContext, event: TransferFailed) -> bool:
+    return event.transfer == ctx.transfer
+
+
+def _download_failed(ctx: DeviceContext, event: TransferFailed, now: float) -> Iterable[Effect]:
+    target, ctx.target = ctx.target, ""
+    report = ReportProgress.fail(target, event.code, "time_out")
+    return (
+        Publish(report, 1),
+        Log.warning(f"download of {target} failed ({event.code}): {event.reason}"),
+        SetTimer("retry", DEVICE_RETRY),
+    )
+
+
+def _stalled(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
+    target, ctx.target = ctx.target, ""
+    return (
+        CancelTransfer(ctx.transfer),
+        Publish(ReportProgress.fail(target, TIMEOUT), 1),
+        SetTimer("retry", DEVICE_RETRY),
+    )
+
+
+def _burned(ctx: DeviceContext, event: BurnDone) -> bool:
+    return event.ok
+
+
+def _adopt(ctx: DeviceContext, event: BurnDone, now: float) -> Iterable[Effect]:
+    ctx.version, ctx.target = ctx.target, ""
+    return (
+        Publish(ReportProgress.done(ctx.version), 1),
+        FirmwareAdopted(ctx.version),
+        Publish(ReportVersion.of(ctx.version), 1),
+    )
+
+
+def _burn_failed(ctx: DeviceContext, event: BurnDone, now: float) -> Iterable[Effect]:
+    target, ctx.target = ctx.target, ""
+    return (
+        Publish(ReportProgress.fail(target, BURN_FAILED, event.reason or "burn failed"), 1),
+        Log.warning(f"burning {target} failed: {event.reason}"),
+    )
+
+
+def _busy_burning(ctx: DeviceContext, event: UpdateFirmware, now: float) -> Iterable[Effect]:
+    return (Log.info(f"offer of {event.version} ignored while burning {ctx.target}"),)
+
+
+IDLE = ("offline", "reporting", "idle")
+
+DEVICE = MachineSpec(
+    name="ota.device",
+    doc="Report the version, download offers with breakpoint resume, burn, report the outcome.",
+    states=[
+        State("offline", initial=True, doc="not connected"),
+        State("reporting", doc="report_version sent, waiting for its rsp"),
+        State("idle", doc="waiting for an offer"),
+        State("downloading", doc="the firmware streams to the state directory"),
+        State("burning", doc="the application installs the verified image"),
+    ],
+    transitions=[
+        On(Connected, IDLE, "reporting", action=_report),
+        On(Connected, ("downloading", "burning"), None, action=_report_busy),
+        On(Disconnected, ("reporting", "idle"), "offline"),
+        On(Disconnected, ("offline", "downloading", "burning"), None),
+        On(ReportVersionRsp, "reporting", "idle", action=_rsp_seen),
+        On(ReportVersionRsp, ("offline", "idle", "downloading", "burning"), None, action=_rsp_seen),
+        On(timer("rsp"), "reporting", "reporting", guard=_may_report_again, action=_report_again),
+        On(timer("rsp"), "reporting", "idle"),
+        On(UpdateFirmware, IDLE, "idle", guard=_offers_running, action=_report_busy),
+        On(UpdateFirmware, IDLE, "downloading", guard=_valid_offer, action=_start),
+        On(UpdateFirmware, "downloading", None, guard=_same_download),
+        On(UpdateFirmware, "downloading", "downloading", guard=_valid_offer, action=_start),
+        On(
+            UpdateFirmware,
+            ("offline", "reporting", "idle", "downloading"),
+            None,
+            action=_refuse_offer,
+        ),
+        On(UpdateFirmware, "burning", None, action=_busy_burning),
+        On(TransferStarted, "downloading", None, guard=_current, action=_started),
+        On(TransferProgress, "downloading", None, guard=_current_progress, action=_progress),
+        On(TransferDone, "downloading", "burning", guard=_current_done, action=_burn),
+        On(TransferFailed, "downloading", "idle", guard=_current_failure, action=_download_failed),
+        On(timer("stall"), "downloading", "idle", action=_stalled),
+        On(timer("retry"), "idle", "reporting", action=_report),
+        On(BurnDone, "burning", "idle", guard=_burned, action=_adopt),
+        On(BurnDone, "burning", "idle", action=_burn_failed),
+    ],
+    context=lambda key: DeviceContext(),
+    context_type=DeviceContext,
+    inbound=[ReportVersionRsp, UpdateFirmware],
+)
+
+
+# ---- platform commands and effects ----------------------------------------------------------
+
+
+@attrs.frozen
+class DeployFirmware(Event):
+    """Platform command: this device should run `version`, served as `file_id`."""
+
+    version: str
+    file_id: str
+    size: int
+    md5: str
+
+
+@attrs.frozen
+class CancelFirmware(Event):
+    """Platform command: drop this device's task."""
+
+
+@attrs.frozen
+class OfferFirmware(Effect):
+    """Send `update_firmware` with a freshly signed URL for `file_id` (signing needs a secret
+    and the clock, so the runtime does it, not the machine)."""
+
+    version: str
+    file_id: str
+    size: int
+    md5: str
+
+
+@attrs.frozen
+class OtaFinished(Effect):
+    """The task ended: `ok` after the device reported the target version, else it gave up."""
+
+    ok: bool
+    version: str
+    code: int
+    message: str
+
+
+# ---- platform -------------------------------------------------------------------------------
+
+
+@attrs.define
+class PlatformContext:
+    reported: str = ""
+    """The version the device last reported."""
+    target: str = ""
+    file_id: str = ""
+    size: int = 0
+    md5: str = ""
+    percent: int = 0
+    result_code: int = 0
+    result_msg: str = ""
+    attempts: int = 0
+    """Failed attempts that made no progress; MAX_ATTEMPTS of them end the task."""
+    progressed: bool = False
+    """The device reported progress since the last offer."""
+    offers: int = 0
+
+
+def _valid_version(ctx: PlatformContext, event: ReportVersion) -> bool:
+    return 1 <= len(event.report.version) <= 32
+
+
+def _reports_target(ctx: PlatformContext, event: ReportVersion) -> bool:
+    return event.report.version == ctx.target
+
+
+def _rsp(ctx: PlatformContext, event: ReportVersion) -> Publish:
+    ctx.reported = event.report.version
+    return Publish(ReportVersionRsp(0, "success", event.report.version), 0)
+
+
+def _answer(ctx: PlatformContext, event: ReportVersion, now: float) -> Iterable[Effect]:
+    return (_rsp(ctx, event),)
+
+
+def _offer(ctx: PlatformContext) -> list[Effect]:
+    ctx.offers += 1
+    ctx.progressed = False
+    return [
+        OfferFirmware(ctx.target, ctx.file_id, ctx.size, ctx.md5),
+        SetTimer("silence", SILENCE_TIMEOUT),
+    ]
+
+
+def _answer_and_offer(ctx: PlatformContext, event: ReportVersion, now: float) -> Iterable[Effect]:
+    return [_rsp(ctx, event), *_offer(ctx)]
+
+
+def _succeeded(ctx: PlatformContext, event: ReportVersion, now: float) -> Iterable[Effect]:
+    ctx.percent, ctx.result_code, ctx.result_msg = 100, 0, "success"
+    return (_rsp(ctx, event), OtaFinished(True, ctx.target, 0, "success"))
+
+
+def _refuse_version(ctx: PlatformContext, event: ReportVersion, now: float) -> Iterable[Effect]:
+    return (
+        Log.warning(f"ignored report_version {event.report.version[:40]!r}: not 1-32 characters"),
+    )
+
+
+def _runs_deployed(ctx: PlatformContext, event: DeployFirmware) -> bool:
+    return event.version == ctx.reported
+
+
+def _set_task(ctx: PlatformContext, event: DeployFirmware) -> None:
+    ctx.target, ctx.file_id, ctx.size, ctx.md5 = event.version, event.file_id, event.size, event.md5
+    ctx.percent, ctx.result_code, ctx.result_msg, ctx.attempts = 0, 0, "", 0
+
+
+def _deploy_done(ctx: PlatformContext, event: DeployFirmware, now: float) -> Iterable[Effect]:
+    _set_task(ctx, event)
+    ctx.percent, ctx.result_msg = 100, "already running"
+    return (OtaFinished(True, ctx.target, 0, "already running"),)
+
+
+def _deploy(ctx: PlatformContext, event: DeployFirmware, now: float) -> Iterable[Effect]:
+    _set_task(ctx, event)
+    return _offer(ctx)
+
+
+def _cancel(ctx: PlatformContext, event: CancelFirmware, now: float) -> Iterable[Effect]:
+    ctx.target = ""
+    return ()
+
+
+def _reports(ctx: PlatformContext, event: ReportProgress, state: str) -> bool:
+    return bool(ctx.target) and event.state == state and event.version == ctx.target
+
+
+def _is_downloading(ctx: PlatformContext, event: ReportProgress) -> bool:
+    return _reports(ctx, event, "downloading")
+
+
+def _is_burning(ctx: PlatformContext, event: ReportProgress) -> bool:
+    return _reports(ctx, event, "burning")
+
+
+def _is_done(ctx: PlatformContext, event: ReportProgress) -> bool:
+    return _reports(ctx, event, "done")
+
+
+def _is_fail(ctx: PlatformContext, event: ReportProgress) -> bool:
+    return _reports(ctx, event, "fail")
+
+
+def _may_retry(ctx: PlatformContext, event: ReportProgress) -> bool:
+    return _is_fail(ctx, event) and _attempts_after_failure(ctx) < MAX_ATTEMPTS
+
+
+def _attempts_after_failure(ctx: PlatformContext) -> int:
+    return ctx.attempts if ctx.progressed else ctx.attempts + 1
+
+
+def _track(ctx: PlatformContext, event: ReportProgress, now: float) -> Iterable[Effect]:
+    ctx.progressed = True
+    if event.report.progress.percent is not None:
+        ctx.percent = max(0, min(100, event.report.progress.percent))
+    return (SetTimer("silence", SILENCE_TIMEOUT),)
+
+
+def _record_failure(ctx: PlatformContext, code: int, message: str) -> None:
+    ctx.attempts = _attempts_after_failure(ctx)
+    ctx.progressed = False
+    ctx.result_code, ctx.result_msg = code, message
+
+
+def _retry_later(ctx: PlatformContext, event: ReportProgress, now: float) -> Iterable[Effect]:
+    _record_failure(ctx, event.report.progress.result_code, event.report.progress.result_msg)
+    return (SetTimer("retry", min(RETRY_MAX, RETRY_BASE * 2 ** max(0, ctx.attempts - 1))),)
+
+
+def _give_up(ctx: PlatformContext, event: ReportProgress, now: float) -> Iterable[Effect]:
+    _record_failure(ctx, event.report.progress.result_code, event.report.progress.result_msg)
+    return (OtaFinished(False, ctx.target, ctx.result_code, ctx.result_msg),)
+
+
+def _note(ctx: PlatformContext, event: ReportProgress, now: float) -> Iterable[Effect]:
+    """Late, repeated or stale reports (a second fail, an old task's progress) change nothing."""
+    if event.state == "fail" and event.version == ctx.target:
+        ctx.result_code, ctx.result_msg = (
+            event.report.progress.result_code,
+            event.report.progress.result_msg,
+        )
+    return ()
+
+
+def _reoffer(ctx: PlatformContext, event: Event, now: float) -> Iterable[Effect]:
+    return _offer(ctx)
+
+
+def _silence_may_retry(ctx: PlatformContext, event: Event) -> bool:
+    return _attempts_after_failure(ctx) < MAX_ATTEMPTS
+
+
+def _silence_retry(ctx: PlatformContext, event: Event, now: float) -> Iterable[Effect]:
+    _record_failure(ctx, TIMEOUT, "device silent")
+    return (SetTimer("retry", min(RETRY_MAX, RETRY_BASE * 2 ** max(0, ctx.attempts - 1))),)
+
+
+def _silence_give_up(ctx: PlatformContext, event: Event, now: float) -> Iterable[Effect]:
+    _record_failure(ctx, TIMEOUT, "device silent")
+    return (OtaFinished(False, ctx.target, TIMEOUT, "device silent"),)
+
+
+ACTIVE = ("offered", "downloading", "burning", "confirming", "retrying")
+WAITING = ("offered", "downloading", "burning", "confirming")
+
+PLATFORM = MachineSpec(
+    name="ota.platform",
+    doc="One per device: answer every report, offer the task's firmware, follow it to the end.",
+    states=[
+        State("idle", initial=True, doc="no task"),
+        State("offered", doc="update_firmware sent; waiting for progress"),
+        State("downloading", doc="the device reports download progress"),
+        State("burning", doc="the device installs the image"),
+        State("confirming", doc="the device said done; success needs its new version"),
+        State("retrying", doc="an attempt failed; a re-offer is due (or comes on its next report)"),
+        State("succeeded", doc="the device reported the target version"),
+        State("failed", doc="too many attempts without progress, or the device went silent"),
+    ],
+    transitions=[
+        On(ReportVersion, ACTIVE, "succeeded", guard=_reports_target, action=_succeeded),
+        On(ReportVersion, ACTIVE, "offered", guard=_valid_version, action=_answer_and_offer),
+        On(
+            ReportVersion,
+            ("idle", "succeeded", "failed"),
+            None,
+            guard=_valid_version,
+            action=_answer,
+        ),
+        On(ReportVersion, ANY_STATE, None, action=_refuse_version),
+        On(DeployFirmware, ANY_STATE, "succeeded", guard=_runs_deployed, action=_deploy_done),
+        On(DeployFirmware, ANY_STATE, "offered", action=_deploy),
+        On(CancelFirmware, ANY_STATE, "idle", action=_cancel),
+        On(
+            ReportProgress,
+            ("offered", "downloading", "retrying"),
+            "downloading",
+            guard=_is_downloading,
+            action=_track,
+        ),
+        On(
+            ReportProgress,
+            ("offered", "downloading", "retrying"),
+            "burning",
+            guard=_is_burning,
+            action=_track,
+        ),
+        On(ReportProgress, (*WAITING, "retrying"), "confirming", guard=_is_done, action=_track),
+        On(ReportProgress, WAITING, "retrying", guard=_may_retry, action=_retry_later),
+        On(ReportProgress, WAITING, "failed", guard=_is_fail, action=_give_up),
+        On(ReportProgress, ANY_STATE, None, action=_note),
+        On(timer("retry"), "retrying", "offered", action=_reoffer),
+        On(timer("silence"), WAITING, "retrying", guard=_silence_may_retry, action=_silence_retry),
+        On(timer("silence"), WAITING, "failed", action=_silence_give_up),
+    ],
+    context=lambda key: PlatformContext(),
+    context_type=PlatformContext,
+    inbound=[ReportVersion, ReportProgress],
+)
+
+
+FEATURE = Feature(
+    name="ota",
+    up_topic="$ota/report/{product}/{device}",
+    down_topic="$ota/update/{product}/{device}",
+    up=[ReportVersion, ReportProgress],
+    down=[ReportVersionRsp, UpdateFirmware],
+    device=DEVICE,
+    platform=PLATFORM,
+    doc=__doc__ or "",
+)
