@@ -48,11 +48,14 @@ def test_topic_length_limit() -> None:
 
 
 def test_filters_per_role() -> None:
-    assert TOPICS.filters("device", device=DeviceKey("P1", "d1")) == ["$log/operation/result/P1/d1"]
-    assert TOPICS.filters("platform") == ["$log/operation/+/+"]
+    device = TOPICS.filters("device", device=DeviceKey("P1", "d1"))
+    assert device == ["$log/operation/result/P1/d1", "$ota/update/P1/d1"]
+    assert TOPICS.filters("platform") == ["$log/operation/+/+", "$ota/report/+/+"]
     assert TOPICS.filters("platform", products=["P1", "P2"]) == [
         "$log/operation/P1/+",
         "$log/operation/P2/+",
+        "$ota/report/P1/+",
+        "$ota/report/P2/+",
     ]
     with pytest.raises(TopicError):
         TOPICS.filters("platform", products=["bad/+"])

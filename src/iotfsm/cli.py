@@ -66,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--devices", type=int, default=3, help="how many devices (default 3)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.set_defaults(run=_demo)
+
+    from .diagrams import cli as diagram_cli
+
+    diagram = sub.add_parser(
+        "diagram",
+        help="render a feature's state machines (svg, png or dot)",
+        description="Render state diagrams from the declarations. Examples: "
+        "iotfsm diagram ota --role device --format png -o out/ ; "
+        "iotfsm diagram --all -o docs/diagrams",
+    )
+    diagram_cli.add_arguments(diagram)
+    diagram.set_defaults(run=diagram_cli.run)
     return parser
 
 

@@ -20,16 +20,20 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
+import cattrs
+
 from ..fsm.clock import Clock, ManualClock, RealClock, Scheduler
 from ..fsm.effects import CancelTimer, Effect, Log, Publish, SetTimer
 from ..fsm.events import Connected, Disconnected, Event, TimerFired
 from ..fsm.machine import Machine
 from ..fsm.session import Session
+from ..fsm.snapshot import SnapshotError, restore, snapshot
 from ..fsm.trace import Tracer
 from ..machines.feature import DeviceKey, Feature, Role, inbound_direction, outbound_direction
 from ..machines.messages import Message
 from .codec import Codec, DecodeError
 from .scheduler import ThreadScheduler
+from .store import SessionStore
 from .topics import TopicError, Topics, check_key
 from .transport import Transport, TransportError
 
@@ -52,6 +56,7 @@ class Runtime:
         scheduler: Scheduler | None = None,
         handlers: Mapping[type[Effect], EffectHandler] | None = None,
         tracer: Tracer | None = None,
+        store: SessionStore | None = None,
     ) -> None:
         if role == "device":
             if identity is None:
@@ -78,6 +83,10 @@ class Runtime:
         }
         for kind, handler in (handlers or {}).items():
             self._handlers[kind] = partial(_call_with_key, handler)
+        self.store = store
+        self._converter = cattrs.Converter()
+        self.on_session_created: Callable[[str, DeviceKey], None] | None = None
+        """Called once for each session the runtime creates (not for restored ones)."""
         self._queue: deque[tuple[str, DeviceKey, Event]] = deque()
         self._lock = threading.Lock()
         self._draining = False
@@ -91,6 +100,8 @@ class Runtime:
     def start(self) -> None:
         """Subscribe, create the device's sessions, connect. `Connected` follows the connection."""
         self.transport.set_handlers(self.on_message, self.on_connection)
+        if self.store is not None:
+            self._restore_all(self.store)
         if self.identity is not None:
             for name in self.features:
                 self.session(name, self.identity)
@@ -100,8 +111,22 @@ class Runtime:
             self.transport.subscribe(topic_filter, 1)
         self.transport.start()
 
+    def _restore_all(self, store: SessionStore) -> None:
+        for feature, key, doc in store.load():
+            if feature not in self.machines:
+                log.warning("stored session of unknown feature %r skipped", feature)
+                continue
+            try:
+                session = restore(self.machines[feature], key, doc, self._converter)
+            except SnapshotError as exc:
+                log.warning("stored %s session of %s/%s skipped: %s", feature, *key, exc)
+                continue
+            self.adopt(feature, session)
+
     def stop(self) -> None:
         self.transport.stop()
+        if self.store is not None:
+            self.store.commit()
         stop = getattr(self.scheduler, "stop", None)
         if callable(stop) and isinstance(self.scheduler, ThreadScheduler):
             stop()
@@ -114,6 +139,8 @@ class Runtime:
         session = sessions.get(key)
         if session is None:
             session = sessions[key] = self.machines[feature].new_session(key)
+            if self.on_session_created is not None:
+                self.on_session_created(feature, key)
         return session
 
     def all_sessions(self) -> Iterator[tuple[str, Session]]:
@@ -143,13 +170,15 @@ class Runtime:
                 with self._lock:
                     if not self._queue:
                         self._draining = False
-                        return
+                        break
                     item = self._queue.popleft()
                 self._step(*item)
         except BaseException:
             with self._lock:
                 self._draining = False
             raise
+        if self.store is not None:
+            self.store.commit()
 
     def _step(self, feature: str, key: DeviceKey, event: Event) -> None:
         session = self.session(feature, key)
@@ -162,6 +191,8 @@ class Runtime:
             self.ignored += 1
             log.debug("%s %s/%s: ignored %s in %s", feature, *key, event.trigger, session.state)
             return
+        if self.store is not None:
+            self.store.save(feature, key, snapshot(session, self._converter))
         for effect in effects:
             handler = self._handlers.get(type(effect))
             if handler is None:
@@ -198,14 +229,20 @@ class Runtime:
 
     # ---- effects ----------------------------------------------------------------------------
 
-    def _publish(self, feature: str, session: Session, effect: Publish) -> None:
-        message = effect.message
-        assert isinstance(message, Message)
-        topic = self.topics.topic(feature, self._outbound, session.key)
+    def publish(self, feature: str, key: DeviceKey, message: Message, qos: int = 0) -> None:
+        """Send `message` on the session's outbound topic; for effect handlers that build a
+        message from outside data (e.g. a freshly signed URL). A lost connection is logged."""
+        topic = self.topics.topic(feature, self._outbound, key)
         try:
-            self.transport.publish(topic, self.codec.encode(message), effect.qos)
+            self.transport.publish(topic, self.codec.encode(message), qos)
         except TransportError as exc:
             log.warning("%s: could not publish %s to %s: %s", feature, message.TYPE, topic, exc)
+
+    def _publish(self, feature: str, session: Session, effect: Publish) -> None:
+        message = effect.message
+        if not isinstance(message, Message):
+            raise TypeError(f"Publish needs a wire Message, got {type(message).__name__}")
+        self.publish(feature, session.key, message, effect.qos)
 
     def _set_timer(self, feature: str, session: Session, effect: SetTimer) -> None:
         event = TimerFired(effect.name, effect.generation)
