@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iotfsm.adapters.codec import MAX_PAYLOAD_BYTES, Codec, DecodeError
+from iotfsm.adapters.codec import Codec, DecodeError
+from iotfsm.adapters.limits import MAX_PAYLOAD_BYTES
 from iotfsm.machines import all_features
 from iotfsm.machines.log_level import FEATURE, GetLogLevel, LogLevelReply
 

@@ -20,9 +20,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 
 from ..machines.feature import Direction, Feature
 from ..machines.messages import Message, wire_info
-
-MAX_PAYLOAD_BYTES = 16 * 1024
-"""Tencent's MQTT packet limit; nothing bigger is a valid message of these features."""
+from .limits import MAX_PAYLOAD_BYTES
 
 _EXTRA = "\x00extra"
 _NUMERIC = re.compile(r"-?[0-9]{1,19}")

@@ -13,9 +13,8 @@ from collections.abc import Iterable, Sequence
 import attrs
 
 from ..machines.feature import DeviceKey, Direction, Feature, Role, inbound_direction
+from .limits import MAX_TOPIC_BYTES
 
-MAX_TOPIC_BYTES = 64
-"""Tencent's topic length limit (seed 004)."""
 DEVICE_NAME = re.compile(r"[A-Za-z0-9:_-]{1,48}")
 PRODUCT_ID = re.compile(r"[A-Za-z0-9]{1,32}")
 _SUFFIX = "/{product}/{device}"
