@@ -24,9 +24,8 @@ from mqtt_fixtures import (
 )
 
 from iotfsm.adapters.credentials import DeviceCredentials
+from iotfsm.adapters.limits import MAX_PAYLOAD_BYTES, MAX_TOPIC_BYTES
 from iotfsm.adapters.mqtt_transport import (
-    MAX_PAYLOAD_BYTES,
-    MAX_TOPIC_BYTES,
     MqttSettings,
     MqttTransport,
     TlsSettings,
