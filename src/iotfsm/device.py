@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ._role import RoleFacade
-from .adapters.connect import Broker, transport_for
+from .adapters.connect import Broker, MqttOptions, transport_for
 from .adapters.runtime import Runtime
 from .adapters.topics import check_key
 from .fsm.clock import Clock
@@ -36,10 +36,13 @@ class Device(RoleFacade):
         on_log_level: Callable[[int], None] | None = None,
         on_step: Tracer | None = None,
         clock: Clock | None = None,
+        mqtt: MqttOptions | None = None,
     ) -> None:
         """`logger` is the application logger whose level follows the platform's log level
         (0 silences it, 1 ERROR ... 4 DEBUG); `on_log_level` is called with each applied level.
-        `psk` is the device key, needed on a real broker, unused on the memory broker."""
+        `psk` is the device key, needed on a real broker, unused on the memory broker.
+        `broker` is a MemoryBroker, a Transport, or a URL (`mqtt://host:1883`, `mqtts://…`)
+        with `mqtt` options for TLS and reconnect pacing."""
         self.key = check_key(DeviceKey(product_id, device_name))
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +50,7 @@ class Device(RoleFacade):
         self._on_log_level = on_log_level
         self.log_level: int | None = None
         """The level last applied from the platform; None until it has answered."""
-        transport = transport_for(broker, self.key, psk)
+        transport = transport_for(broker, self.key, psk, mqtt)
         self.runtime = Runtime(
             "device",
             transport,

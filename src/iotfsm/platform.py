@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import attrs
 
 from ._role import RoleFacade
-from .adapters.connect import Broker, transport_for
+from .adapters.connect import Broker, MqttOptions, transport_for
 from .adapters.runtime import Runtime
 from .adapters.topics import check_key
 from .fsm.clock import Clock
@@ -36,13 +36,18 @@ class Platform(RoleFacade):
         products: Sequence[str] | None = None,
         on_step: Tracer | None = None,
         clock: Clock | None = None,
+        mqtt: MqttOptions | None = None,
+        share_group: str | None = None,
     ) -> None:
-        """`products` limits the subscriptions to those products (default: every product)."""
+        """`products` limits the subscriptions to those products (default: every product).
+        `share_group` lets several platform workers split the load of one broker (MQTT shared
+        subscriptions; Mosquitto does not share `$` topics, so partition by `products` there)."""
         self.runtime = Runtime(
             "platform",
-            transport_for(broker, None),
+            transport_for(broker, None, None, mqtt),
             all_features(),
             products=products,
+            share_group=share_group,
             clock=clock,
             tracer=on_step,
         )

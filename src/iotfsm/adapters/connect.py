@@ -6,18 +6,60 @@ role facades accept all three so that switching from a test to a real broker is 
 
 from __future__ import annotations
 
+import secrets
+from pathlib import Path
+
+import attrs
+
 from ..machines.feature import DeviceKey
+from .credentials import DeviceCredentials
 from .memory_broker import MemoryBroker
+from .mqtt_transport import MqttProtocol, MqttTransport, settings_from_url
 from .transport import Transport
 
 Broker = MemoryBroker | Transport | str
 
 
-def transport_for(broker: Broker, key: DeviceKey | None, psk: str | None = None) -> Transport:
-    """A transport for a device (`key`) or for the platform (`key` None)."""
-    client_id = f"{key.product}{key.device}" if key is not None else "iotfsm-platform"
+@attrs.frozen
+class MqttOptions:
+    """How to reach a real broker beyond its URL: TLS files, reconnect pacing, protocol."""
+
+    ca_file: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    protocol: MqttProtocol = "3.1.1"
+    keepalive: int = 60
+    backoff_min: float = 1.0
+    backoff_max: float = 60.0
+
+
+def transport_for(
+    broker: Broker,
+    key: DeviceKey | None,
+    psk: str | None = None,
+    options: MqttOptions | None = None,
+) -> Transport:
+    """A transport for a device (`key`) or for the platform (`key` None).
+
+    With a URL a device logs in with Tencent's key credentials when it has a `psk`; a platform
+    gets a unique client id, so several platform workers never take over each other's session.
+    """
+    own_id = f"{key.product}{key.device}" if key else f"iotfsm-platform-{secrets.token_hex(4)}"
     if isinstance(broker, MemoryBroker):
-        return broker.connect(client_id)
-    if isinstance(broker, str):
-        raise ValueError(f"MQTT URLs are not supported yet: {broker!r}")
-    return broker
+        return broker.connect(own_id)
+    if not isinstance(broker, str):
+        return broker
+    opts = options or MqttOptions()
+    device = DeviceCredentials(key.product, key.device, psk) if key is not None and psk else None
+    settings = settings_from_url(
+        broker,
+        client_id=None if device is not None else own_id,
+        device=device,
+        ca_file=opts.ca_file,
+        certfile=opts.certfile,
+        keyfile=opts.keyfile,
+        protocol=opts.protocol,
+        keepalive=opts.keepalive,
+    )
+    settings = attrs.evolve(settings, backoff_min=opts.backoff_min, backoff_max=opts.backoff_max)
+    return MqttTransport(settings)

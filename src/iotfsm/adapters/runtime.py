@@ -52,6 +52,7 @@ class Runtime:
         *,
         identity: DeviceKey | None = None,
         products: Sequence[str] | None = None,
+        share_group: str | None = None,
         clock: Clock | None = None,
         scheduler: Scheduler | None = None,
         handlers: Mapping[type[Effect], EffectHandler] | None = None,
@@ -71,6 +72,9 @@ class Runtime:
         self.codec = Codec(self.features.values())
         self.topics = Topics(self.features.values())
         self._products = products
+        self._share_group = share_group
+        """Platform workers with the same group split the messages between them (MQTT 5 shared
+        subscriptions; note Mosquitto never delivers `$` topics to shared subscriptions)."""
         self.machines = {name: Machine(f.spec(role), tracer) for name, f in self.features.items()}
         self.sessions: dict[str, dict[DeviceKey, Session]] = {name: {} for name in self.features}
         self._inbound = inbound_direction(role)
@@ -108,7 +112,10 @@ class Runtime:
         for topic_filter in self.topics.filters(
             self.role, device=self.identity, products=self._products
         ):
-            self.transport.subscribe(topic_filter, 1)
+            shared = self._share_group
+            self.transport.subscribe(
+                f"$share/{shared}/{topic_filter}" if shared else topic_filter, 1
+            )
         self.transport.start()
 
     def _restore_all(self, store: SessionStore) -> None:
