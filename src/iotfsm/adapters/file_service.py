@@ -1,0 +1,837 @@
+"""The platform's HTTP file service: firmware and resource downloads, device uploads, signed URLs.
+
+Devices fetch firmware and resources with plain HTTP GET and push resources with one PUT, to URLs
+the platform hands out in `update_firmware`, `get_download_task_rsp` and `create_upload_task_rsp`.
+This module is that server, built on `http.server` so that it needs nothing beyond the standard
+library.
+
+What real devices force on it (PROTOCOL.md, "What real devices do that a platform must absorb"):
+
+- Every answer has a `Content-Length` and is never chunked, and an error is never a 2xx: the C SDK
+  cannot read chunked bodies and saves any status other than 403/404 as firmware data.
+- A Range whose end is one past the file (`bytes=0-307200` for 307200 bytes) is clamped and answered
+  206, as RFC 9110 says, not 416.
+- URLs are handed out under a configurable public base (`http://files.example`), because the C SDK
+  cannot parse a port; the service itself may listen on `127.0.0.1:8080` behind a reverse proxy.
+- Uploads are idempotent by (key, md5): a device whose final progress report went unanswered uploads
+  the whole file again.
+
+URLs are signed, not stored: `?expires={unix}&signature={hex HMAC-SHA256}` over the method, the
+path, the expiry and, for PUT, the size and md5 the platform agreed to. The service therefore keeps
+no per-URL state, cannot be talked into a later expiry or another file, and restarts without
+losing links it handed out (given the same secret).
+
+Names come from the other side (a device picks its upload names), so every file id and upload key is
+checked before it touches the file system: no `/`, `\\`, `..`, control characters or leading dot, at
+most 64 characters. Nothing is ever written outside the data directory; uploads are streamed to a
+temporary file and renamed into place only when size and md5 match.
+
+Multi-range requests (`bytes=0-9,20-29`) are answered with the full body (200): no device asks for
+them, and RFC 9110 lets a server ignore a Range header.
+
+`FaultHooks` (on `FileService.hooks`) injects faults for tests: cut a response after some bytes,
+ignore Range headers. They are off by default and sit beside the main path, not inside its logic.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import socket
+import sys
+import tempfile
+import threading
+import unicodedata
+from collections import deque
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import BinaryIO, cast
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import attrs
+
+from iotfsm.fsm.clock import Clock, RealClock
+
+from .durable import fsync_dir
+
+logger = logging.getLogger(__name__)
+
+MAX_NAME_LENGTH = 64
+"""Tencent's limit for resource names; file ids and upload keys share it."""
+
+_CHUNK = 256 * 1024
+_DRAIN_LIMIT = 16 * 1024 * 1024
+"""How much of an unwanted request body is read and discarded so that the client sees our error
+response instead of a connection reset. Larger bodies are cut off."""
+_DRAIN_TIMEOUT = 2.0
+_HEX_MD5 = re.compile(r"[0-9a-fA-F]{32}")
+_ROUTE = re.compile(r"/(files|uploads)/([^/]+)")
+_SIGNATURE_IN_TEXT = re.compile(r"(signature=)[^&\s'\"]*", re.IGNORECASE)
+
+
+# Data -------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class FileRef:
+    """A published file as the platform puts it in an offer: id, size and lowercase hex md5."""
+
+    file_id: str
+    size: int
+    md5: str
+
+
+@attrs.frozen
+class UploadRecord:
+    """One upload stored under `key`, its agreed size and md5, and where it lives on disk."""
+
+    key: str
+    size: int
+    md5: str
+    path: Path
+
+
+@attrs.frozen
+class ByteRange:
+    """An inclusive byte range `start..end` of a file, already clamped to the file's size."""
+
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+class RangeNotSatisfiableError(Exception):
+    """The Range starts at or past the end of the file: answered 416 `bytes */size`."""
+
+
+@attrs.frozen
+class RequestRecord:
+    """What the service saw for one request, for tests; the query string is never kept."""
+
+    method: str
+    name: str
+    range: str | None
+    status: int
+
+
+# Pure helpers -----------------------------------------------------------------------------------
+
+
+def check_name(name: str, what: str = "file id") -> str:
+    """Refuse a name that could leave its folder or confuse a file system; return it unchanged.
+
+    Names arrive from devices (upload names) and from URLs, so the rule is strict and the same on
+    the Python API (ValueError) and over HTTP (400).
+    """
+    problem = _name_problem(name)
+    if problem is not None:
+        raise ValueError(
+            f"{what} {name[:80]!r} is refused: {problem}; use 1-{MAX_NAME_LENGTH} characters "
+            "without '/', '\\\\', '..', control characters or a leading dot"
+        )
+    return name
+
+
+def _name_problem(name: str) -> str | None:
+    if not name:
+        return "it is empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"it has {len(name)} characters"
+    if len(name.encode("utf-8", "surrogatepass")) > 255:
+        return "it is longer than 255 bytes in UTF-8"
+    if "/" in name or "\\" in name:
+        return "it contains a path separator"
+    if ".." in name:
+        return "it contains '..'"
+    if name.startswith("."):
+        return "it starts with a dot"
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
+        return "it contains a control character"
+    return None
+
+
+def check_md5(md5: str) -> str:
+    """Return `md5` in lowercase after checking that it is 32 hex digits."""
+    if not _HEX_MD5.fullmatch(md5):
+        raise ValueError(f"md5 {md5[:40]!r} is not 32 hexadecimal digits")
+    return md5.lower()
+
+
+def parse_range(header: str | None, size: int) -> ByteRange | None:
+    """Interpret a Range header for a file of `size` bytes (RFC 9110 §14).
+
+    Returns None when the whole file should be sent: no header, another unit, a malformed or
+    inverted range, or several ranges. An end past the file is clamped (the C SDK asks for
+    `bytes=0-{size}`). Raises RangeNotSatisfiableError when the start is at or past the end.
+    """
+    if header is None:
+        return None
+    unit, sep, spec = header.strip().partition("=")
+    if not sep or unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    match = re.fullmatch(r"\s*(\d*)\s*-\s*(\d*)\s*", spec)
+    if match is None:
+        return None
+    first, last = match.group(1), match.group(2)
+    if not first:
+        if not last:
+            return None
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiableError(f"suffix range of {suffix} bytes on {size} bytes")
+        return ByteRange(max(0, size - suffix), size - 1)
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiableError(f"range starts at {start}, the file has {size} bytes")
+    end = min(int(last), size - 1) if last else size - 1
+    return ByteRange(start, end)
+
+
+def _content_md5_to_hex(header: str) -> str | None:
+    try:
+        raw = base64.b64decode(header.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw.hex() if len(raw) == 16 else None
+
+
+def _redact(text: str) -> str:
+    """Hide signatures in anything logged: a signed URL is a bearer credential until it expires."""
+    return _SIGNATURE_IN_TEXT.sub(r"\1<redacted>", text)
+
+
+# Fault injection --------------------------------------------------------------------------------
+
+
+class FaultHooks:
+    """Fault injection and counters for tests; a production service leaves the faults off.
+
+    - `cut_after(file_id, nbytes)`: the next GET of the file sends `nbytes` of its body and then
+      closes the connection (one-shot; call again to queue more cuts).
+    - `cut_at(file_id, offsets)`: cut whichever response first covers each absolute file offset,
+      so a test can cut a download at the same places however the client resumes.
+    - `ignore_range`: answer every GET 200 with the full body, as a broken proxy does.
+    - `bytes_served(file_id)` (body bytes handed to connections) and `requests()`: what went
+      over the wire, for assertions. The request log is bounded, so leaving the service running
+      does not grow memory.
+    """
+
+    def __init__(self, log_limit: int = 1000) -> None:
+        self._lock = threading.Lock()
+        self._relative: dict[str, deque[int]] = {}
+        self._absolute: dict[str, list[int]] = {}
+        self._served: dict[str, int] = {}
+        self._requests: deque[RequestRecord] = deque(maxlen=log_limit)
+        self.ignore_range = False
+
+    def cut_after(self, file_id: str, nbytes: int) -> None:
+        if nbytes < 0:
+            raise ValueError(f"cut_after needs a byte count >= 0, got {nbytes}")
+        with self._lock:
+            self._relative.setdefault(file_id, deque()).append(nbytes)
+
+    def cut_at(self, file_id: str, offsets: Iterable[int]) -> None:
+        with self._lock:
+            pending = self._absolute.setdefault(file_id, [])
+            pending.extend(offsets)
+            pending.sort()
+
+    def clear(self) -> None:
+        """Drop pending cuts and counters; `ignore_range` goes back to off."""
+        with self._lock:
+            self._relative.clear()
+            self._absolute.clear()
+            self._served.clear()
+            self._requests.clear()
+            self.ignore_range = False
+
+    def bytes_served(self, file_id: str) -> int:
+        with self._lock:
+            return self._served.get(file_id, 0)
+
+    def requests(self) -> list[RequestRecord]:
+        with self._lock:
+            return list(self._requests)
+
+    def _take_cut(self, file_id: str, start: int, length: int) -> int | None:
+        """How many body bytes to send before cutting this response, or None to send them all."""
+        with self._lock:
+            relative = self._relative.get(file_id)
+            if relative:
+                nbytes = relative.popleft()
+                return nbytes if nbytes < length else None
+            pending = self._absolute.get(file_id)
+            if not pending:
+                return None
+            # Offsets the client has already passed can never trigger: forget them.
+            while pending and pending[0] <= start:
+                pending.pop(0)
+            if pending and pending[0] < start + length:
+                return pending.pop(0) - start
+            return None
+
+    def _count(self, file_id: str, nbytes: int) -> None:
+        with self._lock:
+            self._served[file_id] = self._served.get(file_id, 0) + nbytes
+
+    def _record(self, record: RequestRecord) -> None:
+        with self._lock:
+            self._requests.append(record)
+
+
+# The service ------------------------------------------------------------------------------------
+
+
+class FileService:
+    """Serves published files and receives device uploads behind signed URLs.
+
+    Files live under `data_dir`: `files/` (published, downloadable), `uploads/` (stored device
+    uploads) and `tmp/` (bodies in flight, on the same file system so the final rename is atomic).
+    Upload records are kept in memory; the files themselves survive a restart.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        public_base: str | None = None,
+        secret: bytes | None = None,
+        clock: Clock | None = None,
+        request_timeout: float = 30.0,
+    ) -> None:
+        self._data_dir = Path(data_dir).resolve()
+        self._files_dir = self._data_dir / "files"
+        self._uploads_dir = self._data_dir / "uploads"
+        self._tmp_dir = self._data_dir / "tmp"
+        for folder in (self._files_dir, self._uploads_dir, self._tmp_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._host = host
+        self._port = port
+        self._public_base = _check_public_base(public_base) if public_base is not None else None
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
+        if not self._secret:
+            raise ValueError("the signing secret must not be empty")
+        self._clock: Clock = clock if clock is not None else RealClock()
+        self._request_timeout = request_timeout
+        self._lock = threading.Lock()
+        self._published: dict[str, FileRef] = {}
+        self._uploads: dict[str, UploadRecord] = {}
+        self._callbacks: list[Callable[[UploadRecord], None]] = []
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.hooks = FaultHooks()
+
+    # Lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> FileService:
+        if self._server is not None:
+            raise RuntimeError("the file service is already running; stop() it first")
+        server = _Server((self._host, self._port), _Handler)
+        server.service = self
+        self._server = server
+        # A short poll keeps stop() quick; an idle select every 50 ms costs nothing measurable.
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="iotfsm-file-service",
+            daemon=True,
+        )
+        self._thread.start()
+        logger.info("file service listening on %s, public base %s", self.base_url, self.public_base)
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        self._server = self._thread = None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if thread is not None:
+            thread.join()
+
+    def __enter__(self) -> FileService:
+        return self.start() if self._server is None else self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The (host, port) actually listened on; port 0 was replaced by a free port."""
+        if self._server is None:
+            raise RuntimeError("the file service is not running; call start() first")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def base_url(self) -> str:
+        """The listener's own URL, `http://host:port`."""
+        host, port = self.address
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+    @property
+    def public_base(self) -> str:
+        """Where devices are told the files are; the listener's own URL unless configured."""
+        return self._public_base if self._public_base is not None else self.base_url
+
+    @property
+    def data_dir(self) -> Path:
+        return self._data_dir
+
+    # Publishing and signing ---------------------------------------------------------------------
+
+    def publish_file(self, source: Path | bytes, *, name: str) -> FileRef:
+        """Copy a file (or bytes) in under `name` and return what an offer needs to carry.
+
+        The copy is hashed while it streams and renamed into place, so a download running
+        meanwhile sees the old file or the new one, never a mixture.
+        """
+        check_name(name)
+        digest = hashlib.md5(usedforsecurity=False)
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp_dir, prefix="publish-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                if isinstance(source, bytes | bytearray | memoryview):
+                    data = bytes(source)
+                    out.write(data)
+                    digest.update(data)
+                    size = len(data)
+                else:
+                    with Path(source).open("rb") as src:
+                        while chunk := src.read(_CHUNK):
+                            out.write(chunk)
+                            digest.update(chunk)
+                            size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self._files_dir / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(self._files_dir)
+        ref = FileRef(name, size, digest.hexdigest())
+        with self._lock:
+            self._published[name] = ref
+        logger.info("published %s (%d bytes, md5 %s)", name, size, ref.md5)
+        return ref
+
+    def published(self, file_id: str) -> FileRef | None:
+        with self._lock:
+            return self._published.get(file_id)
+
+    def signed_get_url(self, file_id: str, expires_in: float) -> str:
+        """A download URL valid for `expires_in` seconds. The id need not exist (yet): 404 then."""
+        path = "/files/" + quote(check_name(file_id), safe="")
+        expires = self._expiry(expires_in)
+        signature = self._sign("GET", path, expires)
+        return f"{self.public_base}{path}?expires={expires}&signature={signature}"
+
+    def signed_put_url(self, upload_key: str, size: int, md5: str, expires_in: float) -> str:
+        """An upload URL for exactly `size` bytes with this md5; any other body is refused."""
+        path = "/uploads/" + quote(check_name(upload_key, "upload key"), safe="")
+        if size < 0:
+            raise ValueError(f"upload size must be >= 0, got {size}")
+        md5 = check_md5(md5)
+        expires = self._expiry(expires_in)
+        signature = self._sign("PUT", path, expires, size, md5)
+        return (
+            f"{self.public_base}{path}?expires={expires}&size={size}&md5={md5}"
+            f"&signature={signature}"
+        )
+
+    def _expiry(self, expires_in: float) -> int:
+        return int(self._clock.now() + expires_in)
+
+    def _sign(
+        self, method: str, path: str, expires: int, size: int | None = None, md5: str | None = None
+    ) -> str:
+        message = f"{method}\n{path}\n{expires}"
+        if size is not None:
+            message += f"\n{size}\n{md5}"
+        return hmac.new(self._secret, message.encode(), hashlib.sha256).hexdigest()
+
+    # Uploads ------------------------------------------------------------------------------------
+
+    def uploads(self) -> list[UploadRecord]:
+        with self._lock:
+            return list(self._uploads.values())
+
+    def upload_record(self, key: str) -> UploadRecord | None:
+        with self._lock:
+            return self._uploads.get(key)
+
+    def on_upload(self, callback: Callable[[UploadRecord], None]) -> None:
+        """Call `callback` (on a server thread, before the device gets its 200) for each upload
+        that stored new content; an identical repeat of an upload does not call it again."""
+        with self._lock:
+            self._callbacks.append(callback)
+
+    def _store_upload(self, record: UploadRecord, tmp: Path) -> None:
+        os.replace(tmp, record.path)
+        fsync_dir(self._uploads_dir)
+        with self._lock:
+            previous = self._uploads.get(record.key)
+            self._uploads[record.key] = record
+            callbacks = list(self._callbacks)
+        if previous is not None and previous.md5 == record.md5 and previous.size == record.size:
+            logger.info("upload %s repeated with the same md5: kept", record.key)
+            return
+        logger.info("stored upload %s (%d bytes, md5 %s)", record.key, record.size, record.md5)
+        for callback in callbacks:
+            try:
+                callback(record)
+            except Exception:
+                logger.exception("on_upload callback failed for %s", record.key)
+
+    # Request checks (used by the handler) -------------------------------------------------------
+
+    def _verify(self, method: str, path: str, query: str) -> tuple[str | None, int, str]:
+        """Check a signed query; return (problem or None, size, md5) (size/md5 only for PUT)."""
+        params = parse_qs(query, keep_blank_values=True)
+        wanted = ["expires", "signature"]
+        if method == "PUT":
+            wanted += ["size", "md5"]
+        values: dict[str, str] = {}
+        for key in wanted:
+            got = params.get(key, [])
+            if len(got) != 1:
+                return f"query parameter {key!r} missing or repeated", 0, ""
+            values[key] = got[0]
+        if not (values["expires"].isascii() and values["expires"].isdigit()):
+            return "bad expires", 0, ""
+        expires = int(values["expires"])
+        size, md5 = 0, ""
+        if method == "PUT":
+            if not (values["size"].isascii() and values["size"].isdigit()):
+                return "bad size", 0, ""
+            size, md5 = int(values["size"]), values["md5"]
+            if not _HEX_MD5.fullmatch(md5):
+                return "bad md5", 0, ""
+            expected = self._sign(method, path, expires, size, md5)
+        else:
+            expected = self._sign(method, path, expires)
+        signature = values["signature"]
+        if not signature.isascii() or not hmac.compare_digest(expected, signature.lower()):
+            return "signature does not match", 0, ""
+        if self._clock.now() > expires:
+            return "URL expired", 0, ""
+        return None, size, md5.lower()
+
+    def _strip_prefix(self, path: str) -> str:
+        """Accept paths under the public base's path too, for proxies that do not strip it."""
+        if self._public_base is None:
+            return path
+        prefix = urlsplit(self._public_base).path.rstrip("/")
+        if prefix and path.startswith(prefix + "/"):
+            return path[len(prefix) :]
+        return path
+
+
+def _check_public_base(base: str) -> str:
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise ValueError(
+            f"public base {base!r} must be an http or https URL without query or fragment, "
+            "e.g. 'http://files.example'"
+        )
+    return base.rstrip("/")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    service: FileService
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):
+            # Devices drop connections all the time; that is not a server error.
+            logger.debug("file service: %s went away: %s", client_address, error)
+            return
+        logger.exception("file service: unhandled error while serving %s", client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Routes `/files/{id}` (GET, HEAD) and `/uploads/{key}` (PUT); everything else is 404/405."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "iotfsm-file-service"
+    sys_version = ""
+
+    @property
+    def service(self) -> FileService:
+        return cast(_Server, self.server).service
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.service._request_timeout)
+        self._body_read = False
+        self._name = ""
+
+    def parse_request(self) -> bool:
+        # Called once per request; a kept-alive connection carries several.
+        self._body_read = False
+        self._name = ""
+        return super().parse_request()
+
+    # Logging: never the query string, which holds the signature ---------------------------------
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        logger.debug("%s %s %s -> %s", self.client_address[0], self.command, self._log_path(), code)
+
+    def log_message(self, format: str, *args: object) -> None:
+        logger.debug("file service: %s", _redact(format % args))
+
+    def _log_path(self) -> str:
+        return urlsplit(getattr(self, "path", "")).path
+
+    # Responses ----------------------------------------------------------------------------------
+
+    def _record(self, status: int) -> None:
+        self.service.hooks._record(
+            RequestRecord(self.command, self._name, self.headers.get("Range"), status)
+        )
+
+    def _fail(self, status: int, reason: str) -> None:
+        """Answer an error with a short text body and close: never a 2xx, never chunked."""
+        logger.info("%s %s refused: %d %s", self.command, self._log_path(), status, reason)
+        self._record(status)
+        body = f"{status} {reason}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.close_connection = True
+        self._linger()
+
+    def _linger(self) -> None:
+        """Discard an unread request body after answering, so the client reads our error
+        instead of a reset connection (Apache's "lingering close")."""
+        if self._body_read or self.command != "PUT":
+            return
+        self._body_read = True
+        try:
+            remaining = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            return
+        remaining = min(remaining, _DRAIN_LIMIT)
+        try:
+            self.wfile.flush()
+            self.connection.settimeout(_DRAIN_TIMEOUT)
+            while remaining > 0:
+                chunk = self.rfile.read(min(_CHUNK, remaining))
+                if not chunk:
+                    break
+                remaining -= len(chunk)
+        except OSError:
+            pass
+
+    def _route(self, kind: str) -> tuple[str, str] | None:
+        """Resolve the request to (canonical path, name) or answer the error and return None."""
+        parts = urlsplit(self.path)
+        path = self.service._strip_prefix(parts.path)
+        match = _ROUTE.fullmatch(path)
+        if match is None:
+            self._fail(404, "no such path")
+            return None
+        try:
+            name = unquote(match.group(2), errors="strict")
+        except UnicodeDecodeError:
+            self._fail(400, "name is not UTF-8")
+            return None
+        self._name = name
+        if _name_problem(name) is not None:
+            self._fail(400, "name refused")
+            return None
+        if match.group(1) != kind:
+            self._fail(405, "method not allowed here")
+            return None
+        return f"/{kind}/" + quote(name, safe=""), name
+
+    # GET / HEAD ---------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._get()
+
+    def do_HEAD(self) -> None:
+        self._get()
+
+    def _get(self) -> None:
+        routed = self._route("files")
+        if routed is None:
+            return
+        path, name = routed
+        problem, _, _ = self.service._verify("GET", path, urlsplit(self.path).query)
+        if problem is not None:
+            self._fail(403, problem)
+            return
+        try:
+            handle = (self.service._files_dir / name).open("rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            self._fail(404, "no such file")
+            return
+        with handle:
+            self._send_file(handle, name)
+
+    def _send_file(self, handle: BinaryIO, name: str) -> None:
+        hooks = self.service.hooks
+        size = os.fstat(handle.fileno()).st_size
+        requested = None if hooks.ignore_range else self.headers.get("Range")
+        try:
+            byte_range = parse_range(requested, size)
+        except RangeNotSatisfiableError as exc:
+            self._record(416)
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{size}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            logger.info("GET %s: 416, %s", self._log_path(), exc)
+            return
+        if byte_range is None:
+            status, start, length = 200, 0, size
+        else:
+            status, start, length = 206, byte_range.start, byte_range.length
+        self._record(status)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(length))
+        if byte_range is not None:
+            self.send_header("Content-Range", f"bytes {start}-{byte_range.end}/{size}")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        cut = hooks._take_cut(name, start, length)
+        to_send = length if cut is None else cut
+        handle.seek(start)
+        try:
+            while to_send > 0:
+                chunk = handle.read(min(_CHUNK, to_send))
+                if not chunk:
+                    break  # the file shrank under us: the client sees a short body
+                # Counted before the write, so a client that has the bytes sees them counted.
+                hooks._count(name, len(chunk))
+                self.wfile.write(chunk)
+                to_send -= len(chunk)
+        except OSError as exc:
+            logger.info("GET %s: client went away (%s)", self._log_path(), exc)
+            self.close_connection = True
+            return
+        if cut is not None:
+            logger.info("GET %s: fault hook cut the connection after %d bytes", name, cut)
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+    # PUT ----------------------------------------------------------------------------------------
+
+    def do_PUT(self) -> None:
+        routed = self._route("uploads")
+        if routed is None:
+            return
+        path, key = routed
+        problem, size, md5 = self.service._verify("PUT", path, urlsplit(self.path).query)
+        if problem is not None:
+            self._fail(403, problem)
+            return
+        if "Transfer-Encoding" in self.headers or "Content-Length" not in self.headers:
+            self._fail(411, "Content-Length required, chunked bodies are not accepted")
+            return
+        try:
+            length = int(self.headers["Content-Length"])
+        except ValueError:
+            self._fail(400, "bad Content-Length")
+            return
+        if length != size:
+            self._fail(400, f"Content-Length {length} differs from the agreed size {size}")
+            return
+        header_md5 = _content_md5_to_hex(self.headers.get("Content-MD5", ""))
+        if header_md5 is None:
+            self._fail(400, "Content-MD5 missing or not base64 of 16 bytes")
+            return
+        if header_md5 != md5:
+            self._fail(400, "Content-MD5 differs from the agreed md5")
+            return
+        self._receive(key, size, md5)
+
+    def _receive(self, key: str, size: int, md5: str) -> None:
+        service = self.service
+        self._body_read = True
+        digest = hashlib.md5(usedforsecurity=False)
+        fd, tmp_name = tempfile.mkstemp(dir=service._tmp_dir, prefix="upload-")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                remaining = size
+                while remaining > 0:
+                    chunk = self.rfile.read(min(_CHUNK, remaining))
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    digest.update(chunk)
+                    remaining -= len(chunk)
+                if remaining:
+                    logger.info("PUT %s: body ended %d bytes short", key, remaining)
+                    self.close_connection = True
+                    self._record(400)
+                    return
+                out.flush()
+                os.fsync(out.fileno())
+            actual = digest.hexdigest()
+            if actual != md5:
+                self._fail(400, f"body md5 {actual} differs from the agreed md5")
+                return
+            service._store_upload(UploadRecord(key, size, md5, service._uploads_dir / key), tmp)
+        except OSError as exc:
+            logger.info("PUT %s: aborted (%s)", key, exc)
+            self.close_connection = True
+            return
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._record(200)
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "ByteRange",
+    "FaultHooks",
+    "FileRef",
+    "FileService",
+    "RangeNotSatisfiableError",
+    "RequestRecord",
+    "UploadRecord",
+    "check_md5",
+    "check_name",
+    "parse_range",
+]
