@@ -48,7 +48,6 @@ import socket
 import sys
 import tempfile
 import threading
-import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,11 +61,10 @@ import attrs
 from iotfsm.fsm.clock import Clock, RealClock
 
 from .durable import fsync_dir
+from .names import MAX_NAME_LENGTH, check_name, name_problem
 
 logger = logging.getLogger(__name__)
 
-MAX_NAME_LENGTH = 64
-"""Tencent's limit for resource names; file ids and upload keys share it."""
 
 _CHUNK = 256 * 1024
 _DRAIN_LIMIT = 16 * 1024 * 1024
@@ -127,39 +125,6 @@ class RequestRecord:
 
 
 # Pure helpers -----------------------------------------------------------------------------------
-
-
-def check_name(name: str, what: str = "file id") -> str:
-    """Refuse a name that could leave its folder or confuse a file system; return it unchanged.
-
-    Names arrive from devices (upload names) and from URLs, so the rule is strict and the same on
-    the Python API (ValueError) and over HTTP (400).
-    """
-    problem = _name_problem(name)
-    if problem is not None:
-        raise ValueError(
-            f"{what} {name[:80]!r} is refused: {problem}; use 1-{MAX_NAME_LENGTH} characters "
-            "without '/', '\\\\', '..', control characters or a leading dot"
-        )
-    return name
-
-
-def _name_problem(name: str) -> str | None:
-    if not name:
-        return "it is empty"
-    if len(name) > MAX_NAME_LENGTH:
-        return f"it has {len(name)} characters"
-    if len(name.encode("utf-8", "surrogatepass")) > 255:
-        return "it is longer than 255 bytes in UTF-8"
-    if "/" in name or "\\" in name:
-        return "it contains a path separator"
-    if ".." in name:
-        return "it contains '..'"
-    if name.startswith("."):
-        return "it starts with a dot"
-    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in name):
-        return "it contains a control character"
-    return None
 
 
 def check_md5(md5: str) -> str:
@@ -668,7 +633,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._fail(400, "name is not UTF-8")
             return None
         self._name = name
-        if _name_problem(name) is not None:
+        if name_problem(name) is not None:
             self._fail(400, "name refused")
             return None
         if match.group(1) != kind:

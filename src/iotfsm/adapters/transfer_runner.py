@@ -1,0 +1,167 @@
+"""Carries out a session's transfer effects on worker threads and posts the outcomes back.
+
+A machine says `StartDownload(transfer=7, ...)`; the runner fetches the file with the resumable
+HTTP transfer on its own thread and steps `TransferStarted`, `TransferProgress`, then
+`TransferDone` or `TransferFailed` back into the session, each stamped with 7. Transfers of the
+same slot run one after the other: a cancelled download still holding the partial file finishes
+its last chunk before the next download of that slot opens the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from ..fsm.events import Event
+from ..machines.transfer import (
+    TIMEOUT,
+    CancelTransfer,
+    StartDownload,
+    StartUpload,
+    TransferDone,
+    TransferFailed,
+    TransferProgress,
+    TransferStarted,
+)
+from .http_transfer import DEFAULT_CHUNK, TransferError, download, upload
+from .names import check_name
+
+log = logging.getLogger(__name__)
+
+Post = Callable[[Event], None]
+
+
+class TransferRunner:
+    def __init__(
+        self, root: Path, *, chunk_size: int = DEFAULT_CHUNK, timeout: float = 30.0
+    ) -> None:
+        """`root` is the folder of one feature's files (e.g. `<state dir>/ota`)."""
+        self.root = Path(root)
+        self.chunk_size = chunk_size
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._cancels: dict[int, threading.Event] = {}
+        self._slots: dict[str, threading.Lock] = {}
+        self._threads: set[threading.Thread] = set()
+
+    def paths(self, slot: str) -> tuple[Path, Path]:
+        """(finished file, checkpoint) of a slot; the slot name is checked like any remote name."""
+        name = check_name(slot, "slot")
+        return self.root / name, self.root / f"{name}.checkpoint.json"
+
+    def start_download(self, effect: StartDownload, post: Post) -> None:
+        try:
+            self.paths(effect.slot)
+        except ValueError as exc:
+            post(TransferFailed(effect.transfer, TIMEOUT, str(exc)))
+            return
+        self._spawn(effect.transfer, f"download-{effect.slot}", self._download, effect, post)
+
+    def start_upload(self, effect: StartUpload, post: Post) -> None:
+        self._spawn(effect.transfer, "upload", self._upload, effect, post)
+
+    def cancel(self, effect: CancelTransfer) -> None:
+        with self._lock:
+            flag = self._cancels.get(effect.transfer)
+        if flag is not None:
+            flag.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel every transfer and wait for its thread (checkpoints are written on the way)."""
+        with self._lock:
+            for flag in self._cancels.values():
+                flag.set()
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout)
+
+    def _spawn(self, transfer: int, name: str, target: Callable[..., None], *args: object) -> None:
+        flag = threading.Event()
+        thread = threading.Thread(
+            target=self._run,
+            args=(transfer, flag, target, *args),
+            name=f"iotfsm-{name}",
+            daemon=True,
+        )
+        with self._lock:
+            self._cancels[transfer] = flag
+            self._threads.add(thread)
+        thread.start()
+
+    def _run(
+        self, transfer: int, flag: threading.Event, target: Callable[..., None], *args: object
+    ) -> None:
+        try:
+            target(flag, *args)
+        finally:
+            with self._lock:
+                self._cancels.pop(transfer, None)
+                self._threads.discard(threading.current_thread())
+
+    def _slot_lock(self, slot: str) -> threading.Lock:
+        with self._lock:
+            return self._slots.setdefault(slot, threading.Lock())
+
+    def _download(self, flag: threading.Event, effect: StartDownload, post: Post) -> None:
+        dest, checkpoint = self.paths(effect.slot)
+        started = False
+
+        def progress(done: int, size: int) -> None:
+            nonlocal started
+            if not started:
+                started = True
+                post(TransferStarted(effect.transfer, done, size))
+            else:
+                post(TransferProgress(effect.transfer, done, size))
+
+        with self._slot_lock(effect.slot):
+            if flag.is_set():
+                post(TransferFailed(effect.transfer, TIMEOUT, "cancelled before it started"))
+                return
+            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                result = download(
+                    effect.url,
+                    dest,
+                    size=effect.size,
+                    md5=effect.md5,
+                    identity={"label": effect.label},
+                    checkpoint=checkpoint,
+                    chunk_size=self.chunk_size,
+                    timeout=self.timeout,
+                    on_progress=progress,
+                    cancel=flag,
+                )
+            except TransferError as exc:
+                post(TransferFailed(effect.transfer, int(exc.code), exc.message))
+                return
+            except (OSError, ValueError) as exc:
+                log.warning("download into %s failed: %s", effect.slot, exc)
+                post(TransferFailed(effect.transfer, TIMEOUT, str(exc)))
+                return
+        post(TransferDone(effect.transfer, str(result.path)))
+
+    def _upload(self, flag: threading.Event, effect: StartUpload, post: Post) -> None:
+        def progress(done: int, size: int) -> None:
+            post(TransferProgress(effect.transfer, done, size))
+
+        try:
+            upload(
+                effect.url,
+                Path(effect.path),
+                md5=effect.md5,
+                size=effect.size,
+                chunk_size=self.chunk_size,
+                timeout=self.timeout,
+                on_progress=progress,
+                cancel=flag,
+            )
+        except TransferError as exc:
+            post(TransferFailed(effect.transfer, int(exc.code), exc.message))
+            return
+        except (OSError, ValueError) as exc:
+            post(TransferFailed(effect.transfer, TIMEOUT, str(exc)))
+            return
+        post(TransferDone(effect.transfer, effect.path))
