@@ -1,26 +1,43 @@
 """`Device`: the device role of every feature, as an application embeds it.
 
 The application gives an identity, a way to the broker and a state directory, plus hooks for what
-only it can do (today: the logger whose level the platform controls). Everything else, asking,
-retrying, applying, is the declared machines' job; the application observes steps if it wants.
+only it can do: burn a firmware image, and the logger whose level the platform controls.
+Everything else (asking, retrying, downloading with breakpoint resume, reporting) is the declared
+machines' job; the application observes steps if it wants.
+
+State directory layout: `ota/firmware` (+ `.part`, `.checkpoint.json`) while downloading,
+`ota/version.json` for the version adopted after a successful burn, `ota/firmware-<v>.bin` for
+images kept by the default burn step.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ._role import RoleFacade
 from .adapters.connect import Broker, MqttOptions, transport_for
+from .adapters.durable import fsync_dir
 from .adapters.runtime import Runtime
 from .adapters.topics import check_key
+from .adapters.transfer_runner import TransferRunner
 from .fsm.clock import Clock
+from .fsm.events import Event
 from .fsm.trace import Tracer
-from .machines import DeviceKey, all_features
+from .machines import DeviceKey, all_features, ota
 from .machines.log_level import ApplyLogLevel, python_level
+from .machines.transfer import CancelTransfer, StartDownload
 
 log = logging.getLogger(__name__)
+
+BurnHook = Callable[[Path, str], None]
+"""`burn(image, version)`: install the verified image; raise to report failure (fail -5)."""
 
 
 class Device(RoleFacade):
@@ -32,42 +49,69 @@ class Device(RoleFacade):
         *,
         broker: Broker,
         state_dir: str | Path,
+        version: str = "0.0.0",
+        burn: BurnHook | None = None,
         logger: logging.Logger | None = None,
         on_log_level: Callable[[int], None] | None = None,
         on_step: Tracer | None = None,
         clock: Clock | None = None,
         mqtt: MqttOptions | None = None,
+        chunk_size: int = 64 * 1024,
+        http_timeout: float = 30.0,
     ) -> None:
-        """`logger` is the application logger whose level follows the platform's log level
-        (0 silences it, 1 ERROR ... 4 DEBUG); `on_log_level` is called with each applied level.
+        """`version` is the firmware the application runs (a version adopted by an earlier
+        burn, remembered in the state directory, takes its place). `burn` installs an image;
+        without it the image is kept in the state directory and its version adopted.
+        `logger` follows the platform's log level (0 silences it, 1 ERROR ... 4 DEBUG).
         `psk` is the device key, needed on a real broker, unused on the memory broker.
         `broker` is a MemoryBroker, a Transport, or a URL (`mqtt://host:1883`, `mqtts://…`)
         with `mqtt` options for TLS and reconnect pacing."""
         self.key = check_key(DeviceKey(product_id, device_name))
         self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._ota_dir = self.state_dir / "ota"
+        self._ota_dir.mkdir(parents=True, exist_ok=True)
         self.logger = logger
         self._on_log_level = on_log_level
+        self._burn = burn
         self.log_level: int | None = None
         """The level last applied from the platform; None until it has answered."""
-        transport = transport_for(broker, self.key, psk, mqtt)
+        self.transfers = TransferRunner(self._ota_dir, chunk_size=chunk_size, timeout=http_timeout)
         self.runtime = Runtime(
             "device",
-            transport,
+            transport_for(broker, self.key, psk, mqtt),
             all_features(),
             identity=self.key,
             clock=clock,
-            handlers={ApplyLogLevel: self._apply_log_level},
+            handlers={
+                ApplyLogLevel: self._apply_log_level,
+                StartDownload: self._start_download,
+                CancelTransfer: self._cancel_transfer,
+                ota.BurnFirmware: self._burn_firmware,
+                ota.FirmwareAdopted: self._adopt_version,
+            },
             tracer=on_step,
         )
+        running = self._adopted_version() or version
+        machine = self.runtime.machines["ota"]
+        self.runtime.adopt("ota", machine.new_session(self.key, ota.DeviceContext(version=running)))
+
+    def stop(self) -> None:
+        super().stop()
+        self.transfers.stop()
 
     # ---- what the application reads --------------------------------------------------------
 
     def state(self, feature: str) -> str:
-        """The current state of this device's machine for `feature` (e.g. "log_level")."""
+        """The current state of this device's machine for `feature` (e.g. "ota")."""
         if feature not in self.runtime.sessions:
             raise KeyError(f"unknown feature {feature!r}; known: {sorted(self.runtime.sessions)}")
         return self.runtime.session(feature, self.key).state
+
+    @property
+    def version(self) -> str:
+        """The firmware version this device reports."""
+        context: ota.DeviceContext = self.runtime.session("ota", self.key).ctx
+        return context.version
 
     @property
     def connected(self) -> bool:
@@ -75,12 +119,65 @@ class Device(RoleFacade):
 
     # ---- effect handlers --------------------------------------------------------------------
 
+    def _post(self, feature: str) -> Callable[[Event], None]:
+        def post(event: Event) -> None:
+            self.runtime.post(feature, self.key, event)
+
+        return post
+
     def _apply_log_level(self, key: DeviceKey, effect: ApplyLogLevel) -> None:
         self.log_level = effect.level
         if self.logger is not None:
             self.logger.setLevel(python_level(effect.level))
         if self._on_log_level is not None:
             self._on_log_level(effect.level)
+
+    def _start_download(self, key: DeviceKey, effect: StartDownload) -> None:
+        self.transfers.start_download(effect, self._post("ota"))
+
+    def _cancel_transfer(self, key: DeviceKey, effect: CancelTransfer) -> None:
+        self.transfers.cancel(effect)
+
+    def _burn_firmware(self, key: DeviceKey, effect: ota.BurnFirmware) -> None:
+        post = self._post("ota")
+
+        def burn() -> None:
+            try:
+                (self._burn or self._keep_image)(Path(effect.path), effect.version)
+            except Exception as exc:
+                log.warning("burning %s failed: %s", effect.version, exc)
+                post(ota.BurnDone(False, str(exc) or type(exc).__name__))
+            else:
+                post(ota.BurnDone(True))
+
+        threading.Thread(target=burn, name="iotfsm-burn", daemon=True).start()
+
+    def _keep_image(self, image: Path, version: str) -> None:
+        """The default burn step: keep the verified image in the state directory."""
+        target = self._ota_dir / f"firmware-{version}.bin"
+        shutil.move(image, target)
+        fsync_dir(self._ota_dir)
+
+    def _version_file(self) -> Path:
+        return self._ota_dir / "version.json"
+
+    def _adopted_version(self) -> str | None:
+        try:
+            doc: Any = json.loads(self._version_file().read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        version = doc.get("version") if isinstance(doc, dict) else None
+        return version if isinstance(version, str) and 1 <= len(version) <= 32 else None
+
+    def _adopt_version(self, key: DeviceKey, effect: ota.FirmwareAdopted) -> None:
+        path = self._version_file()
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"version": effect.version}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(self._ota_dir)
 
     def __repr__(self) -> str:
         return f"<Device {self.key.product}/{self.key.device}>"

@@ -1,23 +1,38 @@
 """`Platform`: the platform role of every feature, as server code embeds it.
 
-One object per server process holds a session per device and feature; server code calls it from
-its own threads (an HTTP handler, a console) and observes steps by callback.
+One object per server process holds a session per device and feature, the HTTP file service that
+serves firmware, and a store (SQLite in the data directory) so that tasks and progress survive a
+restart. Server code calls it from its own threads and observes steps and outcomes by callback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import logging
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
 
 import attrs
 
 from ._role import RoleFacade
 from .adapters.connect import Broker, MqttOptions, transport_for
+from .adapters.file_service import FileRef, FileService
+from .adapters.http_transfer import file_md5
 from .adapters.runtime import Runtime
+from .adapters.store import MemoryStore, SessionStore, SqliteStore
 from .adapters.topics import check_key
 from .fsm.clock import Clock
 from .fsm.trace import Tracer
-from .machines import DeviceKey, all_features
+from .machines import DeviceKey, all_features, ota
 from .machines.log_level import LEVELS, SetLogLevel
+
+log = logging.getLogger(__name__)
+
+EVERY_DEVICE = "*"
 
 
 @attrs.frozen(order=True)
@@ -28,20 +43,76 @@ class SessionStatus:
     state: str
 
 
+@attrs.frozen
+class FirmwareStatus:
+    """Where one device stands with its firmware task."""
+
+    state: str
+    target: str
+    reported: str
+    percent: int
+    result_code: int
+    result_msg: str
+
+
+@attrs.frozen
+class Deployment:
+    product: str
+    devices: tuple[str, ...]
+    """Device names, or ("*",) for every device of the product, including ones seen later."""
+    version: str
+    file_id: str
+    size: int
+    md5: str
+
+
+OtaHook = Callable[[DeviceKey, ota.OtaFinished], None]
+
+
 class Platform(RoleFacade):
     def __init__(
         self,
         broker: Broker,
         *,
+        data_dir: str | Path | None = None,
+        http_host: str = "127.0.0.1",
+        http_port: int = 0,
+        public_base: str | None = None,
+        url_ttl: float = 3600.0,
+        store: SessionStore | None = None,
         products: Sequence[str] | None = None,
         on_step: Tracer | None = None,
+        on_ota_finished: OtaHook | None = None,
         clock: Clock | None = None,
         mqtt: MqttOptions | None = None,
         share_group: str | None = None,
     ) -> None:
-        """`products` limits the subscriptions to those products (default: every product).
-        `share_group` lets several platform workers split the load of one broker (MQTT shared
+        """`data_dir` keeps the SQLite store and the served files (default: a temporary folder
+        and an in-memory store, gone at `stop`). The file service listens on
+        `http_host:http_port` and hands out URLs under `public_base` (default its own address;
+        set it when devices reach it through a proxy on port 80/443). `products` limits the
+        subscriptions; `share_group` lets workers split one broker's load (MQTT shared
         subscriptions; Mosquitto does not share `$` topics, so partition by `products` there)."""
+        self._own_dir = data_dir is None
+        self.data_dir = Path(
+            tempfile.mkdtemp(prefix="iotfsm-platform-") if data_dir is None else data_dir
+        )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if store is None:
+            store = (
+                MemoryStore() if self._own_dir else SqliteStore(self.data_dir / "platform.sqlite3")
+            )
+        self.store = store
+        self.url_ttl = url_ttl
+        self._on_ota_finished = on_ota_finished
+        self.files = FileService(
+            self.data_dir / "files",
+            host=http_host,
+            port=http_port,
+            public_base=public_base,
+            secret=self._secret(),
+            clock=clock,
+        )
         self.runtime = Runtime(
             "platform",
             transport_for(broker, None, None, mqtt),
@@ -50,7 +121,113 @@ class Platform(RoleFacade):
             share_group=share_group,
             clock=clock,
             tracer=on_step,
+            store=store,
+            handlers={ota.OfferFirmware: self._offer, ota.OtaFinished: self._finished},
         )
+        self.runtime.on_session_created = self._session_created
+
+    def _secret(self) -> bytes:
+        """The URL-signing key, kept in the data directory so URLs outlive a restart."""
+        path = self.data_dir / "url-secret"
+        if not path.exists():
+            path.write_bytes(secrets.token_bytes(32))
+            path.chmod(0o600)
+        return path.read_bytes()
+
+    def start(self) -> Platform:
+        self.files.start()
+        super().start()
+        return self
+
+    def stop(self) -> None:
+        super().stop()
+        self.files.stop()
+        self.store.close()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    # ---- firmware ---------------------------------------------------------------------------
+
+    def deploy_firmware(
+        self,
+        product_id: str,
+        devices: Sequence[str] | Literal["*"],
+        version: str,
+        image: str | Path | bytes,
+    ) -> Deployment:
+        """Make these devices (a list, or "*" for every device of the product, now and later)
+        run `version`. Devices that are offline get the offer when they next report."""
+        if not 1 <= len(version) <= 32:
+            raise ValueError(f"version {version[:40]!r} must be 1-32 characters")
+        names = (EVERY_DEVICE,) if devices == EVERY_DEVICE else tuple(devices)
+        keys = (
+            [] if names == (EVERY_DEVICE,) else [check_key(DeviceKey(product_id, n)) for n in names]
+        )
+        check_key(DeviceKey(product_id, "x"))
+        ref = self._publish_image(image)
+        deployment = Deployment(product_id, names, version, ref.file_id, ref.size, ref.md5)
+        self.store.put(
+            "deployments", f"{product_id}/{version}/{','.join(names)}", attrs.asdict(deployment)
+        )
+        if names == (EVERY_DEVICE,):
+            self.store.put("product_firmware", product_id, attrs.asdict(deployment))
+            keys = sorted(
+                {s.key for _, s in self.runtime.all_sessions() if s.key.product == product_id}
+            )
+        command = ota.DeployFirmware(version, ref.file_id, ref.size, ref.md5)
+        for key in keys:
+            self.runtime.post("ota", key, command)
+        return deployment
+
+    def _publish_image(self, image: str | Path | bytes) -> FileRef:
+        if isinstance(image, bytes):
+            md5 = hashlib.md5(image).hexdigest()
+            return self.files.published(f"fw-{md5}") or self.files.publish_file(
+                image, name=f"fw-{md5}"
+            )
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"firmware image {path} does not exist")
+        md5 = file_md5(path)
+        return self.files.published(f"fw-{md5}") or self.files.publish_file(path, name=f"fw-{md5}")
+
+    def cancel_firmware(self, product_id: str, device_name: str) -> None:
+        self.runtime.post(
+            "ota", check_key(DeviceKey(product_id, device_name)), ota.CancelFirmware()
+        )
+
+    def firmware_status(self, product_id: str, device_name: str) -> FirmwareStatus:
+        session = self.runtime.session("ota", check_key(DeviceKey(product_id, device_name)))
+        c: ota.PlatformContext = session.ctx
+        return FirmwareStatus(
+            session.state, c.target, c.reported, c.percent, c.result_code, c.result_msg
+        )
+
+    def _session_created(self, feature: str, key: DeviceKey) -> None:
+        if feature != "ota":
+            return
+        doc = self.store.get("product_firmware", key.product)
+        if isinstance(doc, dict):
+            d = Deployment(**{**doc, "devices": tuple(doc["devices"])})
+            self.runtime.post("ota", key, ota.DeployFirmware(d.version, d.file_id, d.size, d.md5))
+
+    def _offer(self, key: DeviceKey, effect: ota.OfferFirmware) -> None:
+        url = self.files.signed_get_url(effect.file_id, self.url_ttl)
+        offer = ota.UpdateFirmware(effect.size, effect.md5, url, effect.version)
+        self.runtime.publish("ota", key, offer, 0)
+
+    def _finished(self, key: DeviceKey, effect: ota.OtaFinished) -> None:
+        level = logging.INFO if effect.ok else logging.WARNING
+        log.log(
+            level,
+            "ota %s/%s: %s %s (%s)",
+            *key,
+            "ran" if effect.ok else "gave up on",
+            effect.version,
+            effect.message,
+        )
+        if self._on_ota_finished is not None:
+            self._on_ota_finished(key, effect)
 
     # ---- log level --------------------------------------------------------------------------
 

@@ -163,6 +163,12 @@ class Runtime:
                 deadline, partial(self.post, feature, session.key, TimerFired(name, generation))
             )
 
+    @property
+    def idle(self) -> bool:
+        """No step is running and none is queued (tests wait for this before moving a clock)."""
+        with self._lock:
+            return not self._draining and not self._queue
+
     # ---- events -----------------------------------------------------------------------------
 
     def post(self, feature: str, key: DeviceKey, event: Event) -> None:
@@ -252,10 +258,15 @@ class Runtime:
         self.publish(feature, session.key, message, effect.qos)
 
     def _set_timer(self, feature: str, session: Session, effect: SetTimer) -> None:
+        # the deadline the engine recorded at step time, not now + delay: effects may run a moment
+        # after the step, and a clock that moved meanwhile must not push the timer later
+        armed = (session.timers or {}).get(effect.name)
+        if armed is not None and armed[0] == effect.generation:
+            deadline = armed[1]
+        else:
+            deadline = self.clock.now() + effect.delay
         event = TimerFired(effect.name, effect.generation)
-        self.scheduler.call_at(
-            self.clock.now() + effect.delay, partial(self.post, feature, session.key, event)
-        )
+        self.scheduler.call_at(deadline, partial(self.post, feature, session.key, event))
 
     def _log(self, feature: str, session: Session, effect: Log) -> None:
         log.log(effect.level, "%s %s/%s: %s", feature, *session.key, effect.text)

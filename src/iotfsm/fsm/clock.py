@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -38,19 +39,22 @@ class ManualClock:
 
     `advance` runs every callback whose deadline has come, in deadline order (ties in the order they
     were scheduled), with `now()` equal to that deadline while the callback runs. Callbacks may
-    schedule more callbacks; those run too if they fall inside the advanced span.
+    schedule more callbacks; those run too if they fall inside the advanced span. Thread-safe:
+    transfer threads arm timers while a test advances; callbacks run without the lock held.
     """
 
     def __init__(self, start: float = 0.0) -> None:
         self._now = start
         self._heap: list[tuple[float, int, Callable[[], None]]] = []
         self._order = itertools.count()
+        self._lock = threading.Lock()
 
     def now(self) -> float:
         return self._now
 
     def call_at(self, deadline: float, callback: Callable[[], None]) -> None:
-        heapq.heappush(self._heap, (deadline, next(self._order), callback))
+        with self._lock:
+            heapq.heappush(self._heap, (deadline, next(self._order), callback))
 
     def advance(self, seconds: float) -> int:
         """Move time forward, firing what falls due. Returns how many callbacks ran."""
@@ -58,9 +62,12 @@ class ManualClock:
             raise ValueError(f"a manual clock only moves forward; got {seconds} seconds")
         target = self._now + seconds
         fired = 0
-        while self._heap and self._heap[0][0] <= target:
-            deadline, _, callback = heapq.heappop(self._heap)
-            self._now = max(self._now, deadline)
+        while True:
+            with self._lock:
+                if not self._heap or self._heap[0][0] > target:
+                    break
+                deadline, _, callback = heapq.heappop(self._heap)
+                self._now = max(self._now, deadline)
             callback()
             fired += 1
         self._now = target
@@ -68,7 +75,9 @@ class ManualClock:
 
     def next_deadline(self) -> float | None:
         """The earliest pending deadline, so a test can jump straight to it."""
-        return self._heap[0][0] if self._heap else None
+        with self._lock:
+            return self._heap[0][0] if self._heap else None
 
     def pending(self) -> int:
-        return len(self._heap)
+        with self._lock:
+            return len(self._heap)

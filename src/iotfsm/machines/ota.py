@@ -543,9 +543,14 @@ def _attempts_after_failure(ctx: PlatformContext) -> int:
 
 
 def _track(ctx: PlatformContext, event: ReportProgress, now: float) -> Iterable[Effect]:
-    ctx.progressed = True
-    if event.report.progress.percent is not None:
-        ctx.percent = max(0, min(100, event.report.progress.percent))
+    """Progress counts only when the percent rises (or the device moves on to burning or done):
+    a resumed attempt reports its old percent at once, before it has fetched a byte."""
+    reported = event.report.progress.percent
+    if reported is None:
+        ctx.progressed = True
+    elif max(0, min(100, reported)) > ctx.percent:
+        ctx.progressed = True
+        ctx.percent = max(0, min(100, reported))
     return (SetTimer("silence", SILENCE_TIMEOUT),)
 
 
