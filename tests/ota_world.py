@@ -4,8 +4,6 @@ clock: timers move only when a test says so, while HTTP transfers run on real th
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +13,9 @@ from iotfsm.fsm import ManualClock
 from iotfsm.machines.feature import DeviceKey
 from iotfsm.machines.ota import OtaFinished
 from iotfsm.platform import Platform
+from iotfsm.testing.waiting import wait_for
 
 PRODUCT = "OTA0000001"
-
-
-def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 class OtaWorld:
@@ -65,6 +56,15 @@ class OtaWorld:
         wait_for("the runtimes to settle", lambda: all(r.idle for r in runtimes))
         self.clock.advance(seconds)
 
+    def reported_fail(self, code: int) -> bool:
+        """Whether the device side has reported `fail` with this result code on the wire."""
+        return any(
+            m["type"] == "report_progress"
+            and m["report"]["progress"]["state"] == "fail"
+            and m["report"]["progress"]["result_code"] == str(code)
+            for m in self.wire("$ota/report/")
+        )
+
     def wire(self, topic_part: str) -> list[dict[str, Any]]:
         """Every JSON document delivered on topics containing `topic_part`, in order."""
         record = self.broker.record or []
@@ -74,3 +74,6 @@ class OtaWorld:
         for d in self.devices:
             d.stop()
         self.platform.stop()
+
+
+__all__ = ["PRODUCT", "OtaWorld", "wait_for"]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from mqtt_fixtures import mosquitto_broker
@@ -13,19 +11,12 @@ from iotfsm.adapters.connect import MqttOptions
 from iotfsm.device import Device
 from iotfsm.platform import Platform
 from iotfsm.testing.mosquitto import Mosquitto
+from iotfsm.testing.waiting import wait_for
 
 __all__ = ["mosquitto_broker"]
 
 FAST = MqttOptions(backoff_min=0.05, backoff_max=0.3)
 PSK = "vX6PQqazsGsMyf5SMfs6OA6y"
-
-
-def wait_for(what: str, predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def test_level_survives_a_broker_kill_and_restart(

@@ -130,10 +130,7 @@ def test_not_found_gives_fail_minus_two(world: OtaWorld) -> None:
     dev.start()
     wait_for(
         "fail -2 on the wire",
-        lambda: any(
-            m["type"] == "report_progress" and m["report"]["progress"]["result_code"] == "-2"
-            for m in world.wire("$ota/report/")
-        ),
+        lambda: world.reported_fail(-2),
     )
 
 
@@ -153,10 +150,7 @@ def test_an_expired_url_fails_minus_three_then_a_fresh_url_resumes(tmp_path: Pat
         world.advance(6.0)
         wait_for(
             "fail -3",
-            lambda: any(
-                m["type"] == "report_progress" and m["report"]["progress"]["result_code"] == "-3"
-                for m in world.wire("$ota/report/")
-            ),
+            lambda: world.reported_fail(-3),
         )
         wait_for("the device to be idle again", lambda: dev.state("ota") == "idle")
         assert world.platform.firmware_status(PRODUCT, "dev-403").result_code == -3
@@ -180,10 +174,7 @@ def test_wrong_md5_fails_minus_four_and_deletes_the_partial(world: OtaWorld) -> 
     dev.start()
     wait_for(
         "fail -4",
-        lambda: any(
-            m["type"] == "report_progress" and m["report"]["progress"]["result_code"] == "-4"
-            for m in world.wire("$ota/report/")
-        ),
+        lambda: world.reported_fail(-4),
     )
     ota_dir = dev.state_dir / "ota"
     assert not partial_path(ota_dir / "firmware").exists()
@@ -199,10 +190,7 @@ def test_failing_burn_gives_fail_minus_five(world: OtaWorld) -> None:
     world.platform.deploy_firmware(PRODUCT, ["dev-burn"], "5.0", firmware(50_000))
     wait_for(
         "fail -5",
-        lambda: any(
-            m["type"] == "report_progress" and m["report"]["progress"]["result_code"] == "-5"
-            for m in world.wire("$ota/report/")
-        ),
+        lambda: world.reported_fail(-5),
     )
     assert dev.version == "1.0"
     assert world.platform.firmware_status(PRODUCT, "dev-burn").state == "retrying"
