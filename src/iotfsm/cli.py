@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Tencent IoT Hub device features as declared state machines.",
     )
     parser.add_argument("--version", action="version", version=f"iotfsm {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="error",
+        choices=["debug", "info", "warning", "error"],
+        help="how much of the library's log goes to stderr (default: error)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
@@ -78,15 +85,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diagram_cli.add_arguments(diagram)
     diagram.set_defaults(run=diagram_cli.run)
+
+    from .commands import device
+
+    agent = sub.add_parser(
+        "device",
+        help="run the device role of every feature until SIGINT or SIGTERM",
+        description="Run the device role (OTA, log level) against a broker. " + device.EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    device.add_arguments(agent)
+    agent.set_defaults(run=device.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     if getattr(args, "devices", 1) < 1:
         print("iotfsm: --devices must be at least 1", file=sys.stderr)
         return 2
-    code: int = args.run(args)
+    from .commands.common import CommandError
+
+    try:
+        code: int = args.run(args)
+    except CommandError as exc:
+        print(f"iotfsm: {exc}", file=sys.stderr)
+        return 1
     return code
 
 

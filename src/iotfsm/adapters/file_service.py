@@ -48,6 +48,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -190,6 +191,8 @@ class FaultHooks:
     - `cut_at(file_id, offsets)`: cut whichever response first covers each absolute file offset,
       so a test can cut a download at the same places however the client resumes.
     - `ignore_range`: answer every GET 200 with the full body, as a broken proxy does.
+    - `rate_limit`: bytes per second for GET bodies (None: as fast as possible), a slow link
+      so a test can stop a device in the middle of a download.
     - `bytes_served(file_id)` (body bytes handed to connections) and `requests()`: what went
       over the wire, for assertions. The request log is bounded, so leaving the service running
       does not grow memory.
@@ -202,6 +205,7 @@ class FaultHooks:
         self._served: dict[str, int] = {}
         self._requests: deque[RequestRecord] = deque(maxlen=log_limit)
         self.ignore_range = False
+        self.rate_limit: float | None = None
 
     def cut_after(self, file_id: str, nbytes: int) -> None:
         if nbytes < 0:
@@ -223,6 +227,7 @@ class FaultHooks:
             self._served.clear()
             self._requests.clear()
             self.ignore_range = False
+            self.rate_limit = None
 
     def bytes_served(self, file_id: str) -> int:
         with self._lock:
@@ -706,6 +711,8 @@ class _Handler(BaseHTTPRequestHandler):
                 hooks._count(name, len(chunk))
                 self.wfile.write(chunk)
                 to_send -= len(chunk)
+                if hooks.rate_limit:
+                    time.sleep(len(chunk) / hooks.rate_limit)
         except OSError as exc:
             logger.info("GET %s: client went away (%s)", self._log_path(), exc)
             self.close_connection = True

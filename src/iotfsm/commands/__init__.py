@@ -1,0 +1,1 @@
+"""The `iotfsm` subcommands, one module each; `iotfsm.cli` mounts them."""

@@ -1,0 +1,97 @@
+"""`iotfsm device`: the device role of every feature, until SIGINT or SIGTERM.
+
+Checkpoints, firmware and the adopted version live in the state directory, so a device killed in
+the middle of a download resumes from its checkpoint when it is started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from ..adapters.connect import MqttOptions
+from ..device import Device
+from .common import CommandError, JsonLines, stop_on_signals
+
+EXAMPLE = """example:
+  iotfsm device --broker mqtt://127.0.0.1:1883 --product-id S3EUVBRJLB \\
+      --device-name dev-1 --psk vX6PQqazsGsMyf5SMfs6OA6y --version 1.0 \\
+      --state-dir ./dev-1 --events jsonl
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    parser.add_argument("--product-id", required=True)
+    parser.add_argument("--device-name", required=True)
+    parser.add_argument("--psk", required=True, help="the device key (base64), for the login")
+    parser.add_argument("--version", required=True, help="the firmware version running now")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument("--tls-ca", type=Path, help="CA file that signed the broker's certificate")
+    parser.add_argument(
+        "--burn-command",
+        help="installs a verified image: run with the image path and version appended (and in "
+        "IOTFSM_IMAGE, IOTFSM_VERSION); exit 0 for success. Default: keep the image in the "
+        "state directory and adopt its version",
+    )
+    parser.add_argument(
+        "--events", choices=["jsonl"], help="print one JSON object per state change"
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=15.0,
+        help="seconds to wait for the broker at start",
+    )
+
+
+def _burn_with(command: str) -> object:
+    def burn(image: Path, version: str) -> None:
+        env = {**os.environ, "IOTFSM_IMAGE": str(image), "IOTFSM_VERSION": version}
+        done = subprocess.run([*shlex.split(command), str(image), version], env=env, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"burn command exited with {done.returncode}")
+
+    return burn
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.tls_ca is not None and not args.tls_ca.is_file():
+        raise CommandError(f"--tls-ca {args.tls_ca}: no such file")
+    events = JsonLines() if args.events == "jsonl" else None
+    try:
+        device = Device(
+            args.product_id,
+            args.device_name,
+            args.psk,
+            broker=args.broker,
+            state_dir=args.state_dir,
+            version=args.version,
+            burn=_burn_with(args.burn_command) if args.burn_command else None,  # type: ignore[arg-type]
+            on_step=events.step if events else None,
+            mqtt=MqttOptions(ca_file=args.tls_ca, backoff_min=0.5, backoff_max=30.0),
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    stop = stop_on_signals()
+    device.start()
+    try:
+        waited = 0.0
+        while not device.connected and waited < args.connect_timeout and not stop.is_set():
+            stop.wait(0.05)
+            waited += 0.05
+        if not device.connected and not stop.is_set():
+            raise CommandError(
+                f"cannot reach the broker at {args.broker} within {args.connect_timeout:g} s"
+            )
+        if events:
+            events.write(
+                {"event": "started", "device": args.device_name, "version": device.version}
+            )
+        stop.wait()
+    finally:
+        device.stop()
+    return 0
