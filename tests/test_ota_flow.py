@@ -176,9 +176,10 @@ def test_wrong_md5_fails_minus_four_and_deletes_the_partial(world: OtaWorld) -> 
         "fail -4",
         lambda: world.reported_fail(-4),
     )
-    ota_dir = dev.state_dir / "ota"
-    assert not partial_path(ota_dir / "firmware").exists()
-    assert not (ota_dir / "firmware").exists()
+    slot = dev.state_dir / "ota" / "firmware"
+    assert not partial_path(slot / "data").exists()
+    assert not (slot / "data").exists()
+    assert not (slot / "checkpoint.json").exists()
     assert dev.version == "1.0"
 
 

@@ -60,7 +60,7 @@ def test_a_killed_device_process_resumes_from_its_checkpoint(
     size = 4 * 1024 * 1024
     image = random.Random(4).randbytes(size)
     state = tmp_path / "device"
-    checkpoint = state / "ota" / "firmware.checkpoint.json"
+    checkpoint = state / "ota" / "firmware" / "checkpoint.json"
     with Platform(mosquitto_broker.url, data_dir=tmp_path / "platform", mqtt=FAST) as platform:
         wait_for("the platform to connect", lambda: platform.runtime.transport.connected)
         deployment = platform.deploy_firmware(PRODUCT, ["proc-1"], "2.0", image)

@@ -20,7 +20,7 @@ def test_format_and_parse_round_trip() -> None:
         "$log/operation/result/S3EUVBRJLB/test_device",
     )
     route = TOPICS.parse(down)
-    assert (route.feature, route.direction, route.key) == (FEATURE, "down", key)
+    assert (route.features, route.direction, route.key) == ((FEATURE,), "down", key)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -136,7 +136,13 @@ class Codec:
 
     def decode(self, feature: str, direction: Direction, payload: bytes) -> Message:
         """Parse one payload received on `feature`'s `direction` topic. Raises DecodeError only."""
-        where = f"{feature} {direction}"
+        return self.decode_any((feature,), direction, payload)[1]
+
+    def decode_any(
+        self, features: Sequence[str], direction: Direction, payload: bytes
+    ) -> tuple[str, Message]:
+        """Parse a payload from a topic that `features` share; the `type` says whose it is."""
+        where = f"{'/'.join(features)} {direction}"
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise DecodeError(f"{where}: {len(payload)} bytes exceed {MAX_PAYLOAD_BYTES}")
         try:
@@ -148,15 +154,18 @@ class Codec:
         if not isinstance(doc, dict):
             raise DecodeError(f"{where}: a message is a JSON object, got {type(doc).__name__}")
         kind = doc.get("type")
-        types = self._types.get((feature, direction))
-        if types is None:
-            raise DecodeError(f"{where}: no such feature/direction in this codec")
-        cls = types.get(kind) if isinstance(kind, str) else None
-        if cls is None:
-            raise DecodeError(
-                f"{where}: unknown message type {_show(kind)}; expected one of {sorted(types)}"
-            )
-        return self.structure(cls, doc, where)
+        expected: list[str] = []
+        for feature in features:
+            types = self._types.get((feature, direction))
+            if types is None:
+                raise DecodeError(f"{where}: no such feature/direction in this codec")
+            cls = types.get(kind) if isinstance(kind, str) else None
+            if cls is not None:
+                return feature, self.structure(cls, doc, where)
+            expected.extend(types)
+        raise DecodeError(
+            f"{where}: unknown message type {_show(kind)}; expected one of {sorted(expected)}"
+        )
 
     def structure(self, cls: type[Message], doc: dict[str, Any], where: str = "") -> Message:
         known = {"type"}

@@ -61,8 +61,8 @@ import attrs
 
 from iotfsm.fsm.clock import Clock, RealClock
 
+from ..machines.names import MAX_NAME_LENGTH, check_name, name_problem
 from .durable import fsync_dir
-from .names import MAX_NAME_LENGTH, check_name, name_problem
 
 logger = logging.getLogger(__name__)
 

@@ -225,12 +225,14 @@ class Runtime:
                 raise TopicError(f"a {self.role} does not receive {route.direction} topics")
             if self.identity is not None and route.key != self.identity:
                 raise TopicError(f"not a topic of this device ({'/'.join(self.identity)})")
-            message = self.codec.decode(route.feature.name, route.direction, payload)
+            feature, message = self.codec.decode_any(
+                [f.name for f in route.features], route.direction, payload
+            )
         except (TopicError, DecodeError) as exc:
             self.rejected += 1
             log.warning("dropped a message on %r: %s", topic, exc)
             return
-        self.post(route.feature.name, route.key, message)
+        self.post(feature, route.key, message)
 
     def on_connection(self, up: bool) -> None:
         if self.identity is None:

@@ -37,14 +37,16 @@ def check_key(key: DeviceKey) -> DeviceKey:
 
 @attrs.frozen
 class Route:
-    feature: Feature
+    features: tuple[Feature, ...]
+    """Usually one; features that share a topic pair (resource upload and download) are told
+    apart by the message type, which the codec does."""
     direction: Direction
     key: DeviceKey
 
 
 class Topics:
     def __init__(self, features: Iterable[Feature]) -> None:
-        self._by_prefix: dict[str, tuple[Feature, Direction]] = {}
+        self._by_prefix: dict[str, tuple[tuple[Feature, ...], Direction]] = {}
         self._prefix: dict[tuple[str, Direction], str] = {}
         for feature in features:
             for direction in ("up", "down"):
@@ -54,9 +56,10 @@ class Topics:
                         f"{feature.name!r}: topic template {template!r} must end with {_SUFFIX}"
                     )
                 prefix = template[: -len(_SUFFIX)]
-                if prefix in self._by_prefix:
-                    raise ValueError(f"topic prefix {prefix!r} is declared twice")
-                self._by_prefix[prefix] = (feature, direction)
+                sharing, known_direction = self._by_prefix.get(prefix, ((), direction))
+                if known_direction != direction:
+                    raise ValueError(f"topic prefix {prefix!r} is both an up and a down topic")
+                self._by_prefix[prefix] = ((*sharing, feature), direction)
                 self._prefix[(feature.name, direction)] = prefix
 
     def parse(self, topic: str) -> Route:
@@ -85,7 +88,7 @@ class Topics:
         every product (`+/+`, spelled out because `$` topics never match a leading wildcard),
         or of the chosen products only."""
         direction = inbound_direction(role)
-        prefixes = [p for (_, d), p in self._prefix.items() if d == direction]
+        prefixes = list(dict.fromkeys(p for (_, d), p in self._prefix.items() if d == direction))
         if role == "device":
             if device is None:
                 raise ValueError("a device subscribes its own topics: give its DeviceKey")

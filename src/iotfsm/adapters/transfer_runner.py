@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..fsm.events import Event
+from ..machines.names import check_name
 from ..machines.transfer import (
     TIMEOUT,
     CancelTransfer,
@@ -26,7 +27,6 @@ from ..machines.transfer import (
     TransferStarted,
 )
 from .http_transfer import DEFAULT_CHUNK, TransferError, download, upload
-from .names import check_name
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,12 @@ class TransferRunner:
         self._threads: set[threading.Thread] = set()
 
     def paths(self, slot: str) -> tuple[Path, Path]:
-        """(finished file, checkpoint) of a slot; the slot name is checked like any remote name."""
-        name = check_name(slot, "slot")
-        return self.root / name, self.root / f"{name}.checkpoint.json"
+        """(finished file, checkpoint) of a slot; the slot name is checked like any remote name.
+
+        Each slot has a folder of its own, so no name (say `x.part`) can collide with another
+        slot's partial file or checkpoint."""
+        folder = self.root / check_name(slot, "slot")
+        return folder / "data", folder / "checkpoint.json"
 
     def start_download(self, effect: StartDownload, post: Post) -> None:
         try:
@@ -120,7 +123,7 @@ class TransferRunner:
             if flag.is_set():
                 post(TransferFailed(effect.transfer, TIMEOUT, "cancelled before it started"))
                 return
-            self.root.mkdir(parents=True, exist_ok=True)
+            dest.parent.mkdir(parents=True, exist_ok=True)
             try:
                 result = download(
                     effect.url,
