@@ -85,7 +85,9 @@ def _shown(on: On, topic: str | None, inbound: set[str]) -> list[str]:
 
 
 @pytest.mark.parametrize(("feature", "role"), CASES, ids=IDS)
-def test_every_declared_machine_renders_to_svg(dot_binary: str, feature: Feature, role: Role) -> None:
+def test_every_declared_machine_renders_to_svg(
+    dot_binary: str, feature: Feature, role: Role
+) -> None:
     svg = render(feature_graph(feature, role), "svg")
     assert b"<svg" in svg
     assert f"{feature.name}.{role}".encode() in svg
@@ -332,9 +334,7 @@ def test_cli_dot_to_stdout(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
 def test_cli_all_dot_writes_only_dot(tmp_path: Path) -> None:
     assert run(_args("--all", "--format", "dot", "-o", str(tmp_path))) == 0
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == sorted(
-        file_name(f.name, v, "dot") for f in all_features() for v in VIEWS
-    )
+    assert written == sorted(file_name(f.name, v, "dot") for f in all_features() for v in VIEWS)
 
 
 def test_cli_all_writes_every_format(dot_binary: str, tmp_path: Path) -> None:

@@ -80,7 +80,9 @@ def test_a_resumed_download_reports_its_percent_at_once() -> None:
     s = device()
     s.step(Connected())
     s.step(OFFER)
-    assert s.step(TransferStarted(1, 730, 1000))[0] == Publish(ReportProgress.downloading("0.2", 73), 0)
+    assert s.step(TransferStarted(1, 730, 1000))[0] == Publish(
+        ReportProgress.downloading("0.2", 73), 0
+    )
 
 
 def test_repeated_offer_is_ignored_and_a_different_one_replaces_the_download() -> None:
@@ -119,7 +121,11 @@ def test_stall_gives_up_the_attempt_with_fail_minus_one() -> None:
     s = device()
     s.step(Connected())
     s.step(OFFER)
-    assert s.advance(60.0) == [CancelTransfer(1), Publish(ReportProgress.fail("0.2", -1), 1), SetTimer("retry", 10.0, 3)]
+    assert s.advance(60.0) == [
+        CancelTransfer(1),
+        Publish(ReportProgress.fail("0.2", -1), 1),
+        SetTimer("retry", 10.0, 3),
+    ]
 
 
 def test_burn_failure_reports_minus_five_and_keeps_the_version() -> None:
@@ -160,13 +166,22 @@ TASK = DeployFirmware("0.2", "fw-0.2", 1000, MD5_A)
 def test_platform_offers_follows_progress_and_confirms_on_the_version() -> None:
     s = Stepper(PLATFORM, key=KEY)
     assert s.step(ReportVersion.of("0.1")) == [Publish(ReportVersionRsp(0, "success", "0.1"), 0)]
-    assert s.step(TASK) == [OfferFirmware("0.2", "fw-0.2", 1000, MD5_A), SetTimer("silence", 300.0, 1)]
+    assert s.step(TASK) == [
+        OfferFirmware("0.2", "fw-0.2", 1000, MD5_A),
+        SetTimer("silence", 300.0, 1),
+    ]
     # each change of state cancels the old silence timer and arms a new one
-    assert s.step(ReportProgress.downloading("0.2", 10)) == [CancelTimer("silence"), SetTimer("silence", 300.0, 2)]
+    assert s.step(ReportProgress.downloading("0.2", 10)) == [
+        CancelTimer("silence"),
+        SetTimer("silence", 300.0, 2),
+    ]
     assert (s.state, s.ctx.percent) == ("downloading", 10)
     assert s.step(ReportProgress.downloading("0.2", 20)) == [SetTimer("silence", 300.0, 3)]
     s.step(ReportProgress.burning("0.2"))
-    assert s.step(ReportProgress.done("0.2")) == [CancelTimer("silence"), SetTimer("silence", 300.0, 5)]
+    assert s.step(ReportProgress.done("0.2")) == [
+        CancelTimer("silence"),
+        SetTimer("silence", 300.0, 5),
+    ]
     assert s.state == "confirming"  # "done" alone is not success
     assert s.step(ReportVersion.of("0.2")) == [
         CancelTimer("silence"),
@@ -194,10 +209,16 @@ def test_fail_pairs_count_once_and_progress_resets_nothing_but_the_count() -> No
     s.step(TASK)
     s.step(ReportProgress.downloading("0.2", 30))
     # the C SDK reports -1 then -5 for one cut: one attempt, and it made progress: not counted
-    assert s.step(ReportProgress.fail("0.2", -1)) == [CancelTimer("silence"), SetTimer("retry", 30.0, 3)]
+    assert s.step(ReportProgress.fail("0.2", -1)) == [
+        CancelTimer("silence"),
+        SetTimer("retry", 30.0, 3),
+    ]
     assert s.step(ReportProgress.fail("0.2", -5)) == []
     assert (s.state, s.ctx.attempts, s.ctx.result_code) == ("retrying", 0, -5)
-    assert s.advance(30.0) == [OfferFirmware("0.2", "fw-0.2", 1000, MD5_A), SetTimer("silence", 300.0, 4)]
+    assert s.advance(30.0) == [
+        OfferFirmware("0.2", "fw-0.2", 1000, MD5_A),
+        SetTimer("silence", 300.0, 4),
+    ]
 
 
 def test_attempts_without_progress_end_the_task() -> None:
@@ -240,5 +261,9 @@ def test_stale_and_malformed_reports_change_nothing() -> None:
     s = Stepper(PLATFORM, key=KEY)
     s.step(TASK)
     assert s.step(ReportProgress.downloading("0.1", 50)) == []  # an older task's progress
-    assert s.step(ReportVersion.of("x" * 33)) == [Log.warning("ignored report_version 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx': not 1-32 characters")]
+    assert s.step(ReportVersion.of("x" * 33)) == [
+        Log.warning(
+            "ignored report_version 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx': not 1-32 characters"
+        )
+    ]
     assert (s.state, s.ctx.percent) == ("offered", 0)

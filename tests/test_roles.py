@@ -39,7 +39,11 @@ def test_device_and_platform_agree_on_a_level(tmp_path: Path) -> None:
         assert (device.log_level, logger.level, applied) == (3, logging.INFO, [0, 3])
         assert platform.log_level("P1", "d1") == 3
         assert SessionStatus("log_level", "P1", "d1", "assigned") in platform.status()
-        assert [s.dest for s in steps if s.machine == "log_level.device"] == ["asking", "listening", "listening"]
+        assert [s.dest for s in steps if s.machine == "log_level.device"] == [
+            "asking",
+            "listening",
+            "listening",
+        ]
     assert not device.connected
 
 

@@ -41,7 +41,7 @@ def is_timer(trigger: str) -> bool:
 def trigger_text(trigger: str) -> str:
     """How a trigger reads on an edge: `◷ reply` for timers, the event class name otherwise."""
     if is_timer(trigger):
-        return f"{style.TIMER_SYMBOL} {trigger[len(TIMER_PREFIX):]}"
+        return f"{style.TIMER_SYMBOL} {trigger[len(TIMER_PREFIX) :]}"
     return trigger
 
 

@@ -328,4 +328,3 @@ def feature_graph(
     return machine_graph(
         feature.spec(role), inbound_topic=inbound_topic(feature, role), highlight=highlight
     )
-
