@@ -24,18 +24,24 @@ from typing import Any
 from ._role import RoleFacade
 from .adapters.connect import Broker, MqttOptions, transport_for
 from .adapters.durable import fsync_dir
+from .adapters.http_transfer import file_md5
 from .adapters.runtime import Runtime
 from .adapters.topics import check_key
 from .adapters.transfer_runner import TransferRunner
 from .fsm.clock import Clock
 from .fsm.events import Event
 from .fsm.trace import Tracer
-from .machines import DeviceKey, all_features, ota
+from .machines import DeviceKey, all_features, ota, resources
 from .machines.log_level import ApplyLogLevel, python_level
-from .machines.transfer import CancelTransfer, StartDownload
+from .machines.names import check_name
+from .machines.transfer import CancelTransfer, StartDownload, StartUpload
 
 log = logging.getLogger(__name__)
 
+ResourceHook = Callable[[Path, str], None]
+"""`on_resource(path, name)`: a delivered resource, verified, at its final place."""
+UploadHook = Callable[[str, bool, int, str], None]
+"""`on_upload_finished(name, ok, code, message)`."""
 BurnHook = Callable[[Path, str], None]
 """`burn(image, version)`: install the verified image; raise to report failure (fail -5)."""
 
@@ -58,6 +64,8 @@ class Device(RoleFacade):
         mqtt: MqttOptions | None = None,
         chunk_size: int = 64 * 1024,
         http_timeout: float = 30.0,
+        on_resource: ResourceHook | None = None,
+        on_upload_finished: UploadHook | None = None,
     ) -> None:
         """`version` is the firmware the application runs (a version adopted by an earlier
         burn, remembered in the state directory, takes its place). `burn` installs an image;
@@ -65,7 +73,9 @@ class Device(RoleFacade):
         `logger` follows the platform's log level (0 silences it, 1 ERROR ... 4 DEBUG).
         `psk` is the device key, needed on a real broker, unused on the memory broker.
         `broker` is a MemoryBroker, a Transport, or a URL (`mqtt://host:1883`, `mqtts://…`)
-        with `mqtt` options for TLS and reconnect pacing."""
+        with `mqtt` options for TLS and reconnect pacing. `on_resource(path, name)` receives each
+        delivered resource (kept under `<state dir>/resources/files/`); `on_upload_finished(name,
+        ok, code, message)` hears how each `upload()` ended."""
         self.key = check_key(DeviceKey(product_id, device_name))
         self.state_dir = Path(state_dir)
         self._ota_dir = self.state_dir / "ota"
@@ -76,6 +86,12 @@ class Device(RoleFacade):
         self.log_level: int | None = None
         """The level last applied from the platform; None until it has answered."""
         self.transfers = TransferRunner(self._ota_dir, chunk_size=chunk_size, timeout=http_timeout)
+        self.resources_dir = self.state_dir / "resources" / "files"
+        self._resource_transfers = TransferRunner(
+            self.state_dir / "resources" / "incoming", chunk_size=chunk_size, timeout=http_timeout
+        )
+        self._on_resource = on_resource
+        self._on_upload_finished = on_upload_finished
         self.runtime = Runtime(
             "device",
             transport_for(broker, self.key, psk, mqtt),
@@ -84,10 +100,16 @@ class Device(RoleFacade):
             clock=clock,
             handlers={
                 ApplyLogLevel: self._apply_log_level,
-                StartDownload: self._start_download,
-                CancelTransfer: self._cancel_transfer,
+                ("ota", StartDownload): self._start_download,
+                ("ota", CancelTransfer): self._cancel_transfer,
                 ota.BurnFirmware: self._burn_firmware,
                 ota.FirmwareAdopted: self._adopt_version,
+                ("resource_download", StartDownload): self._start_resource_download,
+                ("resource_download", CancelTransfer): self._cancel_resource_transfer,
+                ("resource_upload", StartUpload): self._start_upload,
+                ("resource_upload", CancelTransfer): self._cancel_resource_transfer,
+                resources.DeliverResource: self._deliver_resource,
+                resources.UploadFinished: self._upload_finished,
             },
             tracer=on_step,
         )
@@ -98,6 +120,25 @@ class Device(RoleFacade):
     def stop(self) -> None:
         super().stop()
         self.transfers.stop()
+        self._resource_transfers.stop()
+
+    # ---- calls the application makes --------------------------------------------------------
+
+    def upload(self, path: str | Path, name: str) -> None:
+        """Queue `path` for upload as resource `name`; uploads run one at a time, in order.
+
+        Raises ValueError for a name the platform could not accept and FileNotFoundError for
+        a missing file; how it ends comes to `on_upload_finished`."""
+        check_name(name, "resource name")
+        source = Path(path)
+        if not source.is_file():
+            raise FileNotFoundError(f"cannot upload {source}: no such file")
+        size = source.stat().st_size
+        if size == 0:
+            raise ValueError(f"cannot upload {source}: it is empty")
+        md5 = file_md5(source)
+        job = resources.Upload(name, str(source), size, md5)
+        self.runtime.post("resource_upload", self.key, job)
 
     # ---- what the application reads --------------------------------------------------------
 
@@ -137,6 +178,28 @@ class Device(RoleFacade):
 
     def _cancel_transfer(self, key: DeviceKey, effect: CancelTransfer) -> None:
         self.transfers.cancel(effect)
+
+    def _start_resource_download(self, key: DeviceKey, effect: StartDownload) -> None:
+        self._resource_transfers.start_download(effect, self._post("resource_download"))
+
+    def _start_upload(self, key: DeviceKey, effect: StartUpload) -> None:
+        self._resource_transfers.start_upload(effect, self._post("resource_upload"))
+
+    def _cancel_resource_transfer(self, key: DeviceKey, effect: CancelTransfer) -> None:
+        self._resource_transfers.cancel(effect)
+
+    def _deliver_resource(self, key: DeviceKey, effect: resources.DeliverResource) -> None:
+        """Move the verified file to its place (same file system: an atomic rename)."""
+        target = self.resources_dir / check_name(effect.name, "resource name")
+        self.resources_dir.mkdir(parents=True, exist_ok=True)
+        os.replace(effect.path, target)
+        fsync_dir(self.resources_dir)
+        if self._on_resource is not None:
+            self._on_resource(target, effect.name)
+
+    def _upload_finished(self, key: DeviceKey, effect: resources.UploadFinished) -> None:
+        if self._on_upload_finished is not None:
+            self._on_upload_finished(effect.name, effect.ok, effect.code, effect.message)
 
     def _burn_firmware(self, key: DeviceKey, effect: ota.BurnFirmware) -> None:
         post = self._post("ota")

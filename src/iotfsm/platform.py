@@ -20,15 +20,16 @@ import attrs
 
 from ._role import RoleFacade
 from .adapters.connect import Broker, MqttOptions, transport_for
-from .adapters.file_service import FileRef, FileService
+from .adapters.file_service import FileRef, FileService, UploadRecord
 from .adapters.http_transfer import file_md5
 from .adapters.runtime import Runtime
 from .adapters.store import MemoryStore, SessionStore, SqliteStore
 from .adapters.topics import check_key
 from .fsm.clock import Clock
 from .fsm.trace import Tracer
-from .machines import DeviceKey, all_features, ota
+from .machines import DeviceKey, all_features, ota, resources
 from .machines.log_level import LEVELS, SetLogLevel
+from .machines.names import check_name
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,48 @@ class Deployment:
     file_id: str
     size: int
     md5: str
+
+
+@attrs.frozen
+class Delivery:
+    """One resource offered to one device, and how it ended."""
+
+    product: str
+    device: str
+    name: str
+    md5: str
+    size: int
+    state: str
+    code: int
+    message: str
+
+
+@attrs.frozen
+class UploadInfo:
+    """One upload a device asked for; `stored` once the PUT passed its size and md5 checks."""
+
+    product: str
+    device: str
+    name: str
+    md5: str
+    size: int
+    state: str
+    percent: int
+    code: int
+    message: str
+    stored: bool
+    path: str
+
+
+def _record_key(key: DeviceKey, name: str, md5: str) -> str:
+    """The same (device, name, md5) always maps to the same key, so a repeated upload (the C
+    SDK uploads again when its final report goes unanswered) lands on the same file."""
+    digest = hashlib.sha256(f"{key.product}/{key.device}/{name}/{md5}".encode()).hexdigest()
+    return f"r-{digest[:40]}"
+
+
+def _matches(product: str, device: str, want_product: str | None, want_device: str | None) -> bool:
+    return want_product in (None, product) and want_device in (None, device)
 
 
 OtaHook = Callable[[DeviceKey, ota.OtaFinished], None]
@@ -122,9 +165,17 @@ class Platform(RoleFacade):
             clock=clock,
             tracer=on_step,
             store=store,
-            handlers={ota.OfferFirmware: self._offer, ota.OtaFinished: self._finished},
+            handlers={
+                ota.OfferFirmware: self._offer,
+                ota.OtaFinished: self._finished,
+                resources.GrantUpload: self._grant_upload,
+                resources.UploadReported: self._upload_reported,
+                resources.SendDownloadTask: self._send_download_task,
+                resources.ResourceDelivered: self._resource_delivered,
+            },
         )
         self.runtime.on_session_created = self._session_created
+        self.files.on_upload(self._upload_stored)
 
     def _secret(self) -> bytes:
         """The URL-signing key, kept in the data directory so URLs outlive a restart."""
@@ -180,16 +231,19 @@ class Platform(RoleFacade):
         return deployment
 
     def _publish_image(self, image: str | Path | bytes) -> FileRef:
-        if isinstance(image, bytes):
-            md5 = hashlib.md5(image).hexdigest()
-            return self.files.published(f"fw-{md5}") or self.files.publish_file(
-                image, name=f"fw-{md5}"
-            )
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"firmware image {path} does not exist")
-        md5 = file_md5(path)
-        return self.files.published(f"fw-{md5}") or self.files.publish_file(path, name=f"fw-{md5}")
+        return self._publish_source(image, "fw")
+
+    def _publish_source(self, source: str | Path | bytes, kind: str) -> FileRef:
+        """Serve a file under a name made of its md5, so the same content is stored once."""
+        if isinstance(source, bytes):
+            md5 = hashlib.md5(source).hexdigest()
+        else:
+            source = Path(source)
+            if not source.is_file():
+                raise FileNotFoundError(f"{source} does not exist")
+            md5 = file_md5(source)
+        name = f"{kind}-{md5}"
+        return self.files.published(name) or self.files.publish_file(source, name=name)
 
     def cancel_firmware(self, product_id: str, device_name: str) -> None:
         self.runtime.post(
@@ -228,6 +282,80 @@ class Platform(RoleFacade):
         )
         if self._on_ota_finished is not None:
             self._on_ota_finished(key, effect)
+
+    # ---- resources --------------------------------------------------------------------------
+
+    def offer_resource(
+        self, product_id: str, devices: Sequence[str], name: str, source: str | Path | bytes
+    ) -> list[Delivery]:
+        """Queue the file for these devices under `name`; an online device gets it pushed now,
+        an offline one when it next asks (devices ask after every reconnect)."""
+        check_name(name, "resource name")
+        keys = [check_key(DeviceKey(product_id, d)) for d in devices]
+        ref = self._publish_source(source, "res")
+        offered = []
+        for key in keys:
+            record = Delivery(key.product, key.device, name, ref.md5, ref.size, "queued", 0, "")
+            self.store.put("deliveries", _record_key(key, name, ref.md5), attrs.asdict(record))
+            offer = resources.OfferResource(name, ref.file_id, ref.size, ref.md5)
+            self.runtime.post("resource_download", key, offer)
+            offered.append(record)
+        return offered
+
+    def deliveries(
+        self, product_id: str | None = None, device: str | None = None
+    ) -> list[Delivery]:
+        """Resources offered to devices, with their state (queued, done or fail)."""
+        found = [Delivery(**doc) for _, doc in self.store.items("deliveries")]
+        return [d for d in found if _matches(d.product, d.device, product_id, device)]
+
+    def uploads(self, product_id: str | None = None, device: str | None = None) -> list[UploadInfo]:
+        """Uploads devices asked for, with their state and whether the file is stored."""
+        found = [UploadInfo(**doc) for _, doc in self.store.items("uploads")]
+        return [u for u in found if _matches(u.product, u.device, product_id, device)]
+
+    def _grant_upload(self, key: DeviceKey, effect: resources.GrantUpload) -> None:
+        upload_key = _record_key(key, effect.name, effect.md5)
+        if not isinstance(self.store.get("uploads", upload_key), dict):
+            info = UploadInfo(
+                key.product, key.device, effect.name, effect.md5, effect.size, "granted", 0, 0, "",
+                False, "",
+            )
+            self.store.put("uploads", upload_key, attrs.asdict(info))
+        url = self.files.signed_put_url(upload_key, effect.size, effect.md5, self.url_ttl)
+        answer = resources.CreateUploadTaskRsp(effect.size, effect.name, effect.md5, url)
+        self.runtime.publish("resource_upload", key, answer, 0)
+
+    def _upload_reported(self, key: DeviceKey, effect: resources.UploadReported) -> None:
+        for upload_key, doc in self.store.items("uploads"):
+            same = (doc["product"], doc["device"], doc["name"]) == (*key, effect.name)
+            if same and doc["state"] not in ("done", "fail"):
+                doc.update(state=effect.state, code=effect.code, message=effect.message)
+                if effect.percent is not None or effect.state == "done":
+                    doc["percent"] = 100 if effect.state == "done" else effect.percent
+                self.store.put("uploads", upload_key, doc)
+
+    def _upload_stored(self, record: UploadRecord) -> None:
+        """The file service accepted a PUT (size and Content-MD5 matched)."""
+        doc = self.store.get("uploads", record.key)
+        if isinstance(doc, dict):
+            doc.update(stored=True, path=str(record.path))
+            self.store.put("uploads", record.key, doc)
+
+    def _send_download_task(self, key: DeviceKey, effect: resources.SendDownloadTask) -> None:
+        url = self.files.signed_get_url(effect.file_id, self.url_ttl)
+        kind = resources.GetDownloadTaskRsp if effect.answer else resources.DownloadTask
+        task = kind(effect.size, effect.name, effect.md5, url)
+        self.runtime.publish("resource_download", key, task, 0)
+
+    def _resource_delivered(self, key: DeviceKey, effect: resources.ResourceDelivered) -> None:
+        for record_key, doc in self.store.items("deliveries"):
+            same = (doc["product"], doc["device"], doc["name"]) == (*key, effect.name)
+            if same and doc["state"] == "queued":
+                state = "done" if effect.ok else "fail"
+                doc.update(state=state, code=effect.code, message=effect.message)
+                self.store.put("deliveries", record_key, doc)
+                break
 
     # ---- log level --------------------------------------------------------------------------
 

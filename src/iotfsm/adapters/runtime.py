@@ -55,7 +55,7 @@ class Runtime:
         share_group: str | None = None,
         clock: Clock | None = None,
         scheduler: Scheduler | None = None,
-        handlers: Mapping[type[Effect], EffectHandler] | None = None,
+        handlers: Mapping[type[Effect] | tuple[str, type[Effect]], EffectHandler] | None = None,
         tracer: Tracer | None = None,
         store: SessionStore | None = None,
     ) -> None:
@@ -85,8 +85,15 @@ class Runtime:
             CancelTimer: _nothing,
             Log: self._log,
         }
+        self._feature_handlers: dict[tuple[str, type[Effect]], Callable[[str, Session, Any], None]]
+        self._feature_handlers = {}
         for kind, handler in (handlers or {}).items():
-            self._handlers[kind] = partial(_call_with_key, handler)
+            # a (feature, effect type) key serves only that feature: two features may share an
+            # effect type (CancelTransfer) yet need different executors
+            if isinstance(kind, tuple):
+                self._feature_handlers[kind] = partial(_call_with_key, handler)
+            else:
+                self._handlers[kind] = partial(_call_with_key, handler)
         self.store = store
         self._converter = cattrs.Converter()
         self.on_session_created: Callable[[str, DeviceKey], None] | None = None
@@ -207,7 +214,10 @@ class Runtime:
         if self.store is not None:
             self.store.save(feature, key, snapshot(session, self._converter))
         for effect in effects:
-            handler = self._handlers.get(type(effect))
+            kind = type(effect)
+            handler = self._handlers.get(kind)
+            if self._feature_handlers:
+                handler = self._feature_handlers.get((feature, kind), handler)
             if handler is None:
                 log.error("%s: no handler for effect %r; pass one in handlers=", feature, effect)
                 continue

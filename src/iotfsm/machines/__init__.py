@@ -1,6 +1,6 @@
 """Feature declarations: topic pairs, messages, and one machine per role. Pure data, no I/O."""
 
-from . import log_level, ota
+from . import log_level, ota, resources
 from .feature import (
     ROLES,
     DeviceKey,
@@ -15,7 +15,7 @@ from .messages import Message, Wire, wire
 
 def all_features() -> tuple[Feature, ...]:
     """Every feature this version declares, in a stable order (diagrams, runtimes, CLI)."""
-    return (log_level.FEATURE, ota.FEATURE)
+    return (log_level.FEATURE, ota.FEATURE, resources.UPLOAD_FEATURE, resources.DOWNLOAD_FEATURE)
 
 
 __all__ = [
@@ -31,5 +31,6 @@ __all__ = [
     "log_level",
     "ota",
     "outbound_direction",
+    "resources",
     "wire",
 ]
