@@ -42,6 +42,7 @@ from .transfer import (
     TransferProgress,
     TransferStarted,
     percent,
+    progress_due,
 )
 
 MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
@@ -53,8 +54,6 @@ STALL_TIMEOUT = 60.0
 DEVICE_RETRY = 10.0
 """After a failed attempt the device reports its version again this much later, so the platform
 re-offers and the download resumes from the checkpoint."""
-PROGRESS_INTERVAL = 1.0
-"""Downloading progress goes out at most once a second (and always at 0 % and 100 %)."""
 SILENCE_TIMEOUT = 300.0
 """Seconds the platform waits for any word from a device with an active task."""
 RETRY_BASE = 30.0
@@ -276,7 +275,7 @@ def _current_progress(ctx: DeviceContext, event: TransferProgress) -> bool:
 
 def _progress(ctx: DeviceContext, event: TransferProgress, now: float) -> Iterable[Effect]:
     pct = percent(event.done, ctx.size)
-    if pct < 100 and now - ctx.last_progress_at < PROGRESS_INTERVAL:
+    if not progress_due(pct, ctx.last_progress_at, now):
         return (SetTimer("stall", STALL_TIMEOUT),)
     ctx.last_progress_at = now
     return (

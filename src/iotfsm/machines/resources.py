@@ -45,6 +45,7 @@ from .transfer import (
     TransferProgress,
     TransferStarted,
     percent,
+    progress_due,
 )
 
 MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
@@ -52,7 +53,6 @@ RSP_TIMEOUT = 10.0
 MAX_ASKS = 3
 FINAL_TIMEOUT = 5.0
 """The C SDK waits 5 s for the answer to its final report."""
-PROGRESS_INTERVAL = 1.0
 RETRY_BASE = 5.0
 MAX_RETRIES = 3
 """Download attempts cut by the network (-1) that the device resumes by itself."""
@@ -287,7 +287,7 @@ def _upload_progress(
     ctx: UploadDeviceContext, event: TransferProgress, now: float
 ) -> Iterable[Effect]:
     pct = percent(event.done, event.size)
-    if pct < 100 and now - ctx.last_progress_at < PROGRESS_INTERVAL:
+    if not progress_due(pct, ctx.last_progress_at, now):
         return ()
     ctx.last_progress_at = now
     assert ctx.current is not None
@@ -629,7 +629,7 @@ def _download_progress(
     ctx: DownloadDeviceContext, event: TransferProgress, now: float
 ) -> Iterable[Effect]:
     pct = percent(event.done, event.size)
-    if pct < 100 and now - ctx.last_progress_at < PROGRESS_INTERVAL:
+    if not progress_due(pct, ctx.last_progress_at, now):
         return ()
     return _report_download(ctx, pct, now)
 

@@ -85,6 +85,15 @@ class TransferFailed(Event):
     reason: str
 
 
+PROGRESS_INTERVAL = 1.0
+"""Progress reports go out at most once a second (Tencent's SDKs), and always at 100 %."""
+
+
+def progress_due(pct: int, last_at: float, now: float) -> bool:
+    """Whether a progress report of `pct` should go out now, given the last one at `last_at`."""
+    return pct >= 100 or now - last_at >= PROGRESS_INTERVAL
+
+
 def percent(done: int, size: int) -> int:
     """floor(done * 100 / size) in integers, so sizes over 4 GB cannot overflow or round up."""
     return 100 if size <= 0 else min(100, done * 100 // size)
