@@ -1,6 +1,14 @@
-"""Helpers for testing code built on iotfsm against real infrastructure, from any test framework.
+"""Testing code built on iotfsm: a platform and devices in one process, a real Mosquitto.
 
-`iotfsm.testing.mosquitto` starts a private Mosquitto broker (optionally with a TLS listener and a
-throw-away CA) on a free local port. Nothing here imports pytest: fixtures that wrap these helpers
-live with the tests that use them.
+- `iotfsm.testing.Pair`: a Platform and Devices over the memory broker on a manual clock.
+- `iotfsm.testing.Mosquitto`: a private Mosquitto on a free port (optionally TLS).
+- `iotfsm.testing.wait_for`: bounded waiting for outcomes on other threads.
+- pytest fixtures (`iotfsm_pair`, `iotfsm_broker`, `iotfsm_clock`, `mosquitto`) load by themselves
+  when iotfsm is installed (the `pytest11` entry point `iotfsm.testing.pytest_plugin`).
 """
+
+from .mosquitto import Mosquitto
+from .pair import Pair
+from .waiting import wait_for
+
+__all__ = ["Mosquitto", "Pair", "wait_for"]
