@@ -5,9 +5,13 @@ Device code embeds `Device`; server code embeds `Platform`; both take the embedd
 engine, `iotfsm.machines` the feature declarations, `iotfsm.diagrams` their pictures.
 """
 
+from .adapters.config_store import ConfigError, ConfigVersion
 from .adapters.connect import MqttOptions
+from .adapters.log_endpoint import LogLine
+from .adapters.log_upload import LogUploadOptions
 from .adapters.memory_broker import MemoryBroker
-from .device import BurnHook, Device, ResourceHook, UploadHook
+from .device import BurnHook, ConfigHook, Device, ResourceHook, UploadHook
+from .machines.config import ConfigStatus, ProductConfig
 from .machines.feature import DeviceKey
 from .platform import (
     Delivery,
@@ -22,14 +26,21 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BurnHook",
+    "ConfigError",
+    "ConfigHook",
+    "ConfigStatus",
+    "ConfigVersion",
     "Delivery",
     "Deployment",
     "Device",
     "DeviceKey",
     "FirmwareStatus",
+    "LogLine",
+    "LogUploadOptions",
     "MemoryBroker",
     "MqttOptions",
     "Platform",
+    "ProductConfig",
     "ResourceHook",
     "SessionStatus",
     "UploadHook",

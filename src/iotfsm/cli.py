@@ -96,6 +96,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     device.add_arguments(agent)
     agent.set_defaults(run=device.run)
+
+    from .commands import platform, status
+
+    server = sub.add_parser(
+        "platform",
+        help="run the platform role, reconciled toward a desired-state file",
+        description="Run the platform role (OTA, resources, config, log level) against a "
+        "broker, with the HTTP file service and a SQLite store. " + platform.EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    platform.add_arguments(server)
+    server.set_defaults(run=platform.run)
+
+    report = sub.add_parser(
+        "status",
+        help="devices by feature, from a platform's data directory",
+        description="Show every device's state per feature. " + status.EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_arguments(report)
+    report.set_defaults(run=status.run)
     return parser
 
 

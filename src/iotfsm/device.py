@@ -7,11 +7,12 @@ machines' job; the application observes steps if it wants.
 
 State directory layout: `ota/firmware` (+ `.part`, `.checkpoint.json`) while downloading,
 `ota/version.json` for the version adopted after a successful burn, `ota/firmware-<v>.bin` for
-images kept by the default burn step.
+images kept by the default burn step, `config/config.json` for the last applied remote config.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -23,8 +24,9 @@ from typing import Any
 
 from ._role import RoleFacade
 from .adapters.connect import Broker, MqttOptions, transport_for
-from .adapters.durable import fsync_dir
+from .adapters.durable import fsync_dir, read_json, write_json_atomic
 from .adapters.http_transfer import file_md5
+from .adapters.log_upload import LogUploader, LogUploadOptions
 from .adapters.runtime import Runtime
 from .adapters.topics import check_key
 from .adapters.transfer_runner import TransferRunner
@@ -32,6 +34,8 @@ from .fsm.clock import Clock
 from .fsm.events import Event
 from .fsm.trace import Tracer
 from .machines import DeviceKey, all_features, ota, resources
+from .machines.config import ApplyConfig, ConfigStatus, RequestConfig, SaveConfig
+from .machines.config import DeviceContext as ConfigContext
 from .machines.log_level import ApplyLogLevel, python_level
 from .machines.names import check_name
 from .machines.transfer import CancelTransfer, StartDownload, StartUpload
@@ -44,6 +48,8 @@ UploadHook = Callable[[str, bool, int, str], None]
 """`on_upload_finished(name, ok, code, message)`."""
 BurnHook = Callable[[Path, str], None]
 """`burn(image, version)`: install the verified image; raise to report failure (fail -5)."""
+ConfigHook = Callable[[dict[str, Any]], None]
+"""`on_config(payload)`: run with this remote config now (called once per change)."""
 
 
 class Device(RoleFacade):
@@ -66,6 +72,8 @@ class Device(RoleFacade):
         http_timeout: float = 30.0,
         on_resource: ResourceHook | None = None,
         on_upload_finished: UploadHook | None = None,
+        on_config: ConfigHook | None = None,
+        log_upload: str | LogUploadOptions | None = None,
     ) -> None:
         """`version` is the firmware the application runs (a version adopted by an earlier
         burn, remembered in the state directory, takes its place). `burn` installs an image;
@@ -75,7 +83,11 @@ class Device(RoleFacade):
         `broker` is a MemoryBroker, a Transport, or a URL (`mqtt://host:1883`, `mqtts://…`)
         with `mqtt` options for TLS and reconnect pacing. `on_resource(path, name)` receives each
         delivered resource (kept under `<state dir>/resources/files/`); `on_upload_finished(name,
-        ok, code, message)` hears how each `upload()` ended."""
+        ok, code, message)` hears how each `upload()` ended. `on_config(payload)` applies each
+        new remote config (the last one is kept in the state directory: `config` knows it before
+        the device is online). `log_upload` (the platform's `log_url`, or options) uploads the
+        records of `logger` (the root logger if none) at the platform's log level; it needs
+        `psk` to sign."""
         self.key = check_key(DeviceKey(product_id, device_name))
         self.state_dir = Path(state_dir)
         self._ota_dir = self.state_dir / "ota"
@@ -92,6 +104,12 @@ class Device(RoleFacade):
         )
         self._on_resource = on_resource
         self._on_upload_finished = on_upload_finished
+        self._on_config = on_config
+        self._config_file = self.state_dir / "config" / "config.json"
+        if log_upload is not None and not psk:
+            raise ValueError("log_upload needs the device key (psk) to sign the uploads")
+        self.log_uploader: LogUploader | None = None
+        """Uploads the application's log at the platform's level, when `log_upload` was given."""
         self.runtime = Runtime(
             "device",
             transport_for(broker, self.key, psk, mqtt),
@@ -110,17 +128,31 @@ class Device(RoleFacade):
                 ("resource_upload", CancelTransfer): self._cancel_resource_transfer,
                 resources.DeliverResource: self._deliver_resource,
                 resources.UploadFinished: self._upload_finished,
+                ApplyConfig: self._apply_config,
+                SaveConfig: self._save_config,
             },
             tracer=on_step,
         )
         running = self._adopted_version() or version
         machine = self.runtime.machines["ota"]
         self.runtime.adopt("ota", machine.new_session(self.key, ota.DeviceContext(version=running)))
+        saved = read_json(self._config_file)
+        known = saved.get("payload") if isinstance(saved, dict) else None
+        context = ConfigContext(config=known if isinstance(known, dict) else None)
+        self.runtime.adopt("config", self.runtime.machines["config"].new_session(self.key, context))
+        if log_upload is not None and psk:
+            self.log_uploader = LogUploader(
+                log_upload, product_id, device_name, psk, now=self.runtime.clock.now
+            )
+            (logger or logging.getLogger()).addHandler(self.log_uploader)
 
     def stop(self) -> None:
         super().stop()
         self.transfers.stop()
         self._resource_transfers.stop()
+        if self.log_uploader is not None:
+            (self.logger or logging.getLogger()).removeHandler(self.log_uploader)
+            self.log_uploader.close()
 
     # ---- calls the application makes --------------------------------------------------------
 
@@ -140,7 +172,26 @@ class Device(RoleFacade):
         job = resources.Upload(name, str(source), size, md5)
         self.runtime.post("resource_upload", self.key, job)
 
+    def request_config(self) -> None:
+        """Ask the platform for the config now (one ask is out at a time; offline, the device
+        asks when it connects). `on_config` hears of it only if the config changed."""
+        self.runtime.post("config", self.key, RequestConfig())
+
     # ---- what the application reads --------------------------------------------------------
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        """The remote config last applied (a copy), known from the state directory at start;
+        None if the platform never sent one."""
+        context: ConfigContext = self.runtime.session("config", self.key).ctx
+        return copy.deepcopy(context.config)
+
+    @property
+    def config_status(self) -> ConfigStatus:
+        """The platform's last answer about the config and why the config is what it is (e.g.
+        result 1001: remote config is disabled, the device keeps its current config)."""
+        context: ConfigContext = self.runtime.session("config", self.key).ctx
+        return ConfigStatus(context.result, context.note)
 
     def state(self, feature: str) -> str:
         """The current state of this device's machine for `feature` (e.g. "ota")."""
@@ -170,8 +221,17 @@ class Device(RoleFacade):
         self.log_level = effect.level
         if self.logger is not None:
             self.logger.setLevel(python_level(effect.level))
+        if self.log_uploader is not None:
+            self.log_uploader.set_remote_level(effect.level)
         if self._on_log_level is not None:
             self._on_log_level(effect.level)
+
+    def _apply_config(self, key: DeviceKey, effect: ApplyConfig) -> None:
+        if self._on_config is not None:
+            self._on_config(copy.deepcopy(effect.payload))
+
+    def _save_config(self, key: DeviceKey, effect: SaveConfig) -> None:
+        write_json_atomic(self._config_file, {"payload": effect.payload})
 
     def _start_download(self, key: DeviceKey, effect: StartDownload) -> None:
         self.transfers.start_download(effect, self._post("ota"))

@@ -14,21 +14,33 @@ import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 
 from ._role import RoleFacade
+from .adapters.config_store import ConfigError, ConfigRecords, ConfigVersion
 from .adapters.connect import Broker, MqttOptions, transport_for
 from .adapters.file_service import FileRef, FileService, UploadRecord
 from .adapters.http_transfer import file_md5
+from .adapters.log_endpoint import DeviceKeys, LogEndpoint, LogFollower, LogLine
+from .adapters.log_upload import REPORT_LOG_PATH
 from .adapters.runtime import Runtime
 from .adapters.store import MemoryStore, SessionStore, SqliteStore
 from .adapters.topics import check_key
 from .fsm.clock import Clock
+from .fsm.events import Event
 from .fsm.trace import Tracer
 from .machines import DeviceKey, all_features, ota, resources
+from .machines.config import (
+    ConfigChanged,
+    ConfigLoaded,
+    LoadProductConfig,
+    ProductConfig,
+    PushConfig,
+)
 from .machines.log_level import LEVELS, SetLogLevel
+from .machines.log_level import PlatformContext as PlatformLogContext
 from .machines.names import check_name
 
 log = logging.getLogger(__name__)
@@ -172,10 +184,18 @@ class Platform(RoleFacade):
                 resources.UploadReported: self._upload_reported,
                 resources.SendDownloadTask: self._send_download_task,
                 resources.ResourceDelivered: self._resource_delivered,
+                LoadProductConfig: self._load_config,
             },
         )
         self.runtime.on_session_created = self._session_created
+        self.runtime.contexts["log_level"] = self._log_level_context
         self.files.on_upload(self._upload_stored)
+        self.configs = ConfigRecords(store)
+        """Each product's remote config: the last five versions and the switch."""
+        self.device_keys = DeviceKeys(store)
+        self.logs = LogEndpoint(store, self.device_keys, clock=self.runtime.clock)
+        """`POST /device/reportlog` on the file service: devices' uploaded log lines."""
+        self.files.add_post_route(REPORT_LOG_PATH, self.logs.handle, max_body=256 * 1024)
 
     def _secret(self) -> bytes:
         """The URL-signing key, kept in the data directory so URLs outlive a restart."""
@@ -256,6 +276,11 @@ class Platform(RoleFacade):
         return FirmwareStatus(
             session.state, c.target, c.reported, c.percent, c.result_code, c.result_msg
         )
+
+    def _log_level_context(self, key: DeviceKey) -> PlatformLogContext:
+        """A device first seen gets its product's level, if one was set for every device."""
+        level = self.store.get("product_log_level", key.product)
+        return PlatformLogContext(key.product, level if isinstance(level, int) else 0)
 
     def _session_created(self, feature: str, key: DeviceKey) -> None:
         if feature != "ota":
@@ -366,11 +391,94 @@ class Platform(RoleFacade):
         key = check_key(DeviceKey(product_id, device_name))
         self.runtime.post("log_level", key, SetLogLevel(level))
 
+    def set_product_log_level(self, product_id: str, level: int) -> None:
+        """Set the level of every device of a product, including devices first seen later."""
+        if level not in LEVELS:
+            raise ValueError(f"log level {level!r} must be 0 (nothing) to 4 (debug)")
+        check_key(DeviceKey(product_id, "x"))
+        self.store.put("product_log_level", product_id, level)
+        known = {s.key for _, s in self.runtime.all_sessions() if s.key.product == product_id}
+        for key in sorted(known):
+            self.runtime.post("log_level", key, SetLogLevel(level))
+
     def log_level(self, product_id: str, device_name: str) -> int:
         """The level this platform answers the device with (0 until set)."""
         key = check_key(DeviceKey(product_id, device_name))
         level: int = self.runtime.session("log_level", key).ctx.level
         return level
+
+    # ---- remote config ----------------------------------------------------------------------
+
+    def set_config(self, product_id: str, payload: dict[str, Any]) -> ConfigVersion:
+        """Make `payload` (a JSON object) the product's config: a new version (the last five are
+        kept) pushed now to every device of the product this platform knows; a device offline
+        now gets it when it next connects and asks. While config is disabled it is only stored.
+        Raises ConfigError for a payload devices could not be sent."""
+        check_key(DeviceKey(product_id, "x"))
+        version, current = self.configs.set(product_id, payload, self.runtime.clock.now())
+        self._tell_product(product_id, ConfigChanged(current))
+        return version
+
+    def enable_config(self, product_id: str, enabled: bool) -> None:
+        """Switch remote config on or off for a product (on by default). Off: devices are
+        answered 1001 and keep what they have; back on: the current config is pushed again."""
+        check_key(DeviceKey(product_id, "x"))
+        current = self.configs.enable(product_id, enabled)
+        if current is not None:
+            self._tell_product(product_id, ConfigChanged(current))
+
+    def push_config(self, product_id: str, device_name: str) -> None:
+        """Push the product's current config to one device now."""
+        key = check_key(DeviceKey(product_id, device_name))
+        current = self.configs.current(product_id)
+        if not current.enabled:
+            raise ConfigError(f"remote config is disabled for {product_id}; enable_config first")
+        if current.payload is None:
+            raise ConfigError(f"product {product_id} has no config yet; set_config first")
+        self.runtime.post("config", key, ConfigLoaded(current))
+        self.runtime.post("config", key, PushConfig())
+
+    def config_history(self, product_id: str) -> tuple[ConfigVersion, ...]:
+        """The product's last five config versions, oldest first (the current one last)."""
+        return self.configs.history(check_key(DeviceKey(product_id, "x")).product)
+
+    def product_config(self, product_id: str) -> ProductConfig:
+        """What devices of the product are answered: enabled, current version and payload."""
+        return self.configs.current(check_key(DeviceKey(product_id, "x")).product)
+
+    def _tell_product(self, product_id: str, event: Event) -> None:
+        keys: set[DeviceKey] = set()
+        for sessions in self.runtime.sessions.values():
+            # list() copies the keys in one go: the runtime may add sessions meanwhile
+            keys.update(k for k in list(sessions) if k.product == product_id)
+        for key in sorted(keys):
+            self.runtime.post("config", key, event)
+
+    def _load_config(self, key: DeviceKey, effect: LoadProductConfig) -> None:
+        self.runtime.post("config", key, ConfigLoaded(self.configs.current(key.product)))
+
+    # ---- device logs ------------------------------------------------------------------------
+
+    def register_device(self, product_id: str, device_name: str, psk: str) -> None:
+        """Tell the platform a device's key (the base64 device secret): it checks the signature
+        of the device's log uploads with it. Kept in the store, like every platform record."""
+        self.device_keys.register(product_id, device_name, psk)
+
+    @property
+    def log_url(self) -> str:
+        """Where devices upload their log (`log_upload=` of `Device`); valid once started."""
+        return f"{self.files.public_base}{REPORT_LOG_PATH}"
+
+    def device_logs(self, product_id: str, device_name: str, since: int = 0) -> list[LogLine]:
+        """The device's uploaded lines kept so far (the newest 500), those after `since`."""
+        return self.logs.lines(product_id, device_name, since)
+
+    def follow_logs(
+        self, callback: LogFollower, product_id: str | None = None, device_name: str | None = None
+    ) -> Callable[[], None]:
+        """Call `callback(line)` for every line uploaded from now on (of one product or device
+        if given), on an HTTP server thread. Returns a function that stops it."""
+        return self.logs.follow(callback, product_id, device_name)
 
     # ---- status -----------------------------------------------------------------------------
 

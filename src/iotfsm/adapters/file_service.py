@@ -26,6 +26,10 @@ checked before it touches the file system: no `/`, `\\`, `..`, control character
 most 64 characters. Nothing is ever written outside the data directory; uploads are streamed to a
 temporary file and renamed into place only when size and md5 match.
 
+Other platform endpoints that devices reach over HTTP (the device log upload, `POST
+/device/reportlog`) plug in with `add_post_route(path, handler)`: the service reads the bounded
+body and answers what the handler returns; what the endpoint means stays in its own module.
+
 Multi-range requests (`bytes=0-9,20-29`) are answered with the full body (200): no device asks for
 them, and RFC 9110 lets a server ignore a Range header.
 
@@ -50,7 +54,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
@@ -109,6 +113,34 @@ class ByteRange:
     @property
     def length(self) -> int:
         return self.end - self.start + 1
+
+
+@attrs.frozen
+class PostRequest:
+    """A POST to a registered route, its body read in full (within the route's bound)."""
+
+    path: str
+    headers: Mapping[str, str]
+    """Header names in lower case; a repeated header keeps its first value."""
+    body: bytes
+    host: str
+    """The Host header as the client sent it ("" when absent)."""
+    client: str
+
+
+@attrs.frozen
+class PostResponse:
+    """What a route answers; always sent with a Content-Length, never chunked."""
+
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+PostHandler = Callable[[PostRequest], PostResponse]
+"""Answers one POST; runs on a server thread, so it must be thread-safe. An exception is a 500."""
+
+DEFAULT_POST_BODY = 64 * 1024
 
 
 class RangeNotSatisfiableError(Exception):
@@ -303,6 +335,7 @@ class FileService:
         self._published: dict[str, FileRef] = {}
         self._uploads: dict[str, UploadRecord] = {}
         self._callbacks: list[Callable[[UploadRecord], None]] = []
+        self._post_routes: dict[str, tuple[PostHandler, int]] = {}
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.hooks = FaultHooks()
@@ -456,6 +489,27 @@ class FileService:
         with self._lock:
             return self._uploads.get(key)
 
+    def add_post_route(
+        self, path: str, handler: PostHandler, *, max_body: int = DEFAULT_POST_BODY
+    ) -> None:
+        """Answer `POST path` (exact match, query ignored) with `handler`.
+
+        The extension point for other device-facing endpoints, so that they share this server
+        (one port, one public base) without their logic living here. Bodies must come with a
+        Content-Length of at most `max_body` bytes (411 and 413 otherwise)."""
+        if not path.startswith("/") or path.startswith(("/files/", "/uploads/")):
+            raise ValueError(
+                f"POST route {path!r} must start with '/' and lie outside /files/ and /uploads/"
+            )
+        if max_body <= 0:
+            raise ValueError(f"max_body must be positive, got {max_body}")
+        with self._lock:
+            self._post_routes[path] = (handler, max_body)
+
+    def _post_route(self, path: str) -> tuple[PostHandler, int] | None:
+        with self._lock:
+            return self._post_routes.get(path)
+
     def on_upload(self, callback: Callable[[UploadRecord], None]) -> None:
         """Call `callback` (on a server thread, before the device gets its 200) for each upload
         that stored new content; an identical repeat of an upload does not call it again."""
@@ -605,7 +659,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _linger(self) -> None:
         """Discard an unread request body after answering, so the client reads our error
         instead of a reset connection (Apache's "lingering close")."""
-        if self._body_read or self.command != "PUT":
+        if self._body_read or self.command not in ("PUT", "POST"):
             return
         self._body_read = True
         try:
@@ -723,6 +777,56 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
 
+    # POST (registered routes) ------------------------------------------------------------------
+
+    def do_POST(self) -> None:
+        path = self.service._strip_prefix(urlsplit(self.path).path)
+        self._name = path
+        route = self.service._post_route(path)
+        if route is None:
+            self._fail(404, "no such path")
+            return
+        handler, max_body = route
+        if "Transfer-Encoding" in self.headers or "Content-Length" not in self.headers:
+            self._fail(411, "Content-Length required, chunked bodies are not accepted")
+            return
+        try:
+            length = int(self.headers["Content-Length"])
+        except ValueError:
+            self._fail(400, "bad Content-Length")
+            return
+        if not 0 <= length <= max_body:
+            self._fail(413, f"body over {max_body} bytes")
+            return
+        self._body_read = True
+        try:
+            body = self.rfile.read(length)
+        except OSError as exc:
+            logger.info("POST %s: client went away (%s)", path, exc)
+            self.close_connection = True
+            return
+        if len(body) != length:
+            logger.info("POST %s: body ended %d bytes short", path, length - len(body))
+            self.close_connection = True
+            self._record(400)
+            return
+        headers: dict[str, str] = {}
+        for name, value in self.headers.items():
+            headers.setdefault(name.lower(), value)
+        request = PostRequest(path, headers, body, headers.get("host", ""), self.client_address[0])
+        try:
+            response = handler(request)
+        except Exception:
+            logger.exception("POST %s: the route's handler failed", path)
+            self._fail(500, "internal error")
+            return
+        self._record(response.status)
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        self.end_headers()
+        self.wfile.write(response.body)
+
     # PUT ----------------------------------------------------------------------------------------
 
     def do_PUT(self) -> None:
@@ -800,6 +904,9 @@ __all__ = [
     "FaultHooks",
     "FileRef",
     "FileService",
+    "PostHandler",
+    "PostRequest",
+    "PostResponse",
     "RangeNotSatisfiableError",
     "RequestRecord",
     "UploadRecord",

@@ -96,6 +96,9 @@ class Runtime:
                 self._handlers[kind] = partial(_call_with_key, handler)
         self.store = store
         self._converter = cattrs.Converter()
+        self.contexts: dict[str, Callable[[DeviceKey], Any]] = {}
+        """Per feature, a context factory that replaces the declaration's for new sessions
+        (server code seeding product-wide settings, e.g. a default log level)."""
         self.on_session_created: Callable[[str, DeviceKey], None] | None = None
         """Called once for each session the runtime creates (not for restored ones)."""
         self._queue: deque[tuple[str, DeviceKey, Event]] = deque()
@@ -152,14 +155,17 @@ class Runtime:
         sessions = self.sessions[feature]
         session = sessions.get(key)
         if session is None:
-            session = sessions[key] = self.machines[feature].new_session(key)
+            factory = self.contexts.get(feature)
+            context = factory(key) if factory is not None else None
+            session = sessions[key] = self.machines[feature].new_session(key, context)
             if self.on_session_created is not None:
                 self.on_session_created(feature, key)
         return session
 
     def all_sessions(self) -> Iterator[tuple[str, Session]]:
-        for feature, sessions in self.sessions.items():
-            for session in sessions.values():
+        """Every session of every feature; a copy, so another thread may add sessions meanwhile."""
+        for feature, sessions in list(self.sessions.items()):
+            for session in list(sessions.values()):
                 yield feature, session
 
     def adopt(self, feature: str, session: Session) -> None:

@@ -7,14 +7,39 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from ..adapters.connect import MqttOptions
 from ..fsm.trace import StepRecord
 
 
 class CommandError(Exception):
     """A problem the user can fix; the command prints its message on one line and exits 1."""
+
+
+def check_ca(path: Path | None) -> MqttOptions:
+    """MQTT options for an agent: a CA file that must exist, and a patient reconnect."""
+    if path is not None and not path.is_file():
+        raise CommandError(f"--tls-ca {path}: no such file")
+    return MqttOptions(ca_file=path, backoff_min=0.5, backoff_max=30.0)
+
+
+def wait_connected(
+    connected: Callable[[], bool], stop: threading.Event, timeout: float, broker: str
+) -> bool:
+    """Wait for the first connection; False if a signal came first. Raises CommandError when
+    the broker cannot be reached in time (an agent started against a wrong URL says so)."""
+    waited = 0.0
+    while not connected():
+        if stop.wait(0.05):
+            return False
+        waited += 0.05
+        if waited >= timeout:
+            raise CommandError(f"cannot reach the broker at {broker} within {timeout:g} s")
+    return True
 
 
 def stop_on_signals() -> threading.Event:

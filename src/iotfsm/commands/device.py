@@ -12,9 +12,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
-from ..adapters.connect import MqttOptions
 from ..device import Device
-from .common import CommandError, JsonLines, stop_on_signals
+from .common import CommandError, JsonLines, check_ca, stop_on_signals, wait_connected
 
 EXAMPLE = """example:
   iotfsm device --broker mqtt://127.0.0.1:1883 --product-id S3EUVBRJLB \\
@@ -59,8 +58,7 @@ def _burn_with(command: str) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.tls_ca is not None and not args.tls_ca.is_file():
-        raise CommandError(f"--tls-ca {args.tls_ca}: no such file")
+    mqtt = check_ca(args.tls_ca)
     events = JsonLines() if args.events == "jsonl" else None
     try:
         device = Device(
@@ -72,21 +70,15 @@ def run(args: argparse.Namespace) -> int:
             version=args.version,
             burn=_burn_with(args.burn_command) if args.burn_command else None,  # type: ignore[arg-type]
             on_step=events.step if events else None,
-            mqtt=MqttOptions(ca_file=args.tls_ca, backoff_min=0.5, backoff_max=30.0),
+            mqtt=mqtt,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     stop = stop_on_signals()
     device.start()
     try:
-        waited = 0.0
-        while not device.connected and waited < args.connect_timeout and not stop.is_set():
-            stop.wait(0.05)
-            waited += 0.05
-        if not device.connected and not stop.is_set():
-            raise CommandError(
-                f"cannot reach the broker at {args.broker} within {args.connect_timeout:g} s"
-            )
+        if not wait_connected(lambda: device.connected, stop, args.connect_timeout, args.broker):
+            return 0
         if events:
             events.write(
                 {"event": "started", "device": args.device_name, "version": device.version}

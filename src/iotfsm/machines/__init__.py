@@ -1,6 +1,6 @@
 """Feature declarations: topic pairs, messages, and one machine per role. Pure data, no I/O."""
 
-from . import log_level, ota, resources
+from . import config, log_level, ota, resources
 from .feature import (
     ROLES,
     DeviceKey,
@@ -15,7 +15,13 @@ from .messages import Message, Wire, wire
 
 def all_features() -> tuple[Feature, ...]:
     """Every feature this version declares, in a stable order (diagrams, runtimes, CLI)."""
-    return (log_level.FEATURE, ota.FEATURE, resources.UPLOAD_FEATURE, resources.DOWNLOAD_FEATURE)
+    return (
+        log_level.FEATURE,
+        ota.FEATURE,
+        resources.UPLOAD_FEATURE,
+        resources.DOWNLOAD_FEATURE,
+        config.FEATURE,
+    )
 
 
 __all__ = [
@@ -27,6 +33,7 @@ __all__ = [
     "Role",
     "Wire",
     "all_features",
+    "config",
     "inbound_direction",
     "log_level",
     "ota",

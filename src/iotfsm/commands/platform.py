@@ -1,0 +1,91 @@
+"""`iotfsm platform`: the platform role of every feature, reconciled toward a desired-state file.
+
+State lives in SQLite in the data directory, so the process can be killed and restarted without
+losing a task; the desired-state file is applied at start and again whenever it changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..desired import DesiredStateError
+from ..platform import Platform
+from ..reconcile import Reconciler
+from .common import CommandError, JsonLines, check_ca, stop_on_signals, wait_connected
+
+EXAMPLE = """example:
+  iotfsm platform --broker mqtt://127.0.0.1:1883 --data-dir ./platform \\
+      --http 127.0.0.1:8080 --desired desired.toml --events jsonl
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    parser.add_argument("--data-dir", required=True, type=Path, help="SQLite store and files")
+    parser.add_argument("--http", required=True, help="HOST:PORT of the file service")
+    parser.add_argument("--public-base", help="base URL devices use to reach the file service")
+    parser.add_argument("--desired", type=Path, help="desired-state TOML file, reloaded on change")
+    parser.add_argument("--tls-ca", type=Path, help="CA file that signed the broker's certificate")
+    parser.add_argument(
+        "--events", choices=["jsonl"], help="print one JSON object per state change"
+    )
+    parser.add_argument("--connect-timeout", type=float, default=15.0)
+
+
+def _http(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise CommandError(f"--http {value!r} must be HOST:PORT, e.g. 127.0.0.1:8080")
+    return host, int(port)
+
+
+def run(args: argparse.Namespace) -> int:
+    host, port = _http(args.http)
+    mqtt = check_ca(args.tls_ca)
+    events = JsonLines() if args.events == "jsonl" else None
+    try:
+        platform = Platform(
+            args.broker,
+            data_dir=args.data_dir,
+            http_host=host,
+            http_port=port,
+            public_base=args.public_base,
+            on_step=events.step if events else None,
+            mqtt=mqtt,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    reconciler = Reconciler(platform, args.desired) if args.desired else None
+    if reconciler is not None:
+        try:
+            from ..desired import load
+
+            load(reconciler.path)  # refuse a bad file before anything starts
+        except DesiredStateError as exc:
+            platform.store.close()
+            raise CommandError(str(exc)) from None
+    stop = stop_on_signals()
+    try:
+        platform.start()
+    except OSError as exc:
+        raise CommandError(f"cannot serve files on {args.http}: {exc.strerror or exc}") from None
+    try:
+        connected = platform.runtime.transport
+        if not wait_connected(lambda: connected.connected, stop, args.connect_timeout, args.broker):
+            return 0
+        if events:
+            host_port = "{}:{}".format(*platform.files.address)
+            events.write({"event": "started", "http": host_port})
+        if reconciler is not None:
+            for line in reconciler.apply():
+                if events:
+                    events.write({"event": "applied", "what": line})
+        while not stop.wait(1.0):
+            if reconciler is not None:
+                for line in reconciler.poll():
+                    if events:
+                        events.write({"event": "applied", "what": line})
+    finally:
+        platform.stop()
+    return 0

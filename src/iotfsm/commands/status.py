@@ -1,0 +1,111 @@
+"""`iotfsm status`: devices by feature with state, percent and version, read from a platform's
+data directory (while the platform runs, or after)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..adapters.store import SqliteStore
+from .common import CommandError
+
+EXAMPLE = """example:
+  iotfsm status --data-dir ./platform --json
+"""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", required=True, type=Path)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+
+def _row(feature: str, product: str, device: str, doc: dict[str, Any]) -> dict[str, Any]:
+    ctx = doc.get("context") or {}
+    row: dict[str, Any] = {
+        "feature": feature,
+        "product": product,
+        "device": device,
+        "state": doc.get("state"),
+    }
+    if feature == "ota":
+        row.update(
+            target=ctx.get("target"),
+            version=ctx.get("reported"),
+            percent=ctx.get("percent"),
+            result_code=ctx.get("result_code"),
+            result_msg=ctx.get("result_msg"),
+        )
+    elif feature == "log_level":
+        row.update(level=ctx.get("level"))
+    elif feature == "resource_download":
+        row.update(
+            queued=[t.get("name") for t in ctx.get("queue") or []], percent=ctx.get("percent")
+        )
+    elif feature == "resource_upload":
+        row.update(
+            name=ctx.get("name"), percent=ctx.get("percent"), result_code=ctx.get("result_code")
+        )
+    else:
+        row.update({k: v for k, v in ctx.items() if isinstance(v, (str, int, float, bool))})
+    return row
+
+
+def rows(data_dir: Path) -> list[dict[str, Any]]:
+    path = data_dir / "platform.sqlite3"
+    if not path.is_file():
+        raise CommandError(f"{data_dir} holds no platform store (no platform.sqlite3)")
+    store = SqliteStore(path)
+    try:
+        found = [_row(f, k.product, k.device, doc) for f, k, doc in store.load()]
+        deliveries = store.items("deliveries")
+        uploads = store.items("uploads")
+    finally:
+        store.close()
+    found.sort(key=lambda r: (r["product"], r["device"], r["feature"]))
+    for _, d in deliveries:
+        found.append(
+            {
+                "feature": "delivery",
+                "product": d["product"],
+                "device": d["device"],
+                "state": d["state"],
+                "name": d["name"],
+                "md5": d["md5"],
+            }
+        )
+    for _, u in uploads:
+        found.append(
+            {
+                "feature": "upload",
+                "product": u["product"],
+                "device": u["device"],
+                "state": u["state"],
+                "name": u["name"],
+                "stored": u["stored"],
+            }
+        )
+    return found
+
+
+def run(args: argparse.Namespace) -> int:
+    table = rows(args.data_dir)
+    if args.json:
+        print(json.dumps(table, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(title=f"iotfsm status: {args.data_dir}")
+    for column in ("product", "device", "feature", "state", "details"):
+        view.add_column(column)
+    for r in table:
+        details = ", ".join(
+            f"{k}={v}"
+            for k, v in r.items()
+            if k not in ("product", "device", "feature", "state") and v not in (None, "", [])
+        )
+        view.add_row(r["product"], r["device"], r["feature"], str(r["state"]), details)
+    Console().print(view)
+    return 0
