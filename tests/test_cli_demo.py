@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from iotfsm.cli import main
+from iotfsm.testing import Mosquitto
 
 
 def test_demo_passes_every_check(capsys: pytest.CaptureFixture[str]) -> None:
@@ -16,8 +17,16 @@ def test_demo_passes_every_check(capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert doc["passed"] is True
     assert doc["devices"] == 3
-    assert len(doc["checks"]) >= 5
+    names = " ".join(c["name"] for c in doc["checks"])
+    for feature in ("log level", "config", "ota", "upload", "download", "wire"):
+        assert feature in names
     assert all(c["passed"] for c in doc["checks"])
+
+
+def test_the_demo_runs_over_a_real_broker(mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--devices", "2", "--json", "--broker", mosquitto.url]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["passed"] is True and doc["broker"] == mosquitto.url
 
 
 def test_python_dash_m_runs_the_same_command() -> None:

@@ -15,33 +15,52 @@ from . import __version__
 
 def _demo(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskID, TextColumn
     from rich.table import Table
 
     from .demo import Check, run_demo
 
     console = Console(stderr=args.json)
+    bars = Progress(
+        TextColumn("{task.description:<22}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        console=console,
+        transient=False,
+    )
+    tasks: dict[tuple[str, str], TaskID] = {}
+
+    def progress(device: str, feature: str, pct: int) -> None:
+        key = (device, feature)
+        if key not in tasks:
+            tasks[key] = bars.add_task(f"{device} {feature}", total=100)
+        bars.update(tasks[key], completed=pct)
 
     def show(check: Check) -> None:
         mark = "[green]✓[/green]" if check.passed else "[red]✗[/red]"
-        console.print(f"{mark} {check.name}")
+        bars.console.print(f"{mark} {check.name}")
 
-    report = run_demo(devices=args.devices, on_check=show)
+    with bars:
+        report = run_demo(
+            devices=args.devices, broker_url=args.broker, on_check=show, on_progress=progress
+        )
     if args.json:
         doc = {
             "passed": report.passed,
             "devices": report.devices,
+            "broker": report.broker,
             "checks": [attrs.asdict(c) for c in report.checks],
         }
         print(json.dumps(doc, indent=2))
     else:
-        table = Table(title=f"iotfsm demo: 1 platform, {report.devices} devices, memory broker")
+        title = f"iotfsm demo: 1 platform, {report.devices} devices, broker: {report.broker}"
+        table = Table(title=title)
         table.add_column("check")
         table.add_column("result")
         table.add_column("detail")
         for c in report.checks:
-            table.add_row(
-                c.name, "[green]pass[/green]" if c.passed else "[red]FAIL[/red]", c.detail
-            )
+            result = "[green]pass[/green]" if c.passed else "[red]FAIL[/red]"
+            table.add_row(c.name, result, c.detail)
         console.print(table)
         verdict = (
             "[green]all checks passed[/green]" if report.passed else "[red]checks failed[/red]"
@@ -67,11 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo",
         help="a platform and devices in one process, every outcome checked",
-        description="Run a platform and N devices over the embedded broker and check every "
-        "outcome. Example: iotfsm demo --devices 5",
+        description="Run a platform and N devices (OTA with a cut and a resume, an upload, a "
+        "download, a config push, a log-level change with log upload) and check every outcome. "
+        "Example: iotfsm demo --devices 5",
     )
     demo.add_argument("--devices", type=int, default=3, help="how many devices (default 3)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.add_argument(
+        "--broker",
+        help="run over a real MQTT broker, e.g. mqtt://127.0.0.1:1883 (default: the embedded one)",
+    )
     demo.set_defaults(run=_demo)
 
     from .diagrams import cli as diagram_cli

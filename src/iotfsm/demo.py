@@ -1,24 +1,33 @@
 """The demo scenario: a platform and N devices in one process, every outcome checked.
 
-It is the README's first command, so it must show the library working end to end and must fail
-loudly (non-zero exit) when any check fails. Each step of the scenario is a named `Check`.
+It is the README's first command, so it shows each feature working end to end and fails loudly
+(non-zero exit) when any check fails. The platform's HTTP file service is real (127.0.0.1);
+messages go over the embedded broker, or over a real MQTT broker with `broker_url`. Time is
+virtual: whenever nothing is happening the clock jumps to the next timer, so the retry after a
+cut connection costs no wall time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import attrs
 
-from .adapters.memory_broker import MemoryBroker
+from .adapters.log_upload import LogUploadOptions
 from .device import Device
-from .machines.log_level import python_level
-from .platform import Platform
+from .platform import FirmwareStatus
+from .testing.pair import Pair
 
 PRODUCT = "DEMO000001"
+DEMO_PSK = "vX6PQqazsGsMyf5SMfs6OA6y"
+"""The public sample key from PROTOCOL.md; the log endpoint verifies signatures made with it."""
+FIRMWARE_SIZE = 1024 * 1024
 
 
 @attrs.frozen
@@ -31,88 +40,232 @@ class Check:
 @attrs.define
 class DemoReport:
     devices: int
+    broker: str
     checks: list[Check] = attrs.field(factory=list)
 
     @property
     def passed(self) -> bool:
         return bool(self.checks) and all(c.passed for c in self.checks)
 
-    def check(self, name: str, passed: bool, detail: str) -> None:
-        self.checks.append(Check(name, passed, detail))
+
+Progress = Callable[[str, str, int], None]
+"""`progress(device, feature, percent)`: for live progress bars."""
+
+
+@attrs.define
+class _App:
+    """What one demo device's application saw."""
+
+    logger: logging.Logger
+    configs: list[dict[str, Any]] = attrs.Factory(list)
+    resources: dict[str, bytes] = attrs.Factory(dict)
+    uploads: list[tuple[str, bool, int, str]] = attrs.Factory(list)
+    installed: list[tuple[str, str]] = attrs.Factory(list)
+    """(version, md5 of the image) for each burn."""
+
+    def burn(self, image: Path, version: str) -> None:
+        self.installed.append((version, hashlib.md5(image.read_bytes()).hexdigest()))
 
 
 def run_demo(
     devices: int = 3,
-    state_root: Path | None = None,
+    broker_url: str | None = None,
     on_check: Callable[[Check], None] | None = None,
+    on_progress: Progress | None = None,
 ) -> DemoReport:
-    """Run the scenario over the embedded broker and return every check's outcome."""
-    report = DemoReport(devices)
+    """Run the scenario and return every check's outcome."""
+    report = DemoReport(devices, broker_url or "memory")
 
     def check(name: str, passed: bool, detail: str) -> None:
-        report.check(name, passed, detail)
+        report.checks.append(Check(name, passed, detail))
         if on_check is not None:
             on_check(report.checks[-1])
 
-    with tempfile.TemporaryDirectory(prefix="iotfsm-demo-") as tmp:
-        root = state_root or Path(tmp)
-        broker = MemoryBroker()
+    def progress(device: str, feature: str, pct: int) -> None:
+        if on_progress is not None:
+            on_progress(device, feature, pct)
+
+    rng = random.Random(2026)
+    with (
+        tempfile.TemporaryDirectory(prefix="iotfsm-demo-") as tmp,
+        Pair(tmp, product=PRODUCT, broker_url=broker_url) as pair,
+    ):
+        platform = pair.platform
         names = [f"demo-{i + 1}" for i in range(devices)]
-        loggers = {n: logging.getLogger(f"iotfsm.demo.app.{n}") for n in names}
+        apps = {n: _App(logging.getLogger(f"iotfsm.demo.app.{n}")) for n in names}
+        fleet: dict[str, Device] = {}
+        for name in names:
+            app = apps[name]
+            app.logger.propagate = False
+            platform.register_device(PRODUCT, name, DEMO_PSK)
+            fleet[name] = pair.device(
+                name,
+                version="1.0",
+                psk=DEMO_PSK,
+                logger=app.logger,
+                on_config=app.configs.append,
+                on_resource=lambda path, res, app=app: app.resources.update(
+                    {res: path.read_bytes()}
+                ),
+                on_upload_finished=lambda *outcome, app=app: app.uploads.append(outcome),
+                burn=app.burn,
+                log_upload=LogUploadOptions(platform.log_url, interval=0.2),
+            ).start()
+        pair.run_until("every device to connect", lambda: all(d.connected for d in fleet.values()))
+        pair.run_until(
+            "every device to be answered",
+            lambda: all(d.state("log_level") == "listening" for d in fleet.values()),
+        )
 
-        def device(name: str) -> Device:
-            return Device(PRODUCT, name, broker=broker, state_dir=root / name, logger=loggers[name])
-
-        with Platform(broker) as platform:
-            fleet = {n: device(n).start() for n in names}
-            states = {n: d.state("log_level") for n, d in fleet.items()}
-            levels = [d.log_level for d in fleet.values()]
-            check(
-                "log level: every device asked on connect and was answered",
-                all(s == "listening" for s in states.values())
-                and all(d.log_level == 0 for d in fleet.values()),
-                f"states {sorted(set(states.values()))}, levels {levels}",
-            )
-
-            first = names[0]
-            platform.set_log_level(PRODUCT, first, 4)
-            others_untouched = all(fleet[n].log_level == 0 for n in names[1:])
-            check(
-                f"log level: platform set 4 on {first}; its logger is at DEBUG, others untouched",
-                loggers[first].level == logging.DEBUG and others_untouched,
-                f"{first} logger level {logging.getLevelName(loggers[first].level)}",
-            )
-
-            fleet[first].stop()
-            loggers[first].setLevel(logging.NOTSET)
-            fleet[first] = device(first).start()
-            check(
-                f"log level: {first} restarted, asked again and got 4 back",
-                fleet[first].log_level == 4 and loggers[first].level == logging.DEBUG,
-                f"level after restart {fleet[first].log_level}",
-            )
-
-            if devices > 1:
-                offline = names[1]
-                broker.disconnect(f"{PRODUCT}{offline}")
-                platform.set_log_level(PRODUCT, offline, 2)
-                missed = fleet[offline].log_level == 0
-                broker.reconnect(f"{PRODUCT}{offline}")
-                check(
-                    f"log level: {offline} was offline during the change and got 2 on reconnect",
-                    missed
-                    and fleet[offline].log_level == 2
-                    and loggers[offline].level == python_level(2),
-                    f"level after reconnect {fleet[offline].log_level}",
-                )
-
-            stats = broker.stats
-            rejected = platform.runtime.rejected + sum(d.runtime.rejected for d in fleet.values())
-            check(
-                "wire: every message decoded on both sides",
-                rejected == 0,
-                f"{stats.delivered} messages delivered, {rejected} rejected",
-            )
-            for d in fleet.values():
-                d.stop()
+        scenario = _Scenario(pair, fleet, apps, check, progress, rng, Path(tmp))
+        for step in (
+            scenario.log_level,
+            scenario.config,
+            scenario.ota,
+            scenario.upload,
+            scenario.download,
+            scenario.wire,
+        ):
+            step()
     return report
+
+
+@attrs.define
+class _Scenario:
+    """The checks, in order; each step leaves the fleet ready for the next."""
+
+    pair: Pair
+    fleet: dict[str, Device]
+    apps: dict[str, _App]
+    check: Callable[[str, bool, str], None]
+    progress: Progress
+    rng: random.Random
+    root: Path
+
+    def status(self, name: str) -> FirmwareStatus:
+        return self.pair.platform.firmware_status(PRODUCT, name)
+
+    def log_level(self) -> None:
+        first = next(iter(self.fleet))
+        self.pair.platform.set_log_level(PRODUCT, first, 2)
+        self.pair.run_until("level 2 on the device", lambda: self.fleet[first].log_level == 2)
+        log = self.apps[first].logger
+        log.error("sensor bus error")
+        log.warning("battery low")
+        log.info("sampled 12 values")
+        log.debug("raw frame 0x1f")
+        uploader = self.fleet[first].log_uploader
+        assert uploader is not None
+        uploader.flush()
+        logs = self.pair.platform.device_logs
+        self.pair.run_until("the log lines", lambda: len(logs(PRODUCT, first)) >= 2)
+        levels = sorted({line.level for line in logs(PRODUCT, first)})
+        self.check(
+            f"log level: platform set 2 on {first}; ERROR and WARNING lines reached the "
+            "platform, INFO and DEBUG did not",
+            levels == ["ERR", "WRN"],
+            f"levels uploaded: {levels}",
+        )
+        others = [n for n in self.fleet if n != first]
+        self.check(
+            "log level: the other devices kept level 0",
+            all(self.fleet[n].log_level == 0 for n in others),
+            f"{len(others)} devices",
+        )
+        self.progress(first, "log level", 100)
+
+    def config(self) -> None:
+        payload = {"baud": 9600, "mode": "demo"}
+        self.pair.platform.set_config(PRODUCT, payload)
+        apps = self.apps.values()
+        self.pair.run_until("the config on every device", lambda: all(a.configs for a in apps))
+        self.check(
+            "config: a push reached every device's callback exactly once",
+            all(a.configs == [payload] for a in apps),
+            f"{sum(len(a.configs) for a in apps)} callbacks for {len(self.apps)} devices",
+        )
+        for name in self.fleet:
+            self.progress(name, "config", 100)
+
+    def ota(self) -> None:
+        image = self.rng.randbytes(FIRMWARE_SIZE)
+        cut = FIRMWARE_SIZE * 2 // 5
+        deployment = self.pair.platform.deploy_firmware(PRODUCT, list(self.fleet), "1.1", image)
+        self.pair.platform.files.hooks.cut_at(deployment.file_id, [cut])
+
+        def done() -> bool:
+            for name in self.fleet:
+                self.progress(name, "ota", self.status(name).percent)
+            return all(self.status(n).state == "succeeded" for n in self.fleet)
+
+        self.pair.run_until("every device to run 1.1", done)
+        requests = self.pair.platform.files.hooks.requests()
+        resumed = [r.range for r in requests if r.method == "GET" and r.range is not None]
+        self.check(
+            "ota: a download cut at 40 % resumed from its checkpoint with Range",
+            len(resumed) == 1 and str(resumed[0]).startswith(f"bytes={cut}-"),
+            f"range requests: {resumed}",
+        )
+        self.check(
+            "ota: every device burned 1.1 (md5 verified), the platform confirmed the version",
+            all(a.installed == [("1.1", deployment.md5)] for a in self.apps.values())
+            and all(d.version == "1.1" for d in self.fleet.values()),
+            f"versions {sorted({d.version for d in self.fleet.values()})}",
+        )
+
+    def upload(self) -> None:
+        sent: dict[str, bytes] = {}
+        for name, device in self.fleet.items():
+            data = self.rng.randbytes(256 * 1024)
+            path = self.root / f"{name}-capture.bin"
+            path.write_bytes(data)
+            sent[name] = data
+            device.upload(path, "capture.bin")
+
+        def stored() -> bool:
+            infos = {u.device: u for u in self.pair.platform.uploads(PRODUCT)}
+            for name in self.fleet:
+                self.progress(name, "upload", infos[name].percent if name in infos else 0)
+            return all(
+                n in infos and infos[n].stored and infos[n].state == "done" for n in self.fleet
+            )
+
+        self.pair.run_until("every upload stored", stored)
+        copies = {u.device: Path(u.path).read_bytes() for u in self.pair.platform.uploads(PRODUCT)}
+        self.check(
+            "upload: every device's file is stored byte-identical (Content-MD5 checked)",
+            all(copies.get(n) == sent[n] for n in self.fleet)
+            and all(a.uploads == [("capture.bin", True, 0, "done")] for a in self.apps.values()),
+            f"{len(copies)} files of {256 * 1024} bytes",
+        )
+
+    def download(self) -> None:
+        data = self.rng.randbytes(192 * 1024)
+        self.pair.platform.offer_resource(PRODUCT, list(self.fleet), "faces.db", data)
+
+        def delivered() -> bool:
+            for name in self.fleet:
+                got = "faces.db" in self.apps[name].resources
+                self.progress(name, "download", 100 if got else 0)
+            records = self.pair.platform.deliveries(PRODUCT)
+            return all("faces.db" in a.resources for a in self.apps.values()) and all(
+                r.state == "done" for r in records
+            )
+
+        self.pair.run_until("every delivery", delivered)
+        self.check(
+            "download: every device received faces.db byte-identical, done on both sides",
+            all(a.resources.get("faces.db") == data for a in self.apps.values()),
+            f"{len(data)} bytes to {len(self.fleet)} devices",
+        )
+
+    def wire(self) -> None:
+        platform = self.pair.platform
+        devices = self.fleet.values()
+        rejected = platform.runtime.rejected + sum(d.runtime.rejected for d in devices)
+        steps = platform.runtime.steps + sum(d.runtime.steps for d in devices)
+        self.check(
+            "wire: every message decoded on both sides",
+            rejected == 0,
+            f"{steps} steps, {rejected} messages rejected",
+        )

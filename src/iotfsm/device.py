@@ -103,6 +103,7 @@ class Device(RoleFacade):
             self.state_dir / "resources" / "incoming", chunk_size=chunk_size, timeout=http_timeout
         )
         self._on_resource = on_resource
+        self._burning: threading.Thread | None = None
         self._on_upload_finished = on_upload_finished
         self._on_config = on_config
         self._config_file = self.state_dir / "config" / "config.json"
@@ -209,6 +210,12 @@ class Device(RoleFacade):
     def connected(self) -> bool:
         return self.runtime.transport.connected
 
+    @property
+    def busy(self) -> bool:
+        """Whether a transfer or a burn is running on a thread (their outcome is still to come)."""
+        burning = self._burning is not None and self._burning.is_alive()
+        return burning or self.transfers.busy or self._resource_transfers.busy
+
     # ---- effect handlers --------------------------------------------------------------------
 
     def _post(self, feature: str) -> Callable[[Event], None]:
@@ -273,7 +280,9 @@ class Device(RoleFacade):
             else:
                 post(ota.BurnDone(True))
 
-        threading.Thread(target=burn, name="iotfsm-burn", daemon=True).start()
+        thread = threading.Thread(target=burn, name="iotfsm-burn", daemon=True)
+        self._burning = thread
+        thread.start()
 
     def _keep_image(self, image: Path, version: str) -> None:
         """The default burn step: keep the verified image in the state directory."""

@@ -12,6 +12,7 @@ import logging
 import secrets
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -159,6 +160,9 @@ class Platform(RoleFacade):
             )
         self.store = store
         self.url_ttl = url_ttl
+        self._records = threading.Lock()
+        """Serializes read-modify-write of upload and delivery records: the file service's
+        threads and the runtime update the same record (stored vs reported state)."""
         self._on_ota_finished = on_ota_finished
         self.files = FileService(
             self.data_dir / "files",
@@ -341,17 +345,34 @@ class Platform(RoleFacade):
 
     def _grant_upload(self, key: DeviceKey, effect: resources.GrantUpload) -> None:
         upload_key = _record_key(key, effect.name, effect.md5)
-        if not isinstance(self.store.get("uploads", upload_key), dict):
-            info = UploadInfo(
-                key.product, key.device, effect.name, effect.md5, effect.size, "granted", 0, 0, "",
-                False, "",
-            )
-            self.store.put("uploads", upload_key, attrs.asdict(info))
+        with self._records:
+            self._record_grant(key, effect, upload_key)
         url = self.files.signed_put_url(upload_key, effect.size, effect.md5, self.url_ttl)
         answer = resources.CreateUploadTaskRsp(effect.size, effect.name, effect.md5, url)
         self.runtime.publish("resource_upload", key, answer, 0)
 
+    def _record_grant(self, key: DeviceKey, effect: resources.GrantUpload, upload_key: str) -> None:
+        if not isinstance(self.store.get("uploads", upload_key), dict):
+            info = UploadInfo(
+                key.product,
+                key.device,
+                effect.name,
+                effect.md5,
+                effect.size,
+                "granted",
+                0,
+                0,
+                "",
+                False,
+                "",
+            )
+            self.store.put("uploads", upload_key, attrs.asdict(info))
+
     def _upload_reported(self, key: DeviceKey, effect: resources.UploadReported) -> None:
+        with self._records:
+            self._record_report(key, effect)
+
+    def _record_report(self, key: DeviceKey, effect: resources.UploadReported) -> None:
         for upload_key, doc in self.store.items("uploads"):
             same = (doc["product"], doc["device"], doc["name"]) == (*key, effect.name)
             if same and doc["state"] not in ("done", "fail"):
@@ -362,10 +383,11 @@ class Platform(RoleFacade):
 
     def _upload_stored(self, record: UploadRecord) -> None:
         """The file service accepted a PUT (size and Content-MD5 matched)."""
-        doc = self.store.get("uploads", record.key)
-        if isinstance(doc, dict):
-            doc.update(stored=True, path=str(record.path))
-            self.store.put("uploads", record.key, doc)
+        with self._records:
+            doc = self.store.get("uploads", record.key)
+            if isinstance(doc, dict):
+                doc.update(stored=True, path=str(record.path))
+                self.store.put("uploads", record.key, doc)
 
     def _send_download_task(self, key: DeviceKey, effect: resources.SendDownloadTask) -> None:
         url = self.files.signed_get_url(effect.file_id, self.url_ttl)
@@ -374,6 +396,10 @@ class Platform(RoleFacade):
         self.runtime.publish("resource_download", key, task, 0)
 
     def _resource_delivered(self, key: DeviceKey, effect: resources.ResourceDelivered) -> None:
+        with self._records:
+            self._record_delivery(key, effect)
+
+    def _record_delivery(self, key: DeviceKey, effect: resources.ResourceDelivered) -> None:
         for record_key, doc in self.store.items("deliveries"):
             same = (doc["product"], doc["device"], doc["name"]) == (*key, effect.name)
             if same and doc["state"] == "queued":

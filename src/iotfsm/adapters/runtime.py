@@ -108,6 +108,8 @@ class Runtime:
         """Inbound messages dropped as malformed, misrouted or not ours."""
         self.ignored = 0
         """Events that no transition accepted in the session's state."""
+        self.steps = 0
+        """Events stepped so far (a cheap sign of activity for drivers that wait for quiet)."""
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -207,6 +209,7 @@ class Runtime:
             self.store.commit()
 
     def _step(self, feature: str, key: DeviceKey, event: Event) -> None:
+        self.steps += 1
         session = self.session(feature, key)
         try:
             effects = self.machines[feature].step(session, event, self.clock.now())

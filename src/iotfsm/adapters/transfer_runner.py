@@ -65,6 +65,12 @@ class TransferRunner:
     def start_upload(self, effect: StartUpload, post: Post) -> None:
         self._spawn(effect.transfer, "upload", self._upload, effect, post)
 
+    @property
+    def busy(self) -> bool:
+        """Whether any transfer thread is still running."""
+        with self._lock:
+            return bool(self._threads)
+
     def cancel(self, effect: CancelTransfer) -> None:
         with self._lock:
             flag = self._cancels.get(effect.transfer)
