@@ -251,12 +251,12 @@ def test_platform_queues_pushes_answers_and_records_outcomes() -> None:
     b = OfferResource("music.mp3", "res-2", 300, MD5)
     assert s.step(a) == [
         SendDownloadTask("faces.db", "res-1", 500, MD5, False),
-        SetTimer("silence", 300.0, 1),
+        SetTimer("silence", 15.0, 1),
     ]
     assert s.step(b) == []
     assert s.step(GetDownloadTask()) == [
         SendDownloadTask("faces.db", "res-1", 500, MD5, True),
-        SetTimer("silence", 300.0, 2),
+        SetTimer("silence", 30.0, 2),
     ]
     rsp = Publish(ReportDownloadProgressRsp(0, "ok"), 0)
     assert s.step(ReportDownloadProgress("faces.db", ResourceProgress("downloading", 40)))[0] == rsp
@@ -265,7 +265,7 @@ def test_platform_queues_pushes_answers_and_records_outcomes() -> None:
         rsp,
         ResourceDelivered("faces.db", True, 0, "done"),
         SendDownloadTask("music.mp3", "res-2", 300, MD5, False),
-        SetTimer("silence", 300.0, 4),
+        SetTimer("silence", 15.0, 4),
     ]
     assert s.step(
         ReportDownloadProgress("music.mp3", ResourceProgress("fail", None, -4, "md5"))
@@ -276,3 +276,16 @@ def test_platform_queues_pushes_answers_and_records_outcomes() -> None:
     ]
     assert s.state == "idle"
     assert s.step(ReportDownloadProgress("unknown", ResourceProgress("done"))) == [rsp]
+
+
+def test_an_unanswered_push_is_sent_again_with_backoff_then_left_for_the_next_ask() -> None:
+    s = Stepper(DOWNLOAD_PLATFORM, key=KEY)
+    push = SendDownloadTask("faces.db", "res-1", 500, MD5, False)
+    assert s.step(OfferResource("faces.db", "res-1", 500, MD5)) == [push, SetTimer("silence", 15.0, 1)]
+    assert s.advance(15.0) == [push, SetTimer("silence", 30.0, 2)]
+    assert s.advance(30.0) == [push, SetTimer("silence", 60.0, 3)]
+    s.advance(60.0)
+    s.advance(120.0)
+    assert s.advance(240.0) == []  # five pushes unanswered: wait for the device to ask
+    assert (s.state, len(s.ctx.queue)) == ("idle", 1)
+    assert s.step(GetDownloadTask())[0] == SendDownloadTask("faces.db", "res-1", 500, MD5, True)

@@ -57,6 +57,10 @@ RETRY_BASE = 5.0
 MAX_RETRIES = 3
 """Download attempts cut by the network (-1) that the device resumes by itself."""
 SILENCE_TIMEOUT = 300.0
+OFFER_TIMEOUT = 15.0
+"""Seconds the platform waits for the first report on a pushed task before pushing it again: a
+push or the device's own ask may have been lost (say, while the platform restarted)."""
+MAX_PUSHES = 5
 
 UP_TOPIC = "$resource/up/service/{product}/{device}"
 DOWN_TOPIC = "$resource/down/service/{product}/{device}"
@@ -807,15 +811,33 @@ class ResourceDelivered(Effect):
 class DownloadPlatformContext:
     queue: list[OfferResource] = attrs.Factory(list)
     percent: int = 0
+    pushes: int = 0
+    """Times the head task was sent without a report in return."""
 
 
 def _head(ctx: DownloadPlatformContext, answer: bool) -> list[Effect]:
     task = ctx.queue[0]
     ctx.percent = 0
+    ctx.pushes += 1
     return [
         SendDownloadTask(task.name, task.file_id, task.size, task.md5, answer),
-        SetTimer("silence", SILENCE_TIMEOUT),
+        SetTimer("silence", OFFER_TIMEOUT * 2 ** (ctx.pushes - 1)),
     ]
+
+
+def _may_push_again(ctx: DownloadPlatformContext, event: Event) -> bool:
+    return bool(ctx.queue) and 0 < ctx.pushes < MAX_PUSHES
+
+
+def _push_again(ctx: DownloadPlatformContext, event: Event, now: float) -> Iterable[Effect]:
+    return _head(ctx, answer=False)
+
+
+def _give_up_pushing(ctx: DownloadPlatformContext, event: Event, now: float) -> Iterable[Effect]:
+    """The device is silent: keep the task queued; it gets it when it next asks (every
+    reconnect)."""
+    ctx.pushes = 0
+    return ()
 
 
 def _offer_new(ctx: DownloadPlatformContext, event: OfferResource, now: float) -> Iterable[Effect]:
@@ -854,6 +876,7 @@ def _rsp_ok() -> Publish:
 
 def _ended(ctx: DownloadPlatformContext, event: ReportDownloadProgress) -> list[Effect]:
     ctx.queue.pop(0)
+    ctx.pushes = 0
     p = event.progress
     ok = p.state == "done"
     ctx.percent = 100 if ok else ctx.percent
@@ -880,6 +903,7 @@ def _more_after_head(ctx: DownloadPlatformContext, event: ReportDownloadProgress
 def _track_download(
     ctx: DownloadPlatformContext, event: ReportDownloadProgress, now: float
 ) -> Iterable[Effect]:
+    ctx.pushes = 0  # the device has the task; from now on only its silence is a problem
     if _about_head(ctx, event) and event.progress.percent is not None:
         ctx.percent = max(0, min(100, event.progress.percent))
     return (_rsp_ok(), SetTimer("silence", SILENCE_TIMEOUT))
@@ -913,7 +937,8 @@ DOWNLOAD_PLATFORM = MachineSpec(
         On(ReportDownloadProgress, "offered", "idle", guard=_head_ended, action=_ended_last),
         On(ReportDownloadProgress, "offered", None, guard=_about_head, action=_track_download),
         On(ReportDownloadProgress, ANY_STATE, None, action=_answer_only),
-        On(timer("silence"), "offered", "idle"),
+        On(timer("silence"), "offered", "offered", guard=_may_push_again, action=_push_again),
+        On(timer("silence"), "offered", "idle", action=_give_up_pushing),
     ],
     context=lambda key: DownloadPlatformContext(),
     context_type=DownloadPlatformContext,
