@@ -11,9 +11,10 @@ from iotfsm.fsm import ManualClock
 from iotfsm.testing import Mosquitto, Pair
 
 
-def test_a_device_app_gets_firmware_and_a_resource(iotfsm_pair: Pair) -> None:
+def test_a_device_app_gets_firmware_a_config_and_a_resource(iotfsm_pair: Pair) -> None:
     installed: list[tuple[str, str]] = []
     received: dict[str, bytes] = {}
+    configs: list[dict[str, object]] = []
 
     def burn(image: Path, version: str) -> None:
         installed.append((version, hashlib.md5(image.read_bytes()).hexdigest()))
@@ -23,7 +24,11 @@ def test_a_device_app_gets_firmware_and_a_resource(iotfsm_pair: Pair) -> None:
         version="1.0",
         burn=burn,
         on_resource=lambda path, name: received.update({name: path.read_bytes()}),
+        on_config=configs.append,
     ).start()
+    iotfsm_pair.platform.set_config(iotfsm_pair.product, {"baud": 9600})
+    iotfsm_pair.wait_for("the config", lambda: configs == [{"baud": 9600}])
+    assert device.config == {"baud": 9600}
     image = b"\x7fELF firmware 1.1" * 1000
     iotfsm_pair.platform.deploy_firmware(iotfsm_pair.product, ["app-1"], "1.1", image)
     iotfsm_pair.platform.offer_resource(iotfsm_pair.product, ["app-1"], "faces.db", b"faces")
