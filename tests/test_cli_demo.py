@@ -37,7 +37,7 @@ def test_python_dash_m_runs_the_same_command() -> None:
         timeout=60,
         check=False,
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
     assert "all checks passed" in done.stdout
 
 
