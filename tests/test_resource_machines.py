@@ -160,6 +160,7 @@ def test_platform_grants_uploads_and_answers_every_report() -> None:
     assert s.step(report) == [
         Publish(ReportUploadProgressRsp(0, "ok"), 0),
         UploadReported("cap.jpg", "uploading", 50, 0, ""),
+        SetTimer("silence", 300.0, 2),  # progress: the device is alive
     ]
     done = ReportUploadProgress("cap.jpg", ResourceProgress("done"))
     assert s.step(done)[:2] == [

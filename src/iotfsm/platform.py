@@ -43,6 +43,7 @@ from .machines.config import (
 from .machines.log_level import LEVELS, SetLogLevel
 from .machines.log_level import PlatformContext as PlatformLogContext
 from .machines.names import check_name
+from .machines.transfer import TIMEOUT
 
 log = logging.getLogger(__name__)
 
@@ -180,12 +181,14 @@ class Platform(RoleFacade):
             share_group=share_group,
             clock=clock,
             tracer=on_step,
-            store=store,
+            # an in-memory store would only copy sessions that already live in memory
+            store=None if isinstance(store, MemoryStore) else store,
             handlers={
                 ota.OfferFirmware: self._offer,
                 ota.OtaFinished: self._finished,
                 resources.GrantUpload: self._grant_upload,
                 resources.UploadReported: self._upload_reported,
+                resources.UploadSilent: self._upload_silent,
                 resources.SendDownloadTask: self._send_download_task,
                 resources.ResourceDelivered: self._resource_delivered,
                 LoadProductConfig: self._load_config,
@@ -388,6 +391,21 @@ class Platform(RoleFacade):
             if isinstance(doc, dict):
                 doc.update(stored=True, path=str(record.path))
                 self.store.put("uploads", record.key, doc)
+
+    def _upload_silent(self, key: DeviceKey, effect: resources.UploadSilent) -> None:
+        """No final report came. It may have been lost without the device noticing (there is no
+        request id: the answer to an earlier progress report can pass for the final answer), so
+        the record ends on what the platform knows: done if the file arrived whole, else fail."""
+        with self._records:
+            for upload_key, doc in self.store.items("uploads"):
+                same = (doc["product"], doc["device"], doc["name"]) == (*key, effect.name)
+                if not same or doc["state"] in ("done", "fail"):
+                    continue
+                if doc["stored"]:
+                    doc.update(state="done", percent=100, code=0, message=effect.message)
+                else:
+                    doc.update(state="fail", code=TIMEOUT, message=effect.message)
+                self.store.put("uploads", upload_key, doc)
 
     def _send_download_task(self, key: DeviceKey, effect: resources.SendDownloadTask) -> None:
         url = self.files.signed_get_url(effect.file_id, self.url_ttl)

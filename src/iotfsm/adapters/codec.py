@@ -10,6 +10,7 @@ compact separators, no NaN.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -24,6 +25,13 @@ from .limits import MAX_PAYLOAD_BYTES
 
 _EXTRA = "\x00extra"
 _NUMERIC = re.compile(r"-?[0-9]{1,19}")
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+"""Integers outside a signed 64-bit range are refused: no SDK on the other side can hold them."""
+MAX_DEPTH = 32
+"""Nesting levels a document may have (the messages themselves use four; a config payload the
+rest). Deeper ones are refused on arrival: a few hundred levels already exhaust the recursion of
+whatever walks the document later (copying it, encoding it, snapshotting it)."""
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class DecodeError(ValueError):
@@ -32,10 +40,14 @@ class DecodeError(ValueError):
 
 def _strict_int(value: Any, _: Any) -> int:
     if type(value) is int:
-        return value
-    if type(value) is str and _NUMERIC.fullmatch(value.strip()):
-        return int(value)
-    raise ValueError(f"expected an integer or a numeric string, got {_show(value)}")
+        number = value
+    elif type(value) is str and _NUMERIC.fullmatch(value.strip()):
+        number = int(value)
+    else:
+        raise ValueError(f"expected an integer or a numeric string, got {_show(value)}")
+    if not INT_MIN <= number <= INT_MAX:
+        raise ValueError(f"integer {_show(value)} is out of the signed 64-bit range")
+    return number
 
 
 def _strict_str(value: Any, _: Any) -> str:
@@ -75,6 +87,44 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    """`1e400` is valid JSON but no float: refused like NaN, which nothing could send back."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def document_problem(doc: Any) -> str | None:
+    """Why a parsed JSON document cannot be taken in, or None when it can: nested deeper than
+    MAX_DEPTH, or a string holding a lone surrogate (`"\\ud800"` is valid
+    JSON, but no UTF-8 encoder can send it back, so an answer echoing it would fail)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                return f"nested deeper than {MAX_DEPTH} levels"
+            if isinstance(value, dict):
+                for key in value:
+                    if isinstance(key, str) and not _encodable(key):
+                        return "a key holds a lone surrogate (\\ud800-\\udfff)"
+                stack.extend((item, depth + 1) for item in value.values())
+            else:
+                stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str) and not _encodable(value):
+            return "a string holds a lone surrogate (\\ud800-\\udfff)"
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _as_text(value: Any) -> Any:
     return None if value is None else str(value)
 
@@ -98,6 +148,11 @@ class Codec:
         conv.register_unstructure_hook_factory(attrs.has, self._unstructure_factory)
         self._conv = conv
         self._encoders: dict[type[Message], Callable[[Any], dict[str, Any]]] = {}
+        self._known: dict[type[Message], frozenset[str]] = {}
+        # one decoder and one encoder for every message: json.loads/dumps with options build a
+        # new one per call, a measurable share of the platform's cost per message
+        self._decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+        self._encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
     def _overrides(self, cls: type[Any], emitting: bool) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -146,11 +201,17 @@ class Codec:
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise DecodeError(f"{where}: {len(payload)} bytes exceed {MAX_PAYLOAD_BYTES}")
         try:
-            doc = json.loads(payload, parse_constant=_reject_constant)
+            doc = self._decoder.decode(payload.decode())
         except RecursionError:
             raise DecodeError(f"{where}: JSON nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise DecodeError(f"{where}: not valid JSON ({exc})") from None
+        # the full walk only when a cheap look at the bytes says it could find something
+        brackets = payload.count(b"[") + payload.count(b"{")
+        if brackets > MAX_DEPTH or _SURROGATE_ESCAPE.search(payload) is not None:
+            problem = document_problem(doc)
+            if problem is not None:
+                raise DecodeError(f"{where}: refused, {problem}")
         if not isinstance(doc, dict):
             raise DecodeError(f"{where}: a message is a JSON object, got {type(doc).__name__}")
         kind = doc.get("type")
@@ -168,9 +229,10 @@ class Codec:
         )
 
     def structure(self, cls: type[Message], doc: dict[str, Any], where: str = "") -> Message:
-        known = {"type"}
-        for field in attrs.fields(cls):
-            known.add(wire_info(field).name or field.name)
+        known = self._known.get(cls)
+        if known is None:
+            names = {wire_info(f).name or f.name for f in attrs.fields(cls)}
+            known = self._known[cls] = frozenset({"type", *names})
         fields = dict(doc)
         fields[_EXTRA] = {k: v for k, v in doc.items() if k not in known}
         try:
@@ -197,9 +259,7 @@ class Codec:
         return doc
 
     def encode(self, message: Message) -> bytes:
-        payload = json.dumps(
-            self.to_dict(message), separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        ).encode()
+        payload = self._encoder.encode(self.to_dict(message)).encode()
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"{message.TYPE} encodes to {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES}-byte"

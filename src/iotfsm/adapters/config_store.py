@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from ..machines.config import ProductConfig
+from .codec import document_problem
 from .limits import MAX_PAYLOAD_BYTES
 from .store import SessionStore
 
@@ -50,8 +51,11 @@ def check_payload(payload: Any) -> dict[str, Any]:
         )
     try:
         text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ConfigError(f"the config payload is not JSON-serializable: {exc}") from None
+    problem = document_problem(payload)
+    if problem is not None:
+        raise ConfigError(f"devices would refuse this config payload: {problem}")
     size = len(text.encode()) + _PUSH_OVERHEAD
     if size > MAX_PAYLOAD_BYTES:
         raise ConfigError(

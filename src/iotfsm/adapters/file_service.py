@@ -72,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 
 _CHUNK = 256 * 1024
+_SLOW_PIECE = 4 * 1024
+"""What a rate-limited GET (`FaultHooks.rate_limit`) sends at a time."""
 _DRAIN_LIMIT = 16 * 1024 * 1024
 """How much of an unwanted request body is read and discarded so that the client sees our error
 response instead of a connection reset. Larger bodies are cut off."""
@@ -754,19 +756,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             return
         cut = hooks._take_cut(name, start, length)
-        to_send = length if cut is None else cut
         handle.seek(start)
         try:
-            while to_send > 0:
-                chunk = handle.read(min(_CHUNK, to_send))
-                if not chunk:
-                    break  # the file shrank under us: the client sees a short body
-                # Counted before the write, so a client that has the bytes sees them counted.
-                hooks._count(name, len(chunk))
-                self.wfile.write(chunk)
-                to_send -= len(chunk)
-                if hooks.rate_limit:
-                    time.sleep(len(chunk) / hooks.rate_limit)
+            self._send_body(handle, name, length if cut is None else cut)
         except OSError as exc:
             logger.info("GET %s: client went away (%s)", self._log_path(), exc)
             self.close_connection = True
@@ -776,6 +768,33 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _send_body(self, handle: BinaryIO, name: str, to_send: int) -> None:
+        """Copy `to_send` bytes from `handle` to the client; OSError when the client is gone.
+
+        A slow link (`FaultHooks.rate_limit`) trickles small pieces at a steady pace rather than
+        a burst and a pause, so a client dying at any moment leaves little in flight and
+        `bytes_served` measures what it fetched, within a piece and the socket's buffer."""
+        hooks = self.service.hooks
+        piece = _SLOW_PIECE if hooks.rate_limit else _CHUNK
+        began, sent = time.monotonic(), 0
+        while to_send > 0:
+            chunk = handle.read(min(piece, to_send))
+            if not chunk:
+                break  # the file shrank under us: the client sees a short body
+            # Counted before the write, so a client that has the bytes sees them counted;
+            # taken back if the connection refuses them (the client is gone).
+            hooks._count(name, len(chunk))
+            try:
+                self.wfile.write(chunk)
+            except OSError:
+                hooks._count(name, -len(chunk))
+                raise
+            to_send -= len(chunk)
+            sent += len(chunk)
+            rate = hooks.rate_limit
+            if rate:
+                time.sleep(max(0.0, began + sent / rate - time.monotonic()))
 
     # POST (registered routes) ------------------------------------------------------------------
 

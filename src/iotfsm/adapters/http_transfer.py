@@ -21,9 +21,9 @@ Breakpoint resume follows PROTOCOL.md and avoids what the SDKs get wrong:
 - Never more than `size` bytes are read, whatever the server sends.
 
 Plain `http.client` is used (not urllib) to control Range, streaming and redirects exactly:
-redirects are followed at most three times and only to http/https, https verifies certificates by
-default. Logs and error messages name the host and path of a URL, never its query string: a signed
-URL is a credential until it expires.
+redirects are followed at most three times, only to http/https and never from https down to http;
+https verifies certificates by default. Logs and error messages name the host and path of a URL,
+never its query string: a signed URL is a credential until it expires.
 """
 
 from __future__ import annotations
@@ -266,6 +266,19 @@ def _check_url(url: str) -> None:
         raise UnsupportedUrlError(f"URL {_describe(url)!r} has an invalid port: {exc}") from None
     if not parts.hostname or port == 0:
         raise UnsupportedUrlError(f"URL {_describe(url)!r} has no usable host or port")
+
+
+def _redirect(url: str, location: str) -> str:
+    """Where a redirect leads, if it may be followed: http or https only, and never from https
+    down to http, where anyone on the path could read or swap what comes back."""
+    target = urljoin(url, location)
+    _check_url(target)
+    if urlsplit(url).scheme.lower() == "https" and urlsplit(target).scheme.lower() != "https":
+        raise UnsupportedUrlError(
+            f"refusing a redirect from https {_describe(url)!r} down to http "
+            f"{_describe(target)!r}; the platform must keep downloads on https"
+        )
+    return target
 
 
 def _connect(
@@ -547,8 +560,7 @@ class _Download:
                             f"{MAX_REDIRECTS} redirects",
                             status=status,
                         )
-                    url = urljoin(url, location)
-                    _check_url(url)
+                    url = _redirect(url, location)
                     logger.info("%s redirected to %s", what, _describe(url))
                     continue
                 if status == 200:

@@ -15,6 +15,7 @@ subscribe, or cut connections freely.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import random
 import threading
@@ -86,6 +87,11 @@ def _check_probability(_: object, __: object, probability: float) -> None:
         raise ValueError(f"probability must be in (0, 1], not {probability}")
 
 
+def _check_after(_: object, __: object, after: int) -> None:
+    if after < 0:
+        raise ValueError(f"after counts deliveries let through first; it cannot be {after}")
+
+
 def _check_seconds(_: object, __: object, seconds: float) -> None:
     if seconds < 0:
         raise ValueError(f"a delay cannot be negative; got {seconds} seconds")
@@ -96,15 +102,21 @@ class _Rule:
     """What every fault shares: which deliveries it hits, and how many of them.
 
     A fault applies per delivery (one message to one client): `topic_filter` is matched against
-    the topic, `client_id` (if given) against the receiving client. `times=None` hits every
-    matching delivery. With `probability` < 1 a matching delivery is hit only if the broker's
-    seeded `rng` says so; only hits use up `times`.
+    the topic, `client_id` (if given) against the receiving client, `message_type` (if given)
+    against the `type` field of the JSON payload, because features share topics and a test wants
+    to hit, say, `update_firmware` and not the `report_version_rsp` on the same topic. The first
+    `after` matching deliveries go through untouched, so a test can hit the third progress report
+    rather than the first. `times=None` hits every matching delivery after those. With
+    `probability` < 1 a matching delivery is hit only if the broker's seeded `rng` says so; only
+    hits use up `times`.
     """
 
     topic_filter: str = attrs.field(validator=_check_fault_filter)
     times: int | None = attrs.field(default=1, kw_only=True, validator=_check_times)
     client_id: str | None = attrs.field(default=None, kw_only=True)
     probability: float = attrs.field(default=1.0, kw_only=True, validator=_check_probability)
+    message_type: str | None = attrs.field(default=None, kw_only=True)
+    after: int = attrs.field(default=0, kw_only=True, validator=_check_after)
 
 
 @attrs.frozen
@@ -149,6 +161,18 @@ class _ActiveFault:
     fault: Fault
     hits: Callable[[str], bool]
     remaining: int | None
+    passed: int = 0
+    """Matching deliveries let through so far, up to `fault.after`."""
+
+
+def _message_type(payload: bytes) -> str | None:
+    """The `type` of a JSON message, or None for anything else (faults by type never hit it)."""
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 # Messages in flight -----------------------------------------------------------------------------
@@ -258,6 +282,13 @@ class MemoryBroker:
         hits = compile_filter(fault.topic_filter)
         with self._lock:
             self._faults.append(_ActiveFault(fault, hits, fault.times))
+
+    @property
+    def armed(self) -> list[Fault]:
+        """The faults not used up yet, in injection order (a test can check that each fault it
+        injected did hit something)."""
+        with self._lock:
+            return [active.fault for active in self._faults]
 
     def clear_faults(self) -> None:
         """Disarm all faults; messages already held or delayed by one are still in flight."""
@@ -448,11 +479,21 @@ class MemoryBroker:
 
     def _take_fault(self, handover: _Handover) -> Fault | None:
         """Under the lock: the first armed fault that hits this delivery, used up by one."""
+        kind: str | None = None
+        parsed = False
         for active in self._faults:
             fault = active.fault
             if fault.client_id is not None and fault.client_id != handover.transport.client_id:
                 continue
             if not active.hits(handover.topic):
+                continue
+            if fault.message_type is not None:
+                if not parsed:
+                    kind, parsed = _message_type(handover.payload), True
+                if kind != fault.message_type:
+                    continue
+            if active.passed < fault.after:
+                active.passed += 1
                 continue
             chance = fault.probability
             if chance < 1.0 and self._rng is not None and self._rng.random() >= chance:

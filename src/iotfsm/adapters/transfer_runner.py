@@ -35,12 +35,20 @@ Post = Callable[[Event], None]
 
 class TransferRunner:
     def __init__(
-        self, root: Path, *, chunk_size: int = DEFAULT_CHUNK, timeout: float = 30.0
+        self,
+        root: Path,
+        *,
+        chunk_size: int = DEFAULT_CHUNK,
+        timeout: float = 30.0,
+        checkpoint_every: int | None = None,
     ) -> None:
-        """`root` is the folder of one feature's files (e.g. `<state dir>/ota`)."""
+        """`root` is the folder of one feature's files (e.g. `<state dir>/ota`). Downloads
+        checkpoint after every chunk unless `checkpoint_every` says otherwise, so a device that
+        dies (power cut, SIGKILL) fetches at most one chunk again when it resumes."""
         self.root = Path(root)
         self.chunk_size = chunk_size
         self.timeout = timeout
+        self.checkpoint_every = checkpoint_every or chunk_size
         self._lock = threading.Lock()
         self._cancels: dict[int, threading.Event] = {}
         self._slots: dict[str, threading.Lock] = {}
@@ -139,6 +147,7 @@ class TransferRunner:
                     identity={"label": effect.label},
                     checkpoint=checkpoint,
                     chunk_size=self.chunk_size,
+                    checkpoint_every=self.checkpoint_every,
                     timeout=self.timeout,
                     on_progress=progress,
                     cancel=flag,

@@ -9,7 +9,8 @@ asks the facade to persist what it applied (`SaveConfig`) so that after a reboot
 config before it is online. It applies a config only when it differs from the one it holds: a
 duplicate delivery (QoS 1 redelivery, a push crossing the reply to its own `get`) reaches the
 application once. On result 1001 (disabled), 1002 (no config) or 1003 (invalid) it keeps what it
-has and says why, in the log and in its status.
+has and says why, in the log and in its status. A reply that arrives after a push the device
+applied since its get went out is older news than that push, and is ignored.
 
 A `push` whose `result` is not 0 is not applied. Tencent's C SDK ignores `result` on a push and
 applies the payload anyway; we do not, because a payload the platform itself marks as failed is
@@ -159,6 +160,9 @@ class DeviceContext:
     """Gets sent since the last (re)connect or request."""
     result: int | None = None
     note: str = "not asked yet"
+    pushed: bool = False
+    """A push came after the last get went out: a reply still on its way to that get is older
+    news than the push (there is no request id to tell), so it is ignored."""
 
 
 def _kept(ctx: DeviceContext) -> str:
@@ -173,6 +177,7 @@ def _ask(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
 
 def _ask_again(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
     ctx.attempts += 1
+    ctx.pushed = False
     delay = REPLY_TIMEOUT * 2 ** (ctx.attempts - 1)
     return (Publish(ConfigGet(), 0), SetTimer("reply", delay))
 
@@ -195,9 +200,15 @@ def _usable(ctx: DeviceContext, event: ConfigReply | ConfigPush) -> bool:
     return event.result == OK and event.payload is not None
 
 
+def _overtaken(ctx: DeviceContext, event: ConfigReply) -> bool:
+    return ctx.pushed
+
+
 def _apply(ctx: DeviceContext, event: ConfigReply | ConfigPush, now: float) -> Iterable[Effect]:
     payload = event.payload
     assert payload is not None  # the guard checked it
+    if isinstance(event, ConfigPush):
+        ctx.pushed = True
     ctx.result = OK
     if payload == ctx.config:
         ctx.note = "up to date"
@@ -236,6 +247,8 @@ DEVICE = MachineSpec(
         On(RequestConfig, "offline", None, action=_offline),
         On(timer("reply"), "asking", "asking", guard=_may_ask_again, action=_ask_again),
         On(timer("reply"), "asking", "listening", action=_give_up),
+        On(ConfigReply, "asking", "listening", guard=_overtaken, label="a push overtook it"),
+        On(ConfigReply, ("offline", "listening"), None, guard=_overtaken, label="overtaken"),
         On(ConfigReply, "asking", "listening", guard=_usable, action=_apply),
         On(ConfigReply, "asking", "listening", action=_decline),
         On(ConfigReply, ("offline", "listening"), None, guard=_usable, action=_apply),

@@ -1,8 +1,11 @@
 """Log level (seed 004 §1.6): the platform decides how much each device uploads of its log.
 
 The device asks with `get_log_level` after every (re)connect and applies the level it is answered,
-and any level the platform pushes later. The platform keeps one level per device, answers every
-ask, and pushes a change at once; a device offline during the push gets it on its next ask.
+and any level the platform pushes later. A reply tells itself apart from a push by its
+`clientToken` (the ask's own); a reply to an ask already answered, or overtaken by a push, is
+older news and is ignored, so a delayed answer never undoes a newer push. The platform keeps one
+level per device, answers every ask, and pushes a change at once; a device offline during the
+push gets it on its next ask.
 Levels: 0 upload nothing, 1 error, 2 warning, 3 info, 4 debug.
 """
 
@@ -104,6 +107,9 @@ class DeviceContext:
     """Asks sent since the last (re)connect."""
     level: int | None = None
     """The level last applied; None until the platform has said."""
+    answered: int = 0
+    """Asks numbered up to this one were answered, or overtaken by a push: a reply to one of
+    them that arrives now is older news than the level applied, and is ignored."""
 
 
 def _ask(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
@@ -128,7 +134,28 @@ def _valid_reply(ctx: DeviceContext, event: LogLevelReply) -> bool:
     return event.result == 0 and event.log_level in LEVELS
 
 
+def _ask_number(ctx: DeviceContext, event: LogLevelReply) -> int | None:
+    """Which of this device's asks the message answers; None for a push (another token)."""
+    prefix = f"{ctx.product}-"
+    number = event.client_token[len(prefix) :]
+    if not event.client_token.startswith(prefix) or not (number.isascii() and number.isdigit()):
+        return None
+    n = int(number)
+    return n if 1 <= n <= ctx.asked else None
+
+
+def _stale(ctx: DeviceContext, event: LogLevelReply) -> bool:
+    n = _ask_number(ctx, event)
+    return n is not None and n <= ctx.answered and _valid_reply(ctx, event)
+
+
+def _ignore_stale(ctx: DeviceContext, event: LogLevelReply, now: float) -> Iterable[Effect]:
+    return (Log.info(f"ignored a late reply to {event.client_token}: a newer level was applied"),)
+
+
 def _apply(ctx: DeviceContext, event: LogLevelReply, now: float) -> Iterable[Effect]:
+    n = _ask_number(ctx, event)
+    ctx.answered = ctx.asked if n is None else n
     ctx.level = event.log_level
     return (ApplyLogLevel(event.log_level),)
 
@@ -153,6 +180,7 @@ DEVICE = MachineSpec(
     transitions=[
         On(Connected, ANY_STATE, "asking", action=_ask),
         On(Disconnected, ANY_STATE, "offline"),
+        On(LogLevelReply, ("asking", "listening"), None, guard=_stale, action=_ignore_stale),
         On(LogLevelReply, ("asking", "listening"), "listening", guard=_valid_reply, action=_apply),
         On(LogLevelReply, ("asking", "listening"), None, action=_ignore_invalid),
         On(timer("reply"), "asking", "asking", guard=_may_ask_again, action=_ask),

@@ -38,6 +38,13 @@ def wire(
     return {WIRE: Wire(name, text, omit_if_none)}
 
 
+def url_repr(url: str) -> str:
+    """How a URL shows in a repr (log lines, step traces): without its query string. A presigned
+    URL's query holds its signature, a bearer credential until it expires."""
+    base, sep, _ = url.partition("?")
+    return repr(base + ("?<query hidden>" if sep else ""))
+
+
 def wire_info(field: attrs.Attribute[Any]) -> Wire:
     info = field.metadata.get(WIRE)
     return info if isinstance(info, Wire) else Wire()

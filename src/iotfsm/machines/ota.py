@@ -31,7 +31,7 @@ from ..fsm import (
     timer,
 )
 from .feature import Feature
-from .messages import Message, wire
+from .messages import Message, url_repr, wire
 from .transfer import (
     BURN_FAILED,
     TIMEOUT,
@@ -99,7 +99,7 @@ class UpdateFirmware(Message):
     TYPE = "update_firmware"
     file_size: int
     md5sum: str
-    url: str
+    url: str = attrs.field(repr=url_repr)
     version: str
 
 
@@ -188,6 +188,10 @@ class DeviceContext:
     """Number of the current transfer; outcomes of older ones are ignored."""
     reports: int = 0
     last_progress_at: float = float("-inf")
+    fetched: int = 0
+    """Percent of the current download on disk so far."""
+    told: int = 0
+    """Percent last reported to the platform."""
 
 
 def _report(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
@@ -249,6 +253,7 @@ def _start(ctx: DeviceContext, event: UpdateFirmware, now: float) -> Iterable[Ef
     ctx.target, ctx.size, ctx.md5 = event.version, event.file_size, event.md5sum.lower()
     ctx.transfer += 1
     ctx.last_progress_at = float("-inf")
+    ctx.fetched = ctx.told = 0
     effects.append(
         StartDownload(ctx.transfer, event.url, ctx.size, ctx.md5, ctx.target, "firmware")
     )
@@ -262,7 +267,7 @@ def _current(ctx: DeviceContext, event: TransferStarted) -> bool:
 
 def _started(ctx: DeviceContext, event: TransferStarted, now: float) -> Iterable[Effect]:
     ctx.last_progress_at = now
-    pct = percent(event.offset, ctx.size)
+    pct = ctx.fetched = ctx.told = percent(event.offset, ctx.size)
     return (
         Publish(ReportProgress.downloading(ctx.target, pct), 0),
         SetTimer("stall", STALL_TIMEOUT),
@@ -274,10 +279,11 @@ def _current_progress(ctx: DeviceContext, event: TransferProgress) -> bool:
 
 
 def _progress(ctx: DeviceContext, event: TransferProgress, now: float) -> Iterable[Effect]:
-    pct = percent(event.done, ctx.size)
+    pct = ctx.fetched = percent(event.done, ctx.size)
     if not progress_due(pct, ctx.last_progress_at, now):
         return (SetTimer("stall", STALL_TIMEOUT),)
     ctx.last_progress_at = now
+    ctx.told = pct
     return (
         Publish(ReportProgress.downloading(ctx.target, pct), 0),
         SetTimer("stall", STALL_TIMEOUT),
@@ -296,10 +302,22 @@ def _current_failure(ctx: DeviceContext, event: TransferFailed) -> bool:
     return event.transfer == ctx.transfer
 
 
+def _how_far(ctx: DeviceContext) -> list[Effect]:
+    """Before a fail: the progress made since the last report, which the once-a-second cadence
+    held back. The platform counts an attempt as failed only when it made no progress, and a
+    link cut within a second of the last report would otherwise look like one that did not."""
+    if ctx.fetched <= ctx.told:
+        return []
+    ctx.told = ctx.fetched
+    return [Publish(ReportProgress.downloading(ctx.target, ctx.fetched), 0)]
+
+
 def _download_failed(ctx: DeviceContext, event: TransferFailed, now: float) -> Iterable[Effect]:
+    progress = _how_far(ctx)
     target, ctx.target = ctx.target, ""
     report = ReportProgress.fail(target, event.code, "time_out")
     return (
+        *progress,
         Publish(report, 1),
         Log.warning(f"download of {target} failed ({event.code}): {event.reason}"),
         SetTimer("retry", DEVICE_RETRY),
@@ -307,9 +325,11 @@ def _download_failed(ctx: DeviceContext, event: TransferFailed, now: float) -> I
 
 
 def _stalled(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
+    progress = _how_far(ctx)
     target, ctx.target = ctx.target, ""
     return (
         CancelTransfer(ctx.transfer),
+        *progress,
         Publish(ReportProgress.fail(target, TIMEOUT), 1),
         SetTimer("retry", DEVICE_RETRY),
     )

@@ -32,7 +32,7 @@ from ..fsm import (
     timer,
 )
 from .feature import Feature
-from .messages import Message, wire
+from .messages import Message, url_repr, wire
 from .names import name_problem
 from .transfer import (
     NOT_FOUND,
@@ -91,7 +91,7 @@ class CreateUploadTaskRsp(Message):
     size: int
     name: str
     md5sum: str
-    url: str
+    url: str = attrs.field(repr=url_repr)
 
 
 @attrs.frozen
@@ -119,7 +119,7 @@ class GetDownloadTaskRsp(Message):
     size: int
     name: str
     md5sum: str
-    url: str
+    url: str = attrs.field(repr=url_repr)
 
 
 @attrs.frozen
@@ -130,7 +130,7 @@ class DownloadTask(Message):
     size: int
     name: str
     md5sum: str
-    url: str
+    url: str = attrs.field(repr=url_repr)
 
 
 @attrs.frozen
@@ -446,6 +446,15 @@ class UploadReported(Effect):
     message: str
 
 
+@attrs.frozen
+class UploadSilent(Effect):
+    """The device said nothing about the upload `name` for SILENCE_TIMEOUT: the platform ends
+    its record on what it knows (the file stored whole, or not)."""
+
+    name: str
+    message: str
+
+
 @attrs.define
 class UploadPlatformContext:
     name: str = ""
@@ -492,6 +501,22 @@ def _upload_ended(ctx: UploadPlatformContext, event: ReportUploadProgress) -> bo
     return event.progress.state in ("done", "fail") and event.name == ctx.name
 
 
+def _about_current(ctx: UploadPlatformContext, event: ReportUploadProgress) -> bool:
+    return event.name == ctx.name
+
+
+def _answer_and_wait(
+    ctx: UploadPlatformContext, event: ReportUploadProgress, now: float
+) -> Iterable[Effect]:
+    """Progress on the current upload: the device is alive, silence is counted afresh."""
+    return (*_answer_upload(ctx, event, now), SetTimer("silence", SILENCE_TIMEOUT))
+
+
+def _silent(ctx: UploadPlatformContext, event: Event, now: float) -> Iterable[Effect]:
+    why = f"no final report from the device within {SILENCE_TIMEOUT:g} s"
+    return (UploadSilent(ctx.name, why), Log.warning(f"upload of {ctx.name[:80]!r}: {why}"))
+
+
 UPLOAD_PLATFORM = MachineSpec(
     name="resource_upload.platform",
     doc="Grant each upload a signed PUT URL; answer every report; record the outcome.",
@@ -503,8 +528,9 @@ UPLOAD_PLATFORM = MachineSpec(
         On(CreateUploadTask, ANY_STATE, "receiving", guard=_valid_create, action=_grant),
         On(CreateUploadTask, ANY_STATE, None, action=_refuse_create),
         On(ReportUploadProgress, "receiving", "idle", guard=_upload_ended, action=_answer_upload),
+        On(ReportUploadProgress, "receiving", None, guard=_about_current, action=_answer_and_wait),
         On(ReportUploadProgress, ANY_STATE, None, action=_answer_upload),
-        On(timer("silence"), "receiving", "idle"),
+        On(timer("silence"), "receiving", "idle", action=_silent),
     ],
     context=lambda key: UploadPlatformContext(),
     context_type=UploadPlatformContext,
@@ -529,7 +555,7 @@ class DownloadJob:
     name: str
     size: int
     md5: str
-    url: str
+    url: str = attrs.field(repr=url_repr)
 
 
 @attrs.define
@@ -539,6 +565,12 @@ class DownloadDeviceContext:
     transfer: int = 0
     retries: int = 0
     last_progress_at: float = float("-inf")
+    delivered: list[tuple[str, str]] = attrs.Factory(list)
+    """(name, md5) of the last few delivered tasks: offered again (the platform never got the
+    `done` report), they are answered `done` again instead of downloaded twice."""
+
+
+RECENTLY_DELIVERED = 8
 
 
 def _offered(event: GetDownloadTaskRsp | DownloadTask) -> DownloadJob:
@@ -556,6 +588,22 @@ def _new_task(ctx: DownloadDeviceContext, event: GetDownloadTaskRsp | DownloadTa
     if problem_with(event.name, event.size, event.md5sum, event.url):
         return False
     return not _is_known(ctx, _offered(event))
+
+
+def _delivered_before(ctx: DownloadDeviceContext, event: GetDownloadTaskRsp | DownloadTask) -> bool:
+    if problem_with(event.name, event.size, event.md5sum, event.url):
+        return False
+    job = _offered(event)
+    return (job.name, job.md5) in ctx.delivered and not _is_known(ctx, job)
+
+
+def _done_again(
+    ctx: DownloadDeviceContext, event: GetDownloadTaskRsp | DownloadTask, now: float
+) -> Iterable[Effect]:
+    return (
+        Publish(ReportDownloadProgress(event.name, _progress("done")), 1),
+        Log.info(f"{event.name[:80]!r} was offered again after its delivery: reported done again"),
+    )
 
 
 def _bad_task(ctx: DownloadDeviceContext, event: GetDownloadTaskRsp | DownloadTask) -> bool:
@@ -641,6 +689,7 @@ def _download_progress(
 def _delivered(ctx: DownloadDeviceContext, event: TransferDone) -> list[Effect]:
     job, ctx.current = ctx.current, None
     assert job is not None
+    ctx.delivered = [*ctx.delivered, (job.name, job.md5)][-RECENTLY_DELIVERED:]
     return [
         DeliverResource(job.name, event.path, job.md5),
         Publish(ReportDownloadProgress(job.name, _progress("done")), 1),
@@ -708,6 +757,14 @@ def _task_rules() -> list[On]:
     rules: list[On] = []
     for message in TASKS:
         rules += [
+            On(message, "asking", "idle", guard=_delivered_before, action=_done_again),
+            On(
+                message,
+                ("offline", "idle", *WORKING),
+                None,
+                guard=_delivered_before,
+                action=_done_again,
+            ),
             On(
                 message, ("asking", "idle"), "downloading", guard=_new_task, action=_queue_and_start
             ),
@@ -826,7 +883,10 @@ def _head(ctx: DownloadPlatformContext, answer: bool) -> list[Effect]:
 
 
 def _may_push_again(ctx: DownloadPlatformContext, event: Event) -> bool:
-    return bool(ctx.queue) and 0 < ctx.pushes < MAX_PUSHES
+    """Also after progress: a device silent since then may have lost its `done` report (it is
+    QoS 1, but nothing answers it), and a device that delivered the task answers a new push
+    with `done` again."""
+    return bool(ctx.queue) and ctx.pushes < MAX_PUSHES
 
 
 def _push_again(ctx: DownloadPlatformContext, event: Event, now: float) -> Iterable[Effect]:
@@ -903,7 +963,7 @@ def _more_after_head(ctx: DownloadPlatformContext, event: ReportDownloadProgress
 def _track_download(
     ctx: DownloadPlatformContext, event: ReportDownloadProgress, now: float
 ) -> Iterable[Effect]:
-    ctx.pushes = 0  # the device has the task; from now on only its silence is a problem
+    ctx.pushes = 0  # the device has the task: pushes count again only once it falls silent
     if _about_head(ctx, event) and event.progress.percent is not None:
         ctx.percent = max(0, min(100, event.progress.percent))
     return (_rsp_ok(), SetTimer("silence", SILENCE_TIMEOUT))

@@ -11,6 +11,7 @@ import attrs
 
 from ..fsm.effects import Effect
 from ..fsm.events import Event
+from .messages import url_repr
 
 # Tencent result codes for transfers (PROTOCOL.md): OTA and resources agree on -1..-4.
 TIMEOUT = -1
@@ -31,7 +32,7 @@ class StartDownload(Effect):
     download when its identity (`label`, `size` and `md5`) matches the checkpoint."""
 
     transfer: int
-    url: str
+    url: str = attrs.field(repr=url_repr)
     size: int
     md5: str
     label: str
@@ -43,7 +44,7 @@ class StartUpload(Effect):
     """PUT the file at `path` to `url` with its size and Content-MD5."""
 
     transfer: int
-    url: str
+    url: str = attrs.field(repr=url_repr)
     path: str
     size: int
     md5: str
