@@ -103,7 +103,14 @@ class Runtime:
         """Called once for each session the runtime creates (not for restored ones)."""
         self._queue: deque[tuple[str, DeviceKey, Event]] = deque()
         self._lock = threading.Lock()
+        self._timer_lock = threading.Lock()
+        self._scheduled: dict[tuple[str, str], dict[DeviceKey, float]] = {}
+        """(feature, timer name) -> session key -> deadline of its one pending scheduler entry."""
         self._draining = False
+        self._stopped = False
+        """After `stop` events are dropped: a scheduler shared with other runtimes (a test's
+        manual clock) still holds this runtime's timers, and a transfer or burn thread may still
+        report; a stopped role must not step, publish, start transfers or write its store."""
         self.rejected = 0
         """Inbound messages dropped as malformed, misrouted or not ours."""
         self.ignored = 0
@@ -115,6 +122,8 @@ class Runtime:
 
     def start(self) -> None:
         """Subscribe, create the device's sessions, connect. `Connected` follows the connection."""
+        with self._lock:
+            self._stopped = False
         self.transport.set_handlers(self.on_message, self.on_connection)
         if self.store is not None:
             self._restore_all(self.store)
@@ -143,6 +152,9 @@ class Runtime:
             self.adopt(feature, session)
 
     def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._queue.clear()
         self.transport.stop()
         if self.store is not None:
             self.store.commit()
@@ -189,6 +201,9 @@ class Runtime:
     def post(self, feature: str, key: DeviceKey, event: Event) -> None:
         """Queue an event for a session and, unless a step is already running, run the queue."""
         with self._lock:
+            if self._stopped:
+                log.debug("%s %s/%s: %s after stop, dropped", feature, *key, event.trigger)
+                return
             self._queue.append((feature, key, event))
             if self._draining:
                 return
@@ -196,7 +211,7 @@ class Runtime:
         try:
             while True:
                 with self._lock:
-                    if not self._queue:
+                    if not self._queue or self._stopped:
                         self._draining = False
                         break
                     item = self._queue.popleft()
@@ -205,7 +220,7 @@ class Runtime:
             with self._lock:
                 self._draining = False
             raise
-        if self.store is not None:
+        if self.store is not None and not self._stopped:
             self.store.commit()
 
     def _step(self, feature: str, key: DeviceKey, event: Event) -> None:
@@ -286,11 +301,62 @@ class Runtime:
             deadline = armed[1]
         else:
             deadline = self.clock.now() + effect.delay
-        event = TimerFired(effect.name, effect.generation)
-        self.scheduler.call_at(deadline, partial(self.post, feature, session.key, event))
+        # One scheduler entry per (feature, session, timer name). Machines re-arm a timer on
+        # every report ("silence", "stall"); an entry per SetTimer kept each stale deadline in the
+        # heap until it came due. A re-arm no earlier than the pending entry adds nothing: that
+        # entry looks at the session's armed deadline when it runs and waits again if it moved.
+        with self._timer_lock:
+            pending = self._scheduled.setdefault((feature, effect.name), {})
+            scheduled = pending.get(session.key)
+            if scheduled is not None and scheduled <= deadline:
+                return
+            pending[session.key] = deadline
+        self.scheduler.call_at(
+            deadline, _TimerDue(self, feature, session.key, effect.name, deadline)
+        )
+
+    def _timer_due(self, feature: str, key: DeviceKey, name: str, deadline: float) -> None:
+        with self._timer_lock:
+            pending = self._scheduled[(feature, name)]
+            if pending.get(key) != deadline:
+                return  # an earlier entry for the same timer took over
+            del pending[key]
+        session = self.sessions[feature].get(key)
+        timers = session.timers if session is not None else None
+        armed = timers.get(name) if timers else None
+        if armed is None:
+            return  # cancelled, or its state was left
+        generation, at = armed
+        if at > deadline:  # re-armed meanwhile: wait for the later deadline
+            with self._timer_lock:
+                if key in pending:
+                    return
+                pending[key] = at
+            self.scheduler.call_at(at, _TimerDue(self, feature, key, name, at))
+            return
+        self.post(feature, key, TimerFired(name, generation))
 
     def _log(self, feature: str, session: Session, effect: Log) -> None:
         log.log(effect.level, "%s %s/%s: %s", feature, *session.key, effect.text)
+
+
+class _TimerDue:
+    """A scheduler entry: a small slotted callable, where a partial with a bound method, its
+    argument tuple and keyword dict costs about four times the memory per pending timer."""
+
+    __slots__ = ("deadline", "feature", "key", "name", "runtime")
+
+    def __init__(
+        self, runtime: Runtime, feature: str, key: DeviceKey, name: str, deadline: float
+    ) -> None:
+        self.runtime = runtime
+        self.feature = feature
+        self.key = key
+        self.name = name
+        self.deadline = deadline
+
+    def __call__(self) -> None:
+        self.runtime._timer_due(self.feature, self.key, self.name, self.deadline)
 
 
 def _scheduler_for(clock: Clock) -> Scheduler:

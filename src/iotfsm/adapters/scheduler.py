@@ -31,11 +31,15 @@ class ThreadScheduler:
         with self._cond:
             if self._stopped:
                 return
-            heapq.heappush(self._heap, (deadline, next(self._order), callback))
+            entry = (deadline, next(self._order), callback)
+            heapq.heappush(self._heap, entry)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="iotfsm-timers", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0] is entry:
+                # only a new earliest deadline shortens the thread's wait; waking it for every
+                # later one costs a thread switch per timer armed
+                self._cond.notify()
 
     def _run(self) -> None:
         while True:
