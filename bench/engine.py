@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import transitions
+from benchkit import parse_sizes
 
 from iotfsm.fsm import ANY_STATE, Effect, Event, Machine, MachineSpec
 from iotfsm.fsm.spec import Action, Guard
@@ -668,18 +669,6 @@ def report(results: Sequence[dict[str, Any]], sizes: Sequence[int], info: dict[s
 
 
 # ---- command line ---------------------------------------------------------------------------
-
-
-def parse_sizes(text: str) -> list[int]:
-    try:
-        sizes = sorted({int(part.replace("_", "")) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--sizes wants comma-separated integers, got {text!r}"
-        ) from None
-    if not sizes or sizes[0] < 1:
-        raise argparse.ArgumentTypeError(f"--sizes wants positive integers, got {text!r}")
-    return sizes
 
 
 def parser() -> argparse.ArgumentParser:

@@ -58,6 +58,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import transitions
+from benchkit import parse_sizes
 
 from iotfsm.adapters.codec import Codec
 from iotfsm.adapters.memory_broker import MemoryBroker, MemoryTransport
@@ -1155,18 +1156,6 @@ def report(results: Sequence[dict[str, Any]], sizes: Sequence[int], info: dict[s
     for ok, text in verdicts(results, sizes):
         lines.append(f"  {'PASS' if ok else 'FAIL'}  {text}")
     return "\n".join(lines)
-
-
-def parse_sizes(text: str) -> list[int]:
-    try:
-        sizes = sorted({int(part.replace("_", "")) for part in text.split(",") if part.strip()})
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--sizes wants comma-separated integers, got {text!r}"
-        ) from None
-    if not sizes or sizes[0] < 1:
-        raise argparse.ArgumentTypeError(f"--sizes wants positive integers, got {text!r}")
-    return sizes
 
 
 def parser() -> argparse.ArgumentParser:
