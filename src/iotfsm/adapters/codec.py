@@ -125,6 +125,11 @@ def _encodable(text: str) -> bool:
     return True
 
 
+def _where(features: Sequence[str], direction: str) -> str:
+    """How an error names where a payload arrived; built only when there is an error."""
+    return f"{'/'.join(features)} {direction}"
+
+
 def _as_text(value: Any) -> Any:
     return None if value is None else str(value)
 
@@ -139,20 +144,26 @@ class Codec:
                 self._types[(feature.name, direction)] = {
                     m.TYPE: m for m in feature.messages(direction)
                 }
-        conv = cattrs.Converter(detailed_validation=True)
-        conv.register_structure_hook(int, _strict_int)
-        conv.register_structure_hook(str, _strict_str)
-        conv.register_structure_hook(bool, _strict_bool)
-        conv.register_structure_hook_func(lambda t: t == dict[str, Any], _json_object)
-        conv.register_structure_hook_factory(attrs.has, self._structure_factory)
-        conv.register_unstructure_hook_factory(attrs.has, self._unstructure_factory)
-        self._conv = conv
+        self._conv = self._converter(detailed_validation=True)
+        self._fast = self._converter(detailed_validation=False)
         self._encoders: dict[type[Message], Callable[[Any], dict[str, Any]]] = {}
         self._known: dict[type[Message], frozenset[str]] = {}
         # one decoder and one encoder for every message: json.loads/dumps with options build a
         # new one per call, a measurable share of the platform's cost per message
         self._decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
         self._encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+    def _converter(self, *, detailed_validation: bool) -> cattrs.Converter:
+        conv = cattrs.Converter(detailed_validation=detailed_validation)
+        conv.register_structure_hook(int, _strict_int)
+        conv.register_structure_hook(str, _strict_str)
+        conv.register_structure_hook(bool, _strict_bool)
+        conv.register_structure_hook_func(lambda t: t == dict[str, Any], _json_object)
+        conv.register_structure_hook_factory(
+            attrs.has, lambda cls: self._structure_factory(cls, conv)
+        )
+        conv.register_unstructure_hook_factory(attrs.has, self._unstructure_factory)
+        return conv
 
     def _overrides(self, cls: type[Any], emitting: bool) -> dict[str, Any]:
         result: dict[str, Any] = {}
@@ -166,8 +177,8 @@ class Codec:
             )
         return result
 
-    def _structure_factory(self, cls: type[Any]) -> Any:
-        return make_dict_structure_fn(cls, self._conv, **self._overrides(cls, emitting=False))
+    def _structure_factory(self, cls: type[Any], conv: cattrs.Converter) -> Any:
+        return make_dict_structure_fn(cls, conv, **self._overrides(cls, emitting=False))
 
     def _unstructure_factory(self, cls: type[Any]) -> Any:
         encode = make_dict_unstructure_fn(cls, self._conv, **self._overrides(cls, emitting=True))
@@ -197,44 +208,65 @@ class Codec:
         self, features: Sequence[str], direction: Direction, payload: bytes
     ) -> tuple[str, Message]:
         """Parse a payload from a topic that `features` share; the `type` says whose it is."""
-        where = f"{'/'.join(features)} {direction}"
         if len(payload) > MAX_PAYLOAD_BYTES:
+            where = _where(features, direction)
             raise DecodeError(f"{where}: {len(payload)} bytes exceed {MAX_PAYLOAD_BYTES}")
         try:
             doc = self._decoder.decode(payload.decode())
         except RecursionError:
-            raise DecodeError(f"{where}: JSON nested too deeply") from None
+            raise DecodeError(f"{_where(features, direction)}: JSON nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
+            where = _where(features, direction)
             raise DecodeError(f"{where}: not valid JSON ({exc})") from None
         # the full walk only when a cheap look at the bytes says it could find something
         brackets = payload.count(b"[") + payload.count(b"{")
         if brackets > MAX_DEPTH or _SURROGATE_ESCAPE.search(payload) is not None:
             problem = document_problem(doc)
             if problem is not None:
-                raise DecodeError(f"{where}: refused, {problem}")
+                raise DecodeError(f"{_where(features, direction)}: refused, {problem}")
         if not isinstance(doc, dict):
+            where = _where(features, direction)
             raise DecodeError(f"{where}: a message is a JSON object, got {type(doc).__name__}")
         kind = doc.get("type")
         expected: list[str] = []
         for feature in features:
             types = self._types.get((feature, direction))
             if types is None:
+                where = _where(features, direction)
                 raise DecodeError(f"{where}: no such feature/direction in this codec")
             cls = types.get(kind) if isinstance(kind, str) else None
             if cls is not None:
-                return feature, self.structure(cls, doc, where)
+                return feature, self._structure(cls, doc, features, direction)
             expected.extend(types)
         raise DecodeError(
-            f"{where}: unknown message type {_show(kind)}; expected one of {sorted(expected)}"
+            f"{_where(features, direction)}: unknown message type {_show(kind)}; "
+            f"expected one of {sorted(expected)}"
         )
 
-    def structure(self, cls: type[Message], doc: dict[str, Any], where: str = "") -> Message:
+    def _structure(
+        self, cls: type[Message], doc: dict[str, Any], features: Sequence[str], direction: str
+    ) -> Message:
+        """`structure` on the fast converter; only a document it refuses pays for the detailed
+        one, which names every problem (most messages are valid, and detailed validation wraps
+        each field in its own error bookkeeping)."""
+        try:
+            return self._fast.structure(self._fields(cls, doc), cls)
+        except Exception:  # whatever it was, the detailed pass names it properly
+            return self.structure(cls, doc, _where(features, direction))
+
+    def _fields(self, cls: type[Message], doc: dict[str, Any]) -> dict[str, Any]:
+        """The document with its unknown keys gathered under the `extra` field's wire name."""
         known = self._known.get(cls)
         if known is None:
             names = {wire_info(f).name or f.name for f in attrs.fields(cls)}
             known = self._known[cls] = frozenset({"type", *names})
         fields = dict(doc)
         fields[_EXTRA] = {k: v for k, v in doc.items() if k not in known}
+        return fields
+
+    def structure(self, cls: type[Message], doc: dict[str, Any], where: str = "") -> Message:
+        """Build `cls` from a parsed document; DecodeError names every field that is wrong."""
+        fields = self._fields(cls, doc)
         try:
             return self._conv.structure(fields, cls)
         except cattrs.BaseValidationError as exc:
