@@ -175,7 +175,7 @@ class Platform(RoleFacade):
         )
         self.runtime = Runtime(
             "platform",
-            transport_for(broker, None, None, mqtt),
+            transport_for(broker, None, None, mqtt, session_id=self._session_id()),
             all_features(),
             products=products,
             share_group=share_group,
@@ -203,6 +203,19 @@ class Platform(RoleFacade):
         self.logs = LogEndpoint(store, self.device_keys, clock=self.runtime.clock)
         """`POST /device/reportlog` on the file service: devices' uploaded log lines."""
         self.files.add_post_route(REPORT_LOG_PATH, self.logs.handle, max_body=256 * 1024)
+
+    def _session_id(self) -> str | None:
+        """A platform with a data directory keeps one MQTT client id for good, with a persistent
+        session: reports devices send while it is down (an OTA's `done`, a download's result)
+        wait at the broker instead of being lost. Without one it is a new client every time.
+        Two platforms must not share a data directory (they would take over each other's
+        session, as they would corrupt each other's store)."""
+        if self._own_dir:
+            return None
+        path = self.data_dir / "mqtt-client-id"
+        if not path.exists():
+            path.write_text(f"iotfsm-platform-{secrets.token_hex(6)}\n")
+        return path.read_text().strip()
 
     def _secret(self) -> bytes:
         """The URL-signing key, kept in the data directory so URLs outlive a restart."""

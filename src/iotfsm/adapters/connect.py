@@ -38,13 +38,21 @@ def transport_for(
     key: DeviceKey | None,
     psk: str | None = None,
     options: MqttOptions | None = None,
+    *,
+    session_id: str | None = None,
 ) -> Transport:
     """A transport for a device (`key`) or for the platform (`key` None).
 
     With a URL a device logs in with Tencent's key credentials when it has a `psk`; a platform
     gets a unique client id, so several platform workers never take over each other's session.
+    A platform given a `session_id` logs in under it with a persistent session (clean session
+    off): the broker keeps the devices' QoS 1 reports (an OTA's `done`, say) while the platform
+    is down and delivers them when it is back.
     """
+    if session_id is not None and key is not None:
+        raise ValueError("session_id is for a platform; a device's client id is its own name")
     own_id = f"{key.product}{key.device}" if key else f"iotfsm-platform-{secrets.token_hex(4)}"
+    own_id = session_id or own_id
     if isinstance(broker, MemoryBroker):
         return broker.connect(own_id)
     if not isinstance(broker, str):
@@ -61,5 +69,10 @@ def transport_for(
         protocol=opts.protocol,
         keepalive=opts.keepalive,
     )
-    settings = attrs.evolve(settings, backoff_min=opts.backoff_min, backoff_max=opts.backoff_max)
+    settings = attrs.evolve(
+        settings,
+        backoff_min=opts.backoff_min,
+        backoff_max=opts.backoff_max,
+        clean_session=session_id is None,
+    )
     return MqttTransport(settings)

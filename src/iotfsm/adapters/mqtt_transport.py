@@ -49,6 +49,7 @@ from urllib.parse import urlsplit
 import attrs
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -181,6 +182,10 @@ class MqttSettings:
     protocol: MqttProtocol = attrs.field(default="3.1.1", validator=_protocol)
     clean_session: bool = True
     """MQTT 3.1.1 clean session / MQTT 5 clean start. The transport resubscribes either way."""
+    session_expiry: int = attrs.field(default=86_400, validator=_positive)
+    """MQTT 5 with `clean_session` off: seconds the broker keeps the session (and queues QoS 1
+    messages for it) after a disconnect; MQTT 5 drops it at once unless told. 3.1.1 keeps a
+    persistent session until the broker's own limit."""
     backoff_min: float = attrs.field(default=1.0, validator=_positive)
     backoff_max: float = attrs.field(default=60.0, validator=_positive)
     backoff_jitter: float = attrs.field(default=0.5, validator=_fraction)
@@ -454,7 +459,11 @@ class MqttTransport:
         settings = self._settings
         if settings.protocol == "5":
             self._client.connect_async(
-                settings.host, settings.port, settings.keepalive, clean_start=settings.clean_session
+                settings.host,
+                settings.port,
+                settings.keepalive,
+                clean_start=settings.clean_session,
+                properties=_session_expiry(settings),
             )
         else:
             self._client.connect_async(settings.host, settings.port, settings.keepalive)
@@ -742,6 +751,14 @@ def _disable_nagle(_client: paho.Client, _userdata: Any, sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):
         log.debug("could not set TCP_NODELAY on %r", sock)
+
+
+def _session_expiry(settings: MqttSettings) -> Properties | None:
+    if settings.clean_session:
+        return None
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = settings.session_expiry
+    return properties
 
 
 def _check_qos(qos: int) -> None:
