@@ -13,11 +13,21 @@ Breakpoint resume follows PROTOCOL.md and avoids what the SDKs get wrong:
   file exists; otherwise the partial is deleted first, so firmware A is never completed with B.
 - The checkpoint never runs ahead of the data: the partial file is written (to the OS) before the
   checkpoint is replaced (temporary file, rename), so a killed process at any point leaves an
-  offset whose bytes are in the file. Both are fsynced every `sync_every` bytes and at the end:
-  an fsync per chunk would cost most of the throughput, and after a power cut either the partial
-  is shorter than its checkpoint (the download starts over) or the final md5 check fails (-4,
-  the partial is deleted), so nothing corrupt is ever installed. On resume the partial is
-  truncated to the offset and re-hashed (no SDK persists an MD5 state, and neither does this one).
+  offset whose bytes are in the file. Checkpoints are bounded by bytes *and* time: one when
+  `checkpoint_every` bytes arrived and `checkpoint_interval` seconds passed since the last (the
+  first of a run needs only the bytes), an fsynced one when `sync_every` bytes and
+  `sync_interval` seconds passed, and always an fsynced one at the end. A checkpoint per 64 KiB
+  chunk cost 60 % of the throughput on loopback (bench/RESULTS.md); on a slow link the time floor
+  is shorter than a chunk and changes nothing. After a power cut either the partial is shorter
+  than its checkpoint (the download starts over) or the final md5 check fails (-4, the partial is
+  deleted), so nothing corrupt is ever installed.
+- Resume re-hashes the partial (no SDK persists an MD5 state, and neither does this one). It
+  continues from the partial file's own length, when that is longer than the checkpoint and the
+  checkpoint was written during the current boot (Linux `boot_id`): without a reboot in between,
+  the page cache holds every byte a killed process wrote, and the file is only ever appended to
+  in order, so its bytes are the offer's prefix. A process kill therefore costs only the chunk in
+  flight, whatever the time floor. After a reboot (another boot id, or none known) bytes past the
+  checkpoint may never have reached the disk: the partial is truncated to the checkpoint.
 - A resumed request asks `Range: bytes={offset}-{size-1}` and must get 206 with a Content-Range
   starting at the offset. A 200 means the range was ignored: the partial is truncated and the
   full body used from byte 0, never appended.
@@ -42,6 +52,7 @@ import re
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -58,8 +69,13 @@ ProgressCallback = Callable[[int, int], None]
 
 DEFAULT_CHUNK = 64 * 1024
 DEFAULT_CHECKPOINT_EVERY = 256 * 1024
+DEFAULT_CHECKPOINT_INTERVAL = 0.25
+"""Seconds between checkpoints, at least (the first one of a run excepted)."""
 DEFAULT_SYNC_EVERY = 4 * 1024 * 1024
-"""Bytes between fsyncs of the partial file and its checkpoint."""
+"""Bytes between fsyncs of the partial file and its checkpoint, at least."""
+DEFAULT_SYNC_INTERVAL = 1.0
+"""Seconds between fsyncs of the partial file and its checkpoint, at least (the end excepted)."""
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 DEFAULT_TIMEOUT = 30.0
 MAX_REDIRECTS = 3
 _CHECKPOINT_FORMAT = 1
@@ -165,6 +181,8 @@ class Checkpoint:
     md5: str
     offset: int
     partial: str
+    boot: str | None = None
+    """The boot during which the checkpoint was written (`current_boot_id`), if known."""
 
     def matches(
         self, identity: Mapping[str, str | int], size: int, md5: str, partial: Path
@@ -195,6 +213,7 @@ def read_checkpoint(path: Path) -> Checkpoint | None:
             md5=str(raw["md5"]),
             offset=int(raw["offset"]),
             partial=str(raw["partial"]),
+            boot=raw["boot"] if isinstance(raw.get("boot"), str) else None,
         )
     except FileNotFoundError:
         return None
@@ -213,6 +232,7 @@ def _write_checkpoint(path: Path, checkpoint: Checkpoint, durable: bool = True) 
             "md5": checkpoint.md5,
             "offset": checkpoint.offset,
             "partial": checkpoint.partial,
+            **({"boot": checkpoint.boot} if checkpoint.boot is not None else {}),
         },
         sort_keys=True,
     ).encode()
@@ -230,6 +250,15 @@ def _write_checkpoint(path: Path, checkpoint: Checkpoint, durable: bool = True) 
 
 
 # Helpers ----------------------------------------------------------------------------------------
+
+
+def current_boot_id() -> str | None:
+    """An id that changes with every boot (Linux), or None where there is none: then a partial
+    is never trusted past its checkpoint."""
+    try:
+        return _BOOT_ID.read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def content_md5(hex_md5: str) -> str:
@@ -340,10 +369,15 @@ def download(
     checkpoint: Path,
     chunk_size: int = DEFAULT_CHUNK,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
+    sync_every: int = DEFAULT_SYNC_EVERY,
+    sync_interval: float = DEFAULT_SYNC_INTERVAL,
     timeout: float = DEFAULT_TIMEOUT,
     on_progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    boot_id: Callable[[], str | None] = current_boot_id,
 ) -> DownloadResult:
     """Fetch `url` into `dest`, resuming from `checkpoint` when it describes the same offer.
 
@@ -353,13 +387,17 @@ def download(
     status) and on 403/404 the partial and its checkpoint stay, so the next offer of the same file
     continues; on an md5 mismatch (or a server file shorter than `size`) both are deleted.
     `cancel` is checked between chunks, so it takes effect at the latest after `timeout` seconds.
+    `clock` (seconds, monotonic) times the checkpoint floors; `boot_id` says which boot this is
+    (see the module's notes on resume). Both are injectable for tests.
     """
     if size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
     if not _HEX_MD5.fullmatch(md5):
         raise ValueError(f"md5 {md5[:40]!r} is not 32 hexadecimal digits")
-    if chunk_size <= 0 or checkpoint_every <= 0:
-        raise ValueError("chunk_size and checkpoint_every must be positive")
+    if chunk_size <= 0 or checkpoint_every <= 0 or sync_every <= 0:
+        raise ValueError("chunk_size, checkpoint_every and sync_every must be positive")
+    if checkpoint_interval < 0 or sync_interval < 0:
+        raise ValueError("checkpoint_interval and sync_interval must not be negative")
     _check_url(url)
     job = _Download(
         url=url,
@@ -370,10 +408,15 @@ def download(
         checkpoint=Path(checkpoint),
         chunk_size=chunk_size,
         checkpoint_every=checkpoint_every,
+        checkpoint_interval=checkpoint_interval,
+        sync_every=sync_every,
+        sync_interval=sync_interval,
         timeout=timeout,
         on_progress=on_progress,
         cancel=cancel,
         ssl_context=ssl_context,
+        clock=clock,
+        boot=boot_id(),
     )
     return job.run()
 
@@ -390,10 +433,15 @@ class _Download:
     checkpoint: Path
     chunk_size: int
     checkpoint_every: int
+    checkpoint_interval: float
+    sync_every: int
+    sync_interval: float
     timeout: float
     on_progress: ProgressCallback | None
     cancel: threading.Event | None
     ssl_context: ssl.SSLContext | None
+    clock: Callable[[], float]
+    boot: str | None
     partial: Path = attrs.field(init=False)
     file: BinaryIO | None = None
     digest: hashlib._Hash = attrs.field(factory=lambda: hashlib.md5(usedforsecurity=False))
@@ -401,6 +449,10 @@ class _Download:
     synced: int = 0
     durable: int = 0
     """Offset of the last fsynced checkpoint."""
+    saved_at: float = float("-inf")
+    """Clock of the last checkpoint written while streaming (-inf: the first needs only bytes)."""
+    durable_at: float = 0.0
+    """Clock of the last fsync while streaming, or of the start of the run."""
     fetched: int = 0
     restarts: int = 0
 
@@ -410,6 +462,7 @@ class _Download:
     def run(self) -> DownloadResult:
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        self.durable_at = self.clock()
         resumed_from = self._open_partial()
         try:
             self._progress()
@@ -436,26 +489,38 @@ class _Download:
     def _open_partial(self) -> int:
         """Open the partial file at the offset to continue from; 0 unless it is the same offer."""
         saved = read_checkpoint(self.checkpoint)
+        length = self.partial.stat().st_size if self.partial.is_file() else -1
         if (
             saved is not None
             and saved.matches(self.identity, self.size, self.md5, self.partial)
-            and self.partial.is_file()
-            and self.partial.stat().st_size >= saved.offset
+            and length >= saved.offset
         ):
+            start = saved.offset
+            if self.boot is not None and saved.boot == self.boot and length <= self.size:
+                # No reboot since the checkpoint: the page cache kept every byte written.
+                start = length
             handle = self.partial.open("r+b")
             try:
-                # Bytes past the offset may never have reached the disk: drop them.
-                handle.truncate(saved.offset)
-                self._rehash(handle, saved.offset)
+                # Bytes past the start may never have reached the disk: drop them.
+                handle.truncate(start)
+                self._rehash(handle, start)
             except BaseException:
                 handle.close()
                 raise
             self.file = handle
-            self.offset = self.synced = self.durable = saved.offset
+            self.offset = self.synced = start
+            self.durable = saved.offset
+            if start != saved.offset or saved.boot != self.boot:
+                # Stamp this boot: every byte past `start` from now on is written during it.
+                self._save(durable=False)
             logger.info(
-                "resuming %s at byte %d of %d", _describe(self.url), saved.offset, self.size
+                "resuming %s at byte %d of %d (checkpoint at %d)",
+                _describe(self.url),
+                start,
+                self.size,
+                saved.offset,
             )
-            return saved.offset
+            return start
         if saved is not None:
             logger.info(
                 "checkpoint %s is for another file or its partial is gone: starting over",
@@ -490,7 +555,14 @@ class _Download:
             os.fsync(self.file.fileno())
         _write_checkpoint(
             self.checkpoint,
-            Checkpoint(dict(self.identity), self.size, self.md5, self.offset, str(self.partial)),
+            Checkpoint(
+                dict(self.identity),
+                self.size,
+                self.md5,
+                self.offset,
+                str(self.partial),
+                self.boot,
+            ),
             durable=durable,
         )
         self.synced = self.offset
@@ -637,8 +709,22 @@ class _Download:
             self.offset += got
             self.fetched += got
             if self.offset - self.synced >= self.checkpoint_every:
-                self._save(durable=self.offset - self.durable >= DEFAULT_SYNC_EVERY)
+                self._checkpoint_if_due()
             self._progress()
+
+    def _checkpoint_if_due(self) -> None:
+        """Enough bytes for a checkpoint arrived: write one if the time floors allow it too."""
+        now = self.clock()
+        if now - self.saved_at < self.checkpoint_interval:
+            return
+        durable = (
+            self.offset - self.durable >= self.sync_every
+            and now - self.durable_at >= self.sync_interval
+        )
+        self._save(durable=durable)
+        self.saved_at = now
+        if durable:
+            self.durable_at = now
 
 
 # Upload -----------------------------------------------------------------------------------------
@@ -752,7 +838,10 @@ def _send_body(
 
 __all__ = [
     "DEFAULT_CHECKPOINT_EVERY",
+    "DEFAULT_CHECKPOINT_INTERVAL",
     "DEFAULT_CHUNK",
+    "DEFAULT_SYNC_EVERY",
+    "DEFAULT_SYNC_INTERVAL",
     "DEFAULT_TIMEOUT",
     "MAX_REDIRECTS",
     "Checkpoint",
@@ -769,6 +858,7 @@ __all__ = [
     "TransferTimeoutError",
     "UnsupportedUrlError",
     "content_md5",
+    "current_boot_id",
     "download",
     "file_md5",
     "partial_path",
