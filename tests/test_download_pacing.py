@@ -84,9 +84,7 @@ def fetch(root: Path, url: str, data: bytes, md5: str, **kwargs: object) -> Path
         md5=md5,
         identity={"version": "2.0"},
         checkpoint=root / "dev" / "checkpoint.json",
-        chunk_size=CHUNK,
-        checkpoint_every=CHUNK,
-        **kwargs,  # type: ignore[arg-type]
+        **{"chunk_size": CHUNK, "checkpoint_every": CHUNK, **kwargs},  # type: ignore[arg-type]
     )
     return dest
 
@@ -266,3 +264,145 @@ def test_the_runner_posts_a_bounded_number_of_progress_events(
     pcts = [percent(e.done, e.size) for e in progress]
     assert pcts == sorted(set(pcts)) and len(progress) <= 100
     assert hashlib.md5(Path(events[-1].path).read_bytes()).hexdigest() == md5
+
+
+# The md5 thread, the writeback thread and disk errors --------------------------------------------
+
+
+@pytest.mark.parametrize("chunk", [1000, CHUNK, 100_000, 3 * http_transfer.HASH_BLOCK // 2])
+def test_the_md5_thread_sees_every_byte_once_in_order(
+    service: FileService, tmp_path: Path, chunk: int
+) -> None:
+    """Chunk sizes that do and do not divide the md5 block, and one larger than it; half of the
+    file first, then a resume: any lost, doubled or reordered block fails the md5 check."""
+    url, data, md5 = publish(service, 3 * MB + 12345)
+    service.hooks.cut_after("fw", len(data) // 2)
+    kwargs = {"chunk_size": chunk, "checkpoint_every": chunk}
+    with pytest.raises(ConnectionLostError):
+        fetch(tmp_path, url, data, md5, **kwargs)
+    dest = fetch(tmp_path, url, data, md5, **kwargs)
+    assert dest.read_bytes() == data
+
+
+def test_an_error_in_the_md5_thread_is_raised_by_close() -> None:
+    class Broken:
+        def update(self, data: object) -> None:
+            raise MemoryError("no room for the md5")
+
+    hasher = http_transfer._Hasher(Broken(), 1024, "test")  # type: ignore[arg-type]
+    for _ in range(5):  # more blocks than exist: the thread hands them back even after failing
+        hasher.space(1024)[:] = b"x" * 1024
+        hasher.filled(1024)
+    with pytest.raises(MemoryError, match="no room"):
+        hasher.close()
+
+
+def test_a_failed_background_fdatasync_fails_the_download_and_claims_nothing(
+    service: FileService,
+    tmp_path: Path,
+    saves: list[tuple[int, bool, int]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Linux reports a writeback error to one fsync only: when the helper's fdatasync got it,
+    no later fsync may make a checkpoint durable, and the download fails with a DiskError."""
+    url, data, md5 = publish(service, 4 * MB)
+    failed_after: list[int] = []
+
+    def fdatasync(fd: int) -> None:
+        failed_after.append(len(saves))
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    with pytest.raises(http_transfer.DiskError) as raised:
+        fetch(tmp_path, url, data, md5, sync_every=256 * 1024, clock=Clock())
+    assert raised.value.code == -1
+    assert "Input/output error" in raised.value.message
+    assert "fw.bin.part" in raised.value.message
+    [at] = failed_after
+    assert not [s for s in saves[at:] if s[1]], "a durable checkpoint after the failed sync"
+    assert not (tmp_path / "dev" / "fw.bin").exists()
+    saved = read_checkpoint(tmp_path / "dev" / "checkpoint.json")
+    assert saved is not None
+    partial = partial_path(tmp_path / "dev" / "fw.bin").read_bytes()
+    assert saved.offset <= len(partial) and partial[: saved.offset] == data[: saved.offset]
+
+
+FULL_DISK = """
+import resource, signal, sys
+from pathlib import Path
+from iotfsm.adapters.http_transfer import DiskError, download
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))
+try:
+    download({url!r}, Path({dest!r}), size={size}, md5={md5!r}, identity={{"version": "2.0"}},
+             checkpoint=Path({checkpoint!r}), chunk_size=65536, checkpoint_every=65536)
+except DiskError as exc:
+    print(int(exc.code), exc.message)
+    sys.exit(3)
+"""
+
+
+def test_a_full_disk_is_a_disk_error_and_the_checkpoint_stays_behind_the_data(
+    service: FileService, tmp_path: Path
+) -> None:
+    """A real failing write (a file size limit in a child process: EFBIG, as ENOSPC would be):
+    a DiskError with code -1 that names the file and the cause; the checkpoint names only bytes
+    that are in the partial, and a later run with room completes from there."""
+    import subprocess
+    import sys
+
+    url, data, md5 = publish(service, 3 * MB)
+    dest, checkpoint = tmp_path / "dev" / "fw.bin", tmp_path / "dev" / "checkpoint.json"
+    limit = MB + 1000  # not a multiple of a chunk: the last write is cut short
+    script = FULL_DISK.format(
+        limit=limit, url=url, dest=str(dest), size=len(data), md5=md5, checkpoint=str(checkpoint)
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert child.returncode == 3, child.stderr
+    assert child.stdout.startswith("-1 writing the partial file"), child.stdout
+    assert "File too large" in child.stdout
+    partial = partial_path(dest).read_bytes()
+    assert len(partial) == limit
+    saved = read_checkpoint(checkpoint)
+    assert saved is not None
+    assert 0 < saved.offset <= len(partial)
+    assert partial[: saved.offset] == data[: saved.offset]
+    seen: list[int] = []
+    fetch(tmp_path, url, data, md5, on_progress=lambda d, s: seen.append(d))
+    assert seen[0] >= saved.offset
+    assert dest.read_bytes() == data
+
+
+def test_the_runner_cancels_a_download_mid_way(service: FileService, tmp_path: Path) -> None:
+    """A slow link, a cancel at 25 %: the thread ends with a -1 failure, the checkpoint names
+    bytes that are in the partial, and the md5 and writeback threads are gone."""
+    import threading
+
+    from iotfsm.machines.transfer import CancelTransfer, TransferFailed
+
+    url, data, md5 = publish(service, 2 * MB)
+    service.hooks.rate_limit = 4 * MB
+    runner = TransferRunner(tmp_path / "runner", chunk_size=CHUNK)
+    events: list[Event] = []
+    quarter = threading.Event()
+
+    def post(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, TransferProgress) and event.done >= len(data) // 4:
+            quarter.set()
+
+    runner.start_download(StartDownload(1, url, len(data), md5, "2.0", "firmware"), post)
+    assert quarter.wait(30)
+    runner.cancel(CancelTransfer(1))
+    wait_for("the download thread to end", lambda: not runner.busy, timeout=30)
+    failed = events[-1]
+    assert isinstance(failed, TransferFailed) and failed.code == -1 and "cancelled" in failed.reason
+    dest, checkpoint = runner.paths("firmware")
+    saved = read_checkpoint(checkpoint)
+    assert saved is not None
+    partial = partial_path(dest).read_bytes()
+    assert len(data) // 4 <= saved.offset <= len(partial) < len(data)
+    assert partial[: saved.offset] == data[: saved.offset]
+    assert not [t for t in threading.enumerate() if t.name.startswith(("iotfsm-md5", "iotfsm-wr"))]

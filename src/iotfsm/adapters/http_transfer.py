@@ -32,6 +32,17 @@ Breakpoint resume follows PROTOCOL.md and avoids what the SDKs get wrong:
   starting at the offset. A 200 means the range was ignored: the partial is truncated and the
   full body used from byte 0, never appended.
 - Never more than `size` bytes are read, whatever the server sends.
+- The md5 is computed on a helper thread, a block (`HASH_BLOCK`) at a time, while the download
+  thread receives and writes the next one: on a fast link md5 is the largest single cost, and
+  overlapped it no longer adds to the receive time. Two blocks are in use at most, so memory
+  stays flat; the partial file is written in the download thread before a block is handed over,
+  so what the file and the checkpoints hold does not depend on the hashing.
+- The disk works while the network does: a helper thread fdatasyncs the partial every
+  `sync_every` bytes, so the page cache is written back during the download instead of in one
+  long fsync at the end. It claims nothing: only an fsync in the download's own thread makes a
+  checkpoint durable, and the last one, before the md5 check and the rename, is always there.
+  An error of the helper's fdatasync fails the download (a writeback error is reported to one
+  fsync only, so it must not be lost), as does any error writing the partial: `DiskError`.
 
 Plain `http.client` is used (not urllib) to control Range, streaming and redirects exactly:
 redirects are followed at most three times, only to http/https and never from https down to http;
@@ -48,6 +59,7 @@ import http.client
 import json
 import logging
 import os
+import queue
 import re
 import ssl
 import tempfile
@@ -77,6 +89,10 @@ DEFAULT_SYNC_INTERVAL = 1.0
 """Seconds between fsyncs of the partial file and its checkpoint, at least (the end excepted)."""
 _BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 DEFAULT_TIMEOUT = 30.0
+HASH_BLOCK = 512 * 1024
+"""Bytes handed to the md5 thread at a time (or one chunk, if chunks are larger)."""
+HASH_BLOCKS = 2
+"""Blocks in use at most: one being filled from the network, one being hashed."""
 MAX_REDIRECTS = 3
 _CHECKPOINT_FORMAT = 1
 _HEX_MD5 = re.compile(r"[0-9a-fA-F]{32}")
@@ -146,6 +162,11 @@ class SignatureRejectedError(_CodedError):
     """HTTP 403: the signed URL expired or was altered; the platform must offer a fresh one."""
 
     CODE = TransferCode.SIGNATURE
+
+
+class DiskError(_CodedError):
+    """Writing or syncing the partial file failed (disk full, I/O error); the checkpoint still
+    names only bytes that were written, so the next offer resumes once the disk is fixed."""
 
 
 class Md5MismatchError(_CodedError):
@@ -250,6 +271,120 @@ def _write_checkpoint(path: Path, checkpoint: Checkpoint, durable: bool = True) 
 
 
 # Helpers ----------------------------------------------------------------------------------------
+
+
+class _Hasher:
+    """md5 on a helper thread: the caller fills blocks (`space`, then `filled`), the thread
+    hashes each full block and gives it back. `close` hashes the rest and joins."""
+
+    def __init__(self, digest: hashlib._Hash, block: int, name: str) -> None:
+        self._digest = digest
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        self._full: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
+        for _ in range(HASH_BLOCKS):
+            self._free.put(memoryview(bytearray(block)))
+        self._block = self._free.get()
+        self._used = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"iotfsm-md5-{name}", daemon=True)
+        self._thread.start()
+
+    def space(self, want: int) -> memoryview:
+        """Room for `want` (<= block) more bytes; waits for a free block when this one is full."""
+        if self._used + want > len(self._block):
+            self._hand_over()
+        return self._block[self._used : self._used + want]
+
+    def filled(self, got: int) -> None:
+        self._used += got
+
+    def close(self) -> None:
+        """Hash what is left and wait for the thread; raises what the thread raised."""
+        self._hand_over()
+        self._full.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _hand_over(self) -> None:
+        if self._used:
+            self._full.put((self._block, self._used))
+            self._block = self._free.get()
+            self._used = 0
+
+    def _run(self) -> None:
+        while (item := self._full.get()) is not None:
+            block, used = item
+            if self.error is None:
+                try:
+                    self._digest.update(block[:used])
+                except BaseException as exc:  # re-raised by close()
+                    self.error = exc
+            self._free.put(block)  # always: the download thread may be waiting for it
+
+
+class _Writeback:
+    """fdatasync of the partial file on a helper thread, asked for every `every` bytes.
+
+    The download thread goes on receiving meanwhile (fdatasync releases the GIL), so most of the
+    image reaches the disk before the final fsync. The thread holds nothing but the fd, which
+    the download keeps open until `close` has joined it. Every fsync of the fd, the download's
+    own included (`fsync`), runs under one lock: Linux reports a writeback error to one fsync
+    of a file only, so an error the helper saw is recorded before any other fsync can start
+    and claim that the same bytes are on disk."""
+
+    def __init__(self, fd: int, every: int, name: str) -> None:
+        self._fd = fd
+        self._every = every
+        self._cond = threading.Condition()
+        self._asked = 0
+        self._wanted = 0
+        self._done = 0
+        self._closing = False
+        self._sync_lock = threading.Lock()
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name=f"iotfsm-writeback-{name}")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def written(self, offset: int) -> None:
+        """The partial holds `offset` bytes: start their writeback if `every` bytes piled up."""
+        if offset - self._asked < self._every:
+            return
+        self._asked = offset
+        with self._cond:
+            self._wanted = offset
+            self._cond.notify()
+
+    def fsync(self) -> None:
+        """A full fsync for a durable checkpoint; raises the helper's error if it had one."""
+        with self._sync_lock:
+            if self.error is not None:
+                raise self.error
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        sync = getattr(os, "fdatasync", os.fsync)
+        while True:
+            with self._cond:
+                while self._wanted <= self._done and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    return
+                target = self._wanted
+            with self._sync_lock:
+                try:
+                    sync(self._fd)
+                except OSError as exc:
+                    self.error = exc
+                    return
+            self._done = target
 
 
 def current_boot_id() -> str | None:
@@ -444,6 +579,8 @@ class _Download:
     boot: str | None
     partial: Path = attrs.field(init=False)
     file: BinaryIO | None = None
+    """The partial, unbuffered: chunks go straight to the OS, nothing is left to flush later."""
+    writeback: _Writeback | None = None
     digest: hashlib._Hash = attrs.field(factory=lambda: hashlib.md5(usedforsecurity=False))
     offset: int = 0
     synced: int = 0
@@ -499,7 +636,7 @@ class _Download:
             if self.boot is not None and saved.boot == self.boot and length <= self.size:
                 # No reboot since the checkpoint: the page cache kept every byte written.
                 start = length
-            handle = self.partial.open("r+b")
+            handle = self.partial.open("r+b", buffering=0)
             try:
                 # Bytes past the start may never have reached the disk: drop them.
                 handle.truncate(start)
@@ -531,7 +668,7 @@ class _Download:
         self.checkpoint.unlink(missing_ok=True)
         fsync_dir(self.checkpoint.parent)
         self.partial.unlink(missing_ok=True)
-        self.file = self.partial.open("w+b")
+        self.file = self.partial.open("w+b", buffering=0)
         self._save()
         return 0
 
@@ -550,9 +687,16 @@ class _Download:
         """Write the partial out, then record its length: the checkpoint never runs ahead.
         `durable` adds the fsyncs (every DEFAULT_SYNC_EVERY bytes and at the end)."""
         assert self.file is not None
-        self.file.flush()
+        if self.writeback is not None and self.writeback.error is not None:
+            raise self._disk_error("syncing", self.writeback.error)
         if durable:
-            os.fsync(self.file.fileno())
+            try:
+                if self.writeback is not None:
+                    self.writeback.fsync()
+                else:
+                    os.fsync(self.file.fileno())
+            except OSError as exc:
+                raise self._disk_error("syncing", exc) from exc
         _write_checkpoint(
             self.checkpoint,
             Checkpoint(
@@ -572,10 +716,12 @@ class _Download:
     def _close(self, *, save: bool) -> None:
         if self.file is None:
             return
+        if self.writeback is not None:
+            self.writeback.close()
         try:
             if save and self.offset != self.synced:
                 self._save()
-        except OSError:
+        except (OSError, DiskError):
             logger.exception("could not save the checkpoint of %s", self.partial)
         finally:
             self.file.close()
@@ -678,17 +824,43 @@ class _Download:
                     response.close()
                 conn.close()
 
+    def _disk_error(self, doing: str, exc: OSError) -> DiskError:
+        return DiskError(
+            f"{doing} the partial file {self.partial} failed at byte {self.offset} of {self.size}: "
+            f"{exc.strerror or exc}; the checkpoint is kept, the next offer resumes once the disk "
+            "has room and works"
+        )
+
+    def _write(self, data: memoryview) -> None:
+        """All of `data` to the partial (a raw file may take less per call), or a DiskError."""
+        assert self.file is not None
+        try:
+            while data:
+                done = self.file.write(data)
+                data = data[done:]
+        except OSError as exc:
+            raise self._disk_error("writing", exc) from exc
+
     def _stream(self, response: http.client.HTTPResponse, what: str) -> None:
         assert self.file is not None
-        buffer = memoryview(bytearray(self.chunk_size))
+        if self.writeback is None and self.size - self.offset > self.sync_every:
+            self.writeback = _Writeback(self.file.fileno(), self.sync_every, self.partial.name)
+        hasher = _Hasher(self.digest, max(self.chunk_size, HASH_BLOCK), self.partial.name)
+        try:
+            self._receive(response, what, hasher)
+        finally:
+            hasher.close()
+
+    def _receive(self, response: http.client.HTTPResponse, what: str, hasher: _Hasher) -> None:
+        """Chunk by chunk: read, write to the partial, hand to the md5, checkpoint, report."""
         while self.offset < self.size:
             if self.cancel is not None and self.cancel.is_set():
                 raise TransferCancelledError(
                     f"{what}: cancelled at byte {self.offset} of {self.size}"
                 )
-            want = min(self.chunk_size, self.size - self.offset)
+            buffer = hasher.space(min(self.chunk_size, self.size - self.offset))
             try:
-                got = response.readinto(buffer[:want])
+                got = response.readinto(buffer)
             except (OSError, http.client.HTTPException) as exc:
                 raise _io_error(exc, what, self.timeout) from exc
             if got == 0 and response.length == 0:
@@ -703,11 +875,14 @@ class _Download:
                     f"{what}: the body ended at byte {self.offset} of {self.size}; "
                     "the checkpoint is kept, the next offer resumes"
                 )
-            data = buffer[:got]
-            self.file.write(data)
-            self.digest.update(data)
+            self._write(buffer[:got])
+            hasher.filled(got)
             self.offset += got
             self.fetched += got
+            if self.writeback is not None:
+                if self.writeback.error is not None:
+                    raise self._disk_error("syncing", self.writeback.error)
+                self.writeback.written(self.offset)
             if self.offset - self.synced >= self.checkpoint_every:
                 self._checkpoint_if_due()
             self._progress()
@@ -846,6 +1021,7 @@ __all__ = [
     "MAX_REDIRECTS",
     "Checkpoint",
     "ConnectionLostError",
+    "DiskError",
     "DownloadResult",
     "HttpStatusError",
     "Md5MismatchError",
