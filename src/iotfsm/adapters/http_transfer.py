@@ -600,8 +600,8 @@ class _Download:
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
         self.durable_at = self.clock()
-        resumed_from = self._open_partial()
         try:
+            resumed_from = self._open_partial()
             self._progress()
             if self.offset < self.size:
                 self._fetch()
