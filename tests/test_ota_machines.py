@@ -53,15 +53,16 @@ def test_device_reports_downloads_burns_and_reports_done() -> None:
         SetTimer("stall", 60.0, 3),
     ]
     s.clock.advance(0.5)
-    assert s.step(TransferProgress(1, 300, 1000)) == [SetTimer("stall", 60.0, 4)]  # < 1 s: quiet
+    # < 1 s: quiet, and the stall timer is left alone (re-armed only with a report)
+    assert s.step(TransferProgress(1, 300, 1000)) == []
     s.clock.advance(0.6)
     assert s.step(TransferProgress(1, 459, 1000)) == [
         Publish(ReportProgress.downloading("0.2", 45), 0),
-        SetTimer("stall", 60.0, 5),
+        SetTimer("stall", 60.0, 4),
     ]
     assert s.step(TransferProgress(1, 1000, 1000)) == [  # 100 % always goes out
         Publish(ReportProgress.downloading("0.2", 100), 0),
-        SetTimer("stall", 60.0, 6),
+        SetTimer("stall", 60.0, 5),
     ]
     assert s.step(TransferDone(1, "/state/ota/firmware.bin")) == [
         CancelTimer("stall"),
@@ -126,6 +127,24 @@ def test_stall_gives_up_the_attempt_with_fail_minus_one() -> None:
         Publish(ReportProgress.fail("0.2", -1), 1),
         SetTimer("retry", 10.0, 3),
     ]
+
+
+def test_the_stall_timer_follows_the_reports_not_the_chunks() -> None:
+    """Chunks every 0.25 s for two minutes never stall (a report re-arms the timer every
+    second); when the chunks stop, the stall fires 60 s after the last report, not the last chunk."""
+    s = device()
+    s.step(Connected())
+    s.step(OFFER)
+    s.step(TransferStarted(1, 0, 1000))
+    for i in range(1, 481):
+        assert s.advance(0.25) == []
+        s.step(TransferProgress(1, i, 1000))
+    assert s.state == "downloading"
+    last_report = s.step(TransferProgress(1, 481, 1000))
+    assert last_report == []  # within a second of the report at chunk 480
+    assert s.advance(59.9) == []
+    assert s.advance(0.2)[0] == CancelTransfer(1)
+    assert s.state == "idle"
 
 
 def test_burn_failure_reports_minus_five_and_keeps_the_version() -> None:

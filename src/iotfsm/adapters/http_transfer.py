@@ -13,15 +13,36 @@ Breakpoint resume follows PROTOCOL.md and avoids what the SDKs get wrong:
   file exists; otherwise the partial is deleted first, so firmware A is never completed with B.
 - The checkpoint never runs ahead of the data: the partial file is written (to the OS) before the
   checkpoint is replaced (temporary file, rename), so a killed process at any point leaves an
-  offset whose bytes are in the file. Both are fsynced every `sync_every` bytes and at the end:
-  an fsync per chunk would cost most of the throughput, and after a power cut either the partial
-  is shorter than its checkpoint (the download starts over) or the final md5 check fails (-4,
-  the partial is deleted), so nothing corrupt is ever installed. On resume the partial is
-  truncated to the offset and re-hashed (no SDK persists an MD5 state, and neither does this one).
+  offset whose bytes are in the file. Checkpoints are bounded by bytes *and* time: one when
+  `checkpoint_every` bytes arrived and `checkpoint_interval` seconds passed since the last (the
+  first of a run needs only the bytes), an fsynced one when `sync_every` bytes and
+  `sync_interval` seconds passed, and always an fsynced one at the end. A checkpoint per 64 KiB
+  chunk cost 60 % of the throughput on loopback (bench/RESULTS.md); on a slow link the time floor
+  is shorter than a chunk and changes nothing. After a power cut either the partial is shorter
+  than its checkpoint (the download starts over) or the final md5 check fails (-4, the partial is
+  deleted), so nothing corrupt is ever installed.
+- Resume re-hashes the partial (no SDK persists an MD5 state, and neither does this one). It
+  continues from the partial file's own length, when that is longer than the checkpoint and the
+  checkpoint was written during the current boot (Linux `boot_id`): without a reboot in between,
+  the page cache holds every byte a killed process wrote, and the file is only ever appended to
+  in order, so its bytes are the offer's prefix. A process kill therefore costs only the chunk in
+  flight, whatever the time floor. After a reboot (another boot id, or none known) bytes past the
+  checkpoint may never have reached the disk: the partial is truncated to the checkpoint.
 - A resumed request asks `Range: bytes={offset}-{size-1}` and must get 206 with a Content-Range
   starting at the offset. A 200 means the range was ignored: the partial is truncated and the
   full body used from byte 0, never appended.
 - Never more than `size` bytes are read, whatever the server sends.
+- The md5 is computed on a helper thread, a block (`HASH_BLOCK`) at a time, while the download
+  thread receives and writes the next one: on a fast link md5 is the largest single cost, and
+  overlapped it no longer adds to the receive time. Two blocks are in use at most, so memory
+  stays flat; the partial file is written in the download thread before a block is handed over,
+  so what the file and the checkpoints hold does not depend on the hashing.
+- The disk works while the network does: a helper thread fdatasyncs the partial every
+  `sync_every` bytes, so the page cache is written back during the download instead of in one
+  long fsync at the end. It claims nothing: only an fsync in the download's own thread makes a
+  checkpoint durable, and the last one, before the md5 check and the rename, is always there.
+  An error of the helper's fdatasync fails the download (a writeback error is reported to one
+  fsync only, so it must not be lost), as does any error writing the partial: `DiskError`.
 
 Plain `http.client` is used (not urllib) to control Range, streaming and redirects exactly:
 redirects are followed at most three times, only to http/https and never from https down to http;
@@ -38,10 +59,12 @@ import http.client
 import json
 import logging
 import os
+import queue
 import re
 import ssl
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import BinaryIO
@@ -58,9 +81,18 @@ ProgressCallback = Callable[[int, int], None]
 
 DEFAULT_CHUNK = 64 * 1024
 DEFAULT_CHECKPOINT_EVERY = 256 * 1024
+DEFAULT_CHECKPOINT_INTERVAL = 0.25
+"""Seconds between checkpoints, at least (the first one of a run excepted)."""
 DEFAULT_SYNC_EVERY = 4 * 1024 * 1024
-"""Bytes between fsyncs of the partial file and its checkpoint."""
+"""Bytes between fsyncs of the partial file and its checkpoint, at least."""
+DEFAULT_SYNC_INTERVAL = 1.0
+"""Seconds between fsyncs of the partial file and its checkpoint, at least (the end excepted)."""
+_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 DEFAULT_TIMEOUT = 30.0
+HASH_BLOCK = 512 * 1024
+"""Bytes handed to the md5 thread at a time (or one chunk, if chunks are larger)."""
+HASH_BLOCKS = 2
+"""Blocks in use at most: one being filled from the network, one being hashed."""
 MAX_REDIRECTS = 3
 _CHECKPOINT_FORMAT = 1
 _HEX_MD5 = re.compile(r"[0-9a-fA-F]{32}")
@@ -132,6 +164,11 @@ class SignatureRejectedError(_CodedError):
     CODE = TransferCode.SIGNATURE
 
 
+class DiskError(_CodedError):
+    """Writing or syncing the partial file failed (disk full, I/O error); the checkpoint still
+    names only bytes that were written, so the next offer resumes once the disk is fixed."""
+
+
 class Md5MismatchError(_CodedError):
     """The data does not match the md5 (download: partial deleted; upload: HTTP 400)."""
 
@@ -165,6 +202,8 @@ class Checkpoint:
     md5: str
     offset: int
     partial: str
+    boot: str | None = None
+    """The boot during which the checkpoint was written (`current_boot_id`), if known."""
 
     def matches(
         self, identity: Mapping[str, str | int], size: int, md5: str, partial: Path
@@ -195,6 +234,7 @@ def read_checkpoint(path: Path) -> Checkpoint | None:
             md5=str(raw["md5"]),
             offset=int(raw["offset"]),
             partial=str(raw["partial"]),
+            boot=raw["boot"] if isinstance(raw.get("boot"), str) else None,
         )
     except FileNotFoundError:
         return None
@@ -213,6 +253,7 @@ def _write_checkpoint(path: Path, checkpoint: Checkpoint, durable: bool = True) 
             "md5": checkpoint.md5,
             "offset": checkpoint.offset,
             "partial": checkpoint.partial,
+            **({"boot": checkpoint.boot} if checkpoint.boot is not None else {}),
         },
         sort_keys=True,
     ).encode()
@@ -230,6 +271,129 @@ def _write_checkpoint(path: Path, checkpoint: Checkpoint, durable: bool = True) 
 
 
 # Helpers ----------------------------------------------------------------------------------------
+
+
+class _Hasher:
+    """md5 on a helper thread: the caller fills blocks (`space`, then `filled`), the thread
+    hashes each full block and gives it back. `close` hashes the rest and joins."""
+
+    def __init__(self, digest: hashlib._Hash, block: int, name: str) -> None:
+        self._digest = digest
+        self._free: queue.SimpleQueue[memoryview] = queue.SimpleQueue()
+        self._full: queue.SimpleQueue[tuple[memoryview, int] | None] = queue.SimpleQueue()
+        for _ in range(HASH_BLOCKS):
+            self._free.put(memoryview(bytearray(block)))
+        self._block = self._free.get()
+        self._used = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"iotfsm-md5-{name}", daemon=True)
+        self._thread.start()
+
+    def space(self, want: int) -> memoryview:
+        """Room for `want` (<= block) more bytes; waits for a free block when this one is full."""
+        if self._used + want > len(self._block):
+            self._hand_over()
+        return self._block[self._used : self._used + want]
+
+    def filled(self, got: int) -> None:
+        self._used += got
+
+    def close(self) -> None:
+        """Hash what is left and wait for the thread; raises what the thread raised."""
+        self._hand_over()
+        self._full.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+    def _hand_over(self) -> None:
+        if self._used:
+            self._full.put((self._block, self._used))
+            self._block = self._free.get()
+            self._used = 0
+
+    def _run(self) -> None:
+        while (item := self._full.get()) is not None:
+            block, used = item
+            if self.error is None:
+                try:
+                    self._digest.update(block[:used])
+                except BaseException as exc:  # re-raised by close()
+                    self.error = exc
+            self._free.put(block)  # always: the download thread may be waiting for it
+
+
+class _Writeback:
+    """fdatasync of the partial file on a helper thread, asked for every `every` bytes.
+
+    The download thread goes on receiving meanwhile (fdatasync releases the GIL), so most of the
+    image reaches the disk before the final fsync. The thread holds nothing but the fd, which
+    the download keeps open until `close` has joined it. Every fsync of the fd, the download's
+    own included (`fsync`), runs under one lock: Linux reports a writeback error to one fsync
+    of a file only, so an error the helper saw is recorded before any other fsync can start
+    and claim that the same bytes are on disk."""
+
+    def __init__(self, fd: int, every: int, name: str) -> None:
+        self._fd = fd
+        self._every = every
+        self._cond = threading.Condition()
+        self._asked = 0
+        self._wanted = 0
+        self._done = 0
+        self._closing = False
+        self._sync_lock = threading.Lock()
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name=f"iotfsm-writeback-{name}")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def written(self, offset: int) -> None:
+        """The partial holds `offset` bytes: start their writeback if `every` bytes piled up."""
+        if offset - self._asked < self._every:
+            return
+        self._asked = offset
+        with self._cond:
+            self._wanted = offset
+            self._cond.notify()
+
+    def fsync(self) -> None:
+        """A full fsync for a durable checkpoint; raises the helper's error if it had one."""
+        with self._sync_lock:
+            if self.error is not None:
+                raise self.error
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        sync = getattr(os, "fdatasync", os.fsync)
+        while True:
+            with self._cond:
+                while self._wanted <= self._done and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    return
+                target = self._wanted
+            with self._sync_lock:
+                try:
+                    sync(self._fd)
+                except OSError as exc:
+                    self.error = exc
+                    return
+            self._done = target
+
+
+def current_boot_id() -> str | None:
+    """An id that changes with every boot (Linux), or None where there is none: then a partial
+    is never trusted past its checkpoint."""
+    try:
+        return _BOOT_ID.read_text(encoding="ascii").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def content_md5(hex_md5: str) -> str:
@@ -340,10 +504,15 @@ def download(
     checkpoint: Path,
     chunk_size: int = DEFAULT_CHUNK,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+    checkpoint_interval: float = DEFAULT_CHECKPOINT_INTERVAL,
+    sync_every: int = DEFAULT_SYNC_EVERY,
+    sync_interval: float = DEFAULT_SYNC_INTERVAL,
     timeout: float = DEFAULT_TIMEOUT,
     on_progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    boot_id: Callable[[], str | None] = current_boot_id,
 ) -> DownloadResult:
     """Fetch `url` into `dest`, resuming from `checkpoint` when it describes the same offer.
 
@@ -353,13 +522,17 @@ def download(
     status) and on 403/404 the partial and its checkpoint stay, so the next offer of the same file
     continues; on an md5 mismatch (or a server file shorter than `size`) both are deleted.
     `cancel` is checked between chunks, so it takes effect at the latest after `timeout` seconds.
+    `clock` (seconds, monotonic) times the checkpoint floors; `boot_id` says which boot this is
+    (see the module's notes on resume). Both are injectable for tests.
     """
     if size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
     if not _HEX_MD5.fullmatch(md5):
         raise ValueError(f"md5 {md5[:40]!r} is not 32 hexadecimal digits")
-    if chunk_size <= 0 or checkpoint_every <= 0:
-        raise ValueError("chunk_size and checkpoint_every must be positive")
+    if chunk_size <= 0 or checkpoint_every <= 0 or sync_every <= 0:
+        raise ValueError("chunk_size, checkpoint_every and sync_every must be positive")
+    if checkpoint_interval < 0 or sync_interval < 0:
+        raise ValueError("checkpoint_interval and sync_interval must not be negative")
     _check_url(url)
     job = _Download(
         url=url,
@@ -370,10 +543,15 @@ def download(
         checkpoint=Path(checkpoint),
         chunk_size=chunk_size,
         checkpoint_every=checkpoint_every,
+        checkpoint_interval=checkpoint_interval,
+        sync_every=sync_every,
+        sync_interval=sync_interval,
         timeout=timeout,
         on_progress=on_progress,
         cancel=cancel,
         ssl_context=ssl_context,
+        clock=clock,
+        boot=boot_id(),
     )
     return job.run()
 
@@ -390,17 +568,28 @@ class _Download:
     checkpoint: Path
     chunk_size: int
     checkpoint_every: int
+    checkpoint_interval: float
+    sync_every: int
+    sync_interval: float
     timeout: float
     on_progress: ProgressCallback | None
     cancel: threading.Event | None
     ssl_context: ssl.SSLContext | None
+    clock: Callable[[], float]
+    boot: str | None
     partial: Path = attrs.field(init=False)
     file: BinaryIO | None = None
+    """The partial, unbuffered: chunks go straight to the OS, nothing is left to flush later."""
+    writeback: _Writeback | None = None
     digest: hashlib._Hash = attrs.field(factory=lambda: hashlib.md5(usedforsecurity=False))
     offset: int = 0
     synced: int = 0
     durable: int = 0
     """Offset of the last fsynced checkpoint."""
+    saved_at: float = float("-inf")
+    """Clock of the last checkpoint written while streaming (-inf: the first needs only bytes)."""
+    durable_at: float = 0.0
+    """Clock of the last fsync while streaming, or of the start of the run."""
     fetched: int = 0
     restarts: int = 0
 
@@ -410,8 +599,9 @@ class _Download:
     def run(self) -> DownloadResult:
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        resumed_from = self._open_partial()
+        self.durable_at = self.clock()
         try:
+            resumed_from = self._open_partial()
             self._progress()
             if self.offset < self.size:
                 self._fetch()
@@ -436,26 +626,38 @@ class _Download:
     def _open_partial(self) -> int:
         """Open the partial file at the offset to continue from; 0 unless it is the same offer."""
         saved = read_checkpoint(self.checkpoint)
+        length = self.partial.stat().st_size if self.partial.is_file() else -1
         if (
             saved is not None
             and saved.matches(self.identity, self.size, self.md5, self.partial)
-            and self.partial.is_file()
-            and self.partial.stat().st_size >= saved.offset
+            and length >= saved.offset
         ):
-            handle = self.partial.open("r+b")
+            start = saved.offset
+            if self.boot is not None and saved.boot == self.boot and length <= self.size:
+                # No reboot since the checkpoint: the page cache kept every byte written.
+                start = length
+            handle = self.partial.open("r+b", buffering=0)
             try:
-                # Bytes past the offset may never have reached the disk: drop them.
-                handle.truncate(saved.offset)
-                self._rehash(handle, saved.offset)
+                # Bytes past the start may never have reached the disk: drop them.
+                handle.truncate(start)
+                self._rehash(handle, start)
             except BaseException:
                 handle.close()
                 raise
             self.file = handle
-            self.offset = self.synced = self.durable = saved.offset
+            self.offset = self.synced = start
+            self.durable = saved.offset
+            if start != saved.offset or saved.boot != self.boot:
+                # Stamp this boot: every byte past `start` from now on is written during it.
+                self._save(durable=False)
             logger.info(
-                "resuming %s at byte %d of %d", _describe(self.url), saved.offset, self.size
+                "resuming %s at byte %d of %d (checkpoint at %d)",
+                _describe(self.url),
+                start,
+                self.size,
+                saved.offset,
             )
-            return saved.offset
+            return start
         if saved is not None:
             logger.info(
                 "checkpoint %s is for another file or its partial is gone: starting over",
@@ -466,7 +668,7 @@ class _Download:
         self.checkpoint.unlink(missing_ok=True)
         fsync_dir(self.checkpoint.parent)
         self.partial.unlink(missing_ok=True)
-        self.file = self.partial.open("w+b")
+        self.file = self.partial.open("w+b", buffering=0)
         self._save()
         return 0
 
@@ -485,12 +687,26 @@ class _Download:
         """Write the partial out, then record its length: the checkpoint never runs ahead.
         `durable` adds the fsyncs (every DEFAULT_SYNC_EVERY bytes and at the end)."""
         assert self.file is not None
-        self.file.flush()
+        if self.writeback is not None and self.writeback.error is not None:
+            raise self._disk_error("syncing", self.writeback.error)
         if durable:
-            os.fsync(self.file.fileno())
+            try:
+                if self.writeback is not None:
+                    self.writeback.fsync()
+                else:
+                    os.fsync(self.file.fileno())
+            except OSError as exc:
+                raise self._disk_error("syncing", exc) from exc
         _write_checkpoint(
             self.checkpoint,
-            Checkpoint(dict(self.identity), self.size, self.md5, self.offset, str(self.partial)),
+            Checkpoint(
+                dict(self.identity),
+                self.size,
+                self.md5,
+                self.offset,
+                str(self.partial),
+                self.boot,
+            ),
             durable=durable,
         )
         self.synced = self.offset
@@ -500,10 +716,12 @@ class _Download:
     def _close(self, *, save: bool) -> None:
         if self.file is None:
             return
+        if self.writeback is not None:
+            self.writeback.close()
         try:
             if save and self.offset != self.synced:
                 self._save()
-        except OSError:
+        except (OSError, DiskError):
             logger.exception("could not save the checkpoint of %s", self.partial)
         finally:
             self.file.close()
@@ -606,17 +824,43 @@ class _Download:
                     response.close()
                 conn.close()
 
+    def _disk_error(self, doing: str, exc: OSError) -> DiskError:
+        return DiskError(
+            f"{doing} the partial file {self.partial} failed at byte {self.offset} of {self.size}: "
+            f"{exc.strerror or exc}; the checkpoint is kept, the next offer resumes once the disk "
+            "has room and works"
+        )
+
+    def _write(self, data: memoryview) -> None:
+        """All of `data` to the partial (a raw file may take less per call), or a DiskError."""
+        assert self.file is not None
+        try:
+            while data:
+                done = self.file.write(data)
+                data = data[done:]
+        except OSError as exc:
+            raise self._disk_error("writing", exc) from exc
+
     def _stream(self, response: http.client.HTTPResponse, what: str) -> None:
         assert self.file is not None
-        buffer = memoryview(bytearray(self.chunk_size))
+        if self.writeback is None and self.size - self.offset > self.sync_every:
+            self.writeback = _Writeback(self.file.fileno(), self.sync_every, self.partial.name)
+        hasher = _Hasher(self.digest, max(self.chunk_size, HASH_BLOCK), self.partial.name)
+        try:
+            self._receive(response, what, hasher)
+        finally:
+            hasher.close()
+
+    def _receive(self, response: http.client.HTTPResponse, what: str, hasher: _Hasher) -> None:
+        """Chunk by chunk: read, write to the partial, hand to the md5, checkpoint, report."""
         while self.offset < self.size:
             if self.cancel is not None and self.cancel.is_set():
                 raise TransferCancelledError(
                     f"{what}: cancelled at byte {self.offset} of {self.size}"
                 )
-            want = min(self.chunk_size, self.size - self.offset)
+            buffer = hasher.space(min(self.chunk_size, self.size - self.offset))
             try:
-                got = response.readinto(buffer[:want])
+                got = response.readinto(buffer)
             except (OSError, http.client.HTTPException) as exc:
                 raise _io_error(exc, what, self.timeout) from exc
             if got == 0 and response.length == 0:
@@ -631,14 +875,31 @@ class _Download:
                     f"{what}: the body ended at byte {self.offset} of {self.size}; "
                     "the checkpoint is kept, the next offer resumes"
                 )
-            data = buffer[:got]
-            self.file.write(data)
-            self.digest.update(data)
+            self._write(buffer[:got])
+            hasher.filled(got)
             self.offset += got
             self.fetched += got
+            if self.writeback is not None:
+                if self.writeback.error is not None:
+                    raise self._disk_error("syncing", self.writeback.error)
+                self.writeback.written(self.offset)
             if self.offset - self.synced >= self.checkpoint_every:
-                self._save(durable=self.offset - self.durable >= DEFAULT_SYNC_EVERY)
+                self._checkpoint_if_due()
             self._progress()
+
+    def _checkpoint_if_due(self) -> None:
+        """Enough bytes for a checkpoint arrived: write one if the time floors allow it too."""
+        now = self.clock()
+        if now - self.saved_at < self.checkpoint_interval:
+            return
+        durable = (
+            self.offset - self.durable >= self.sync_every
+            and now - self.durable_at >= self.sync_interval
+        )
+        self._save(durable=durable)
+        self.saved_at = now
+        if durable:
+            self.durable_at = now
 
 
 # Upload -----------------------------------------------------------------------------------------
@@ -752,11 +1013,15 @@ def _send_body(
 
 __all__ = [
     "DEFAULT_CHECKPOINT_EVERY",
+    "DEFAULT_CHECKPOINT_INTERVAL",
     "DEFAULT_CHUNK",
+    "DEFAULT_SYNC_EVERY",
+    "DEFAULT_SYNC_INTERVAL",
     "DEFAULT_TIMEOUT",
     "MAX_REDIRECTS",
     "Checkpoint",
     "ConnectionLostError",
+    "DiskError",
     "DownloadResult",
     "HttpStatusError",
     "Md5MismatchError",
@@ -769,6 +1034,7 @@ __all__ = [
     "TransferTimeoutError",
     "UnsupportedUrlError",
     "content_md5",
+    "current_boot_id",
     "download",
     "file_md5",
     "partial_path",

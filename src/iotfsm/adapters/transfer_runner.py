@@ -5,12 +5,19 @@ HTTP transfer on its own thread and steps `TransferStarted`, `TransferProgress`,
 `TransferDone` or `TransferFailed` back into the session, each stamped with 7. Transfers of the
 same slot run one after the other: a cancelled download still holding the partial file finishes
 its last chunk before the next download of that slot opens the file.
+
+Progress is coalesced before it reaches the session: `TransferStarted` always, then a
+`TransferProgress` only when the percentage changed or `PROGRESS_EVERY` seconds passed, and always
+the last one (100 %). A download is then about a hundred steps whatever its chunk size; a step
+per 64 KiB chunk cost 7 % of the loopback throughput (bench/RESULTS.md, P2'). The machines still
+decide what to report (once a second): no percentage they could report is held back.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,12 +32,38 @@ from ..machines.transfer import (
     TransferFailed,
     TransferProgress,
     TransferStarted,
+    percent,
 )
 from .http_transfer import DEFAULT_CHUNK, TransferError, download, upload
 
 log = logging.getLogger(__name__)
 
 Post = Callable[[Event], None]
+
+PROGRESS_EVERY = 0.25
+"""Seconds after which an unchanged percentage is posted again (so the machine sees a flowing
+download at least this often, e.g. 1 % of a 4 GB image on a slow link)."""
+
+
+class ProgressGate:
+    """Decides which progress callbacks become events: see the module docstring."""
+
+    def __init__(self, clock: Callable[[], float], every: float = PROGRESS_EVERY) -> None:
+        self._clock = clock
+        self._every = every
+        self._started = False
+        self._pct = -1
+        self._at = float("-inf")
+
+    def __call__(self, done: int, size: int) -> bool:
+        """Whether (done, size) should be posted now; the first call always is."""
+        pct = percent(done, size)
+        now = self._clock()
+        due = not self._started or pct != self._pct or done >= size or now - self._at >= self._every
+        if due:
+            self._started = True
+            self._pct, self._at = pct, now
+        return due
 
 
 class TransferRunner:
@@ -41,14 +74,19 @@ class TransferRunner:
         chunk_size: int = DEFAULT_CHUNK,
         timeout: float = 30.0,
         checkpoint_every: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`root` is the folder of one feature's files (e.g. `<state dir>/ota`). Downloads
-        checkpoint after every chunk unless `checkpoint_every` says otherwise, so a device that
-        dies (power cut, SIGKILL) fetches at most one chunk again when it resumes."""
+        checkpoint after every chunk unless `checkpoint_every` says otherwise, but not more often
+        than every `DEFAULT_CHECKPOINT_INTERVAL` (0.25 s) after the first. A killed process
+        resumes from its partial file's length (same boot), so it fetches again at most the chunk
+        in flight; after a power cut, at most what arrived since the last fsync (4 MiB and 1 s).
+        `clock` (monotonic seconds) times the checkpoints and the progress coalescing."""
         self.root = Path(root)
         self.chunk_size = chunk_size
         self.timeout = timeout
         self.checkpoint_every = checkpoint_every or chunk_size
+        self.clock = clock
         self._lock = threading.Lock()
         self._cancels: dict[int, threading.Event] = {}
         self._slots: dict[str, threading.Lock] = {}
@@ -123,10 +161,13 @@ class TransferRunner:
 
     def _download(self, flag: threading.Event, effect: StartDownload, post: Post) -> None:
         dest, checkpoint = self.paths(effect.slot)
+        gate = ProgressGate(self.clock)
         started = False
 
         def progress(done: int, size: int) -> None:
             nonlocal started
+            if not gate(done, size):
+                return
             if not started:
                 started = True
                 post(TransferStarted(effect.transfer, done, size))
@@ -151,6 +192,7 @@ class TransferRunner:
                     timeout=self.timeout,
                     on_progress=progress,
                     cancel=flag,
+                    clock=self.clock,
                 )
             except TransferError as exc:
                 post(TransferFailed(effect.transfer, int(exc.code), exc.message))
@@ -162,8 +204,11 @@ class TransferRunner:
         post(TransferDone(effect.transfer, str(result.path)))
 
     def _upload(self, flag: threading.Event, effect: StartUpload, post: Post) -> None:
+        gate = ProgressGate(self.clock)
+
         def progress(done: int, size: int) -> None:
-            post(TransferProgress(effect.transfer, done, size))
+            if gate(done, size):
+                post(TransferProgress(effect.transfer, done, size))
 
         try:
             upload(

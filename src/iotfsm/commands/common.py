@@ -35,7 +35,9 @@ def wait_connected(
     waited = 0.0
     while not connected():
         if stop.wait(0.05):
-            return False
+            # Connected within the last poll, before the signal was seen: that counts as
+            # started (a fast OTA can be over, and the agent told to stop, within 50 ms).
+            return connected()
         waited += 0.05
         if waited >= timeout:
             raise CommandError(f"cannot reach the broker at {broker} within {timeout:g} s")

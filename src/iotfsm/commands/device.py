@@ -75,14 +75,15 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     stop = stop_on_signals()
+    # The version it starts with: by the time the first connection is seen, an OTA offered at
+    # once may already have been adopted.
+    version = device.version
     device.start()
     try:
         if not wait_connected(lambda: device.connected, stop, args.connect_timeout, args.broker):
             return 0
         if events:
-            events.write(
-                {"event": "started", "device": args.device_name, "version": device.version}
-            )
+            events.write({"event": "started", "device": args.device_name, "version": version})
         stop.wait()
     finally:
         device.stop()

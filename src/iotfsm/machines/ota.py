@@ -279,9 +279,12 @@ def _current_progress(ctx: DeviceContext, event: TransferProgress) -> bool:
 
 
 def _progress(ctx: DeviceContext, event: TransferProgress, now: float) -> Iterable[Effect]:
+    """Reports at most once a second (and 100 % always); the stall timer is re-armed with each
+    report, not with each chunk: a 60 s timer moved a second late changes nothing, and re-arming
+    it per chunk cost half of every progress step (bench/RESULTS.md, P2)."""
     pct = ctx.fetched = percent(event.done, ctx.size)
     if not progress_due(pct, ctx.last_progress_at, now):
-        return (SetTimer("stall", STALL_TIMEOUT),)
+        return ()
     ctx.last_progress_at = now
     ctx.told = pct
     return (
