@@ -153,9 +153,13 @@ file = "faces.db"
         def all_done() -> bool:
             rows = status(data)
             ota = {r["device"]: r for r in rows if r["feature"] == "ota"}
+            levels = {r["device"]: r for r in rows if r["feature"] == "log_level"}
             deliveries = [r for r in rows if r["feature"] == "delivery"]
+            # a persistent platform session gets the devices' QoS 1 OTA reports the moment it
+            # is back; their QoS 0 log-level asks are lost and answered on a later ask
             return (
                 all(ota.get(n, {}).get("state") == "succeeded" for n in ("agent-1", "agent-2"))
+                and all(levels.get(n, {}).get("level") == 3 for n in ("agent-1", "agent-2"))
                 and len(deliveries) == 2
                 and all(r["state"] == "done" for r in deliveries)
             )
