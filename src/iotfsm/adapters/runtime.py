@@ -204,11 +204,16 @@ class Runtime:
             if self._stopped:
                 log.debug("%s %s/%s: %s after stop, dropped", feature, *key, event.trigger)
                 return
-            self._queue.append((feature, key, event))
             if self._draining:
+                self._queue.append((feature, key, event))
                 return
             self._draining = True
+            first = not self._queue  # else an interrupted drain left events: keep the order
+            if not first:
+                self._queue.append((feature, key, event))
         try:
+            if first:  # the common case: step it without a trip through the queue
+                self._step(feature, key, event)
             while True:
                 with self._lock:
                     if not self._queue or self._stopped:
