@@ -53,6 +53,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from iotfsm.adapters.credentials import DeviceCredentials
+from iotfsm.adapters.paho_io import BatchedIOClient
 from iotfsm.adapters.topic_filter import validate_filter, validate_topic
 from iotfsm.adapters.transport import ConnectionHandler, MessageHandler, TransportError
 
@@ -297,10 +298,10 @@ class _ClosingSSLSocket(ssl.SSLSocket):
             raise
 
 
-class _PahoClient(paho.Client):
-    """paho's client with one hook on `reconnect` (a public method paho's loop calls for every
-    attempt): it reports why an attempt failed (paho's own callback does not say) and refuses new
-    attempts once the transport is stopping."""
+class _PahoClient(BatchedIOClient):
+    """paho's client with batched socket I/O (adapters/paho_io.py) and one hook on `reconnect` (a
+    public method paho's loop calls for every attempt): it reports why an attempt failed (paho's
+    own callback does not say) and refuses new attempts once the transport is stopping."""
 
     def __init__(
         self,

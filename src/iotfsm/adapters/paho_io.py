@@ -1,0 +1,320 @@
+"""Batched socket I/O for paho-mqtt's network loop: few large reads, one `send` per loop pass.
+
+Why. Stock paho 2.2 pays system calls per packet, not per byte. For each inbound packet it runs
+one `select` and three `recv`s (command byte, remaining-length byte, body). For each outbound
+packet (a reply publish, a PUBACK) it makes its own `send`, plus, when the packet was queued on
+the network thread itself, a wake-up byte on its socketpair that makes the next `select` return
+at once and costs another `recv`. On a platform that answers most reports, that per-packet cost
+was about a third of the network thread (bench/RESULTS.md, "MQTT throughput").
+
+What `BatchedIOClient` changes, and nothing else:
+
+- Reads (`_sock_recv`, `loop_read`). One pass of `loop_read` reads up to `READ_SIZE` bytes with
+  one `recv` into a `ReadBuffer` and serves paho's small reads from it, handling every packet
+  that is complete in the buffer before it returns to `select`. Once the pass has made its large
+  read, a packet cut at the end of the buffer is finished with reads of the exact size it still
+  needs, so the buffer is always empty when `loop_read` returns: `select` (and, under TLS, the
+  SSL socket's own `pending()`, which paho's loop already consults) stays a true readiness
+  test, and nothing is ever left behind in user space. The buffer belongs to one socket object;
+  a new socket (every reconnect) gets a new buffer, so no byte of an old connection survives.
+- Writes (`_packet_write`). Every queued packet (up to `WRITE_BATCH` bytes) goes out in one
+  `send`. A partial send leaves the rest at the head of paho's queue (`want_write()` stays true);
+  `BlockingIOError` and TLS WantRead/WantWrite put the whole batch back untouched, so a retry
+  starts with the same bytes, as OpenSSL requires. A QoS 0 publish is reported published
+  (`on_publish`, `MQTTMessageInfo`) only once `send` has taken its last byte, as in paho. A
+  DISCONNECT is never batched: paho's own `_packet_write` sends it and closes the connection.
+- Wake-ups (`_packet_queue`). A packet queued on the network thread during `loop_read` (a reply
+  published from `on_message`, a PUBACK) is queued without the socketpair byte: `loop_read`
+  writes everything queued before it returns. Packets queued by any other thread wake the loop
+  as before.
+
+Measured with bench/mqtt.py (see bench/RESULTS.md, "Transport: batched paho I/O").
+
+These are private paho methods. `check_internals` verifies at construction that what this module
+relies on exists with the expected shape; when it does not (a paho release that reorganised its
+loop), the client logs a warning and behaves as stock paho. pyproject.toml pins the paho-mqtt
+versions this was verified against.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import logging
+import ssl
+import threading
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+if TYPE_CHECKING:
+    from paho.mqtt.client import _OutPacket
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+"""Bytes asked of the socket by the one large read of a `loop_read` pass."""
+
+WRITE_BATCH = 64 * 1024
+"""A batch stops growing once it holds this many bytes (a single larger packet goes alone)."""
+
+_PUBLISH = 0x30
+_DISCONNECT = 0xE0
+"""MQTT fixed-header packet types (upper nibble), from the MQTT specification."""
+
+_METHODS: dict[str, tuple[str, ...]] = {
+    # name -> parameter names after self, as in paho 2.2
+    "_sock_recv": ("bufsize",),
+    "_sock_send": ("buf",),
+    "_packet_read": (),
+    "_packet_write": (),
+    "_packet_queue": ("command", "packet", "mid", "qos", "info"),
+    "_loop_rc_handle": ("rc",),
+    "_call_socket_register_write": (),
+    "_easy_log": ("level", "fmt", "args"),
+    "loop_read": ("max_packets",),
+    "loop_write": (),
+}
+_ATTRIBUTES = (
+    "_sock",
+    "_in_packet",
+    "_callback_mutex",
+    "_in_callback_mutex",
+    "_callback_api_version",
+    "_userdata",
+    "suppress_exceptions",
+    "on_publish",
+)
+
+
+def check_internals(client: paho.Client) -> list[str]:
+    """What this module needs from paho and `client` lacks: empty when batching is safe."""
+    missing = []
+    for name, parameters in _METHODS.items():
+        method = getattr(paho.Client, name, None)
+        if not callable(method):
+            missing.append(f"Client.{name}()")
+            continue
+        found = tuple(inspect.signature(method).parameters)[1:]
+        if found != parameters:
+            missing.append(f"Client.{name}{parameters} (found {found})")
+    missing += [f"Client.{name}" for name in _ATTRIBUTES if not hasattr(client, name)]
+    if not isinstance(getattr(client, "_out_packet", None), collections.deque):
+        missing.append("Client._out_packet (a deque)")
+    if not callable(getattr(paho.MQTTMessageInfo, "_set_as_published", None)):
+        missing.append("MQTTMessageInfo._set_as_published()")
+    return missing
+
+
+class ReadBuffer:
+    """Serves many small reads from few large `recv`s on one socket.
+
+    `refills` is how many large reads may still be made; with none left, an empty buffer passes
+    each read through at its exact size, so the buffer only ever drains.
+    """
+
+    __slots__ = ("_data", "_pos", "refills", "sock")
+
+    def __init__(self, sock: Any) -> None:
+        self.sock = sock
+        self._data = b""
+        self._pos = 0
+        self.refills = 0
+
+    def buffered(self) -> int:
+        return len(self._data) - self._pos
+
+    def recv(self, size: int) -> bytes:
+        """Up to `size` bytes, from the buffer first. Socket errors (BlockingIOError, TLS
+        WantRead/WantWrite, resets) come straight from the socket, with the buffer empty."""
+        data = self._data
+        pos = self._pos
+        if pos < len(data):
+            end = pos + size
+            if end >= len(data):
+                self._data = b""
+                self._pos = 0
+                return data[pos:] if pos else data
+            self._pos = end
+            return data[pos:end]
+        if self.refills <= 0:
+            return bytes(self.sock.recv(size))
+        self.refills -= 1
+        data = bytes(self.sock.recv(max(size, READ_SIZE)))
+        if len(data) <= size:
+            return bytes(data)
+        self._data = data
+        self._pos = size
+        return data[:size]
+
+
+class BatchedIOClient(paho.Client):
+    """paho's `Client` with batched reads, coalesced writes and no self wake-ups (module doc).
+    `batched_io` says whether it is in effect or the client fell back to stock paho."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._iotfsm_buffer: ReadBuffer | None = None
+        self._iotfsm_reader = 0
+        """Ident of the thread inside `loop_read`, 0 outside: its packets need no wake-up."""
+        missing = check_internals(self)
+        self.batched_io = not missing
+        if missing:
+            log.warning(
+                "paho-mqtt %s lacks what batched socket I/O relies on (%s): using paho's stock, "
+                "slower loop; pin paho-mqtt to the range in iotfsm's pyproject.toml to get it back",
+                getattr(paho, "__version__", "?"),
+                ", ".join(missing),
+            )
+
+    # --- reads ---
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        if not self.batched_io:
+            return super()._sock_recv(bufsize)
+        sock = self._sock
+        if sock is None:
+            raise ConnectionError("self._sock is None")
+        buffer = self._iotfsm_buffer
+        if buffer is None or buffer.sock is not sock:
+            buffer = self._iotfsm_buffer = ReadBuffer(sock)
+        try:
+            return buffer.recv(bufsize)
+        except ssl.SSLWantReadError as err:
+            raise BlockingIOError() from err
+        except ssl.SSLWantWriteError as err:
+            self._call_socket_register_write()
+            raise BlockingIOError() from err
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        """Handle every packet of one large read (stock paho: one packet per call), then write
+        what handling them queued. `max_packets` is ignored, as paho 2.x itself ignores it."""
+        if not self.batched_io:
+            return super().loop_read(max_packets)
+        sock = self._sock
+        if sock is None:
+            return MQTTErrorCode.MQTT_ERR_NO_CONN
+        buffer = self._iotfsm_buffer
+        if buffer is None or buffer.sock is not sock:
+            buffer = self._iotfsm_buffer = ReadBuffer(sock)
+        buffer.refills = 1
+        self._iotfsm_reader = threading.get_ident()
+        try:
+            while True:
+                rc = self._packet_read()
+                if rc > 0:
+                    return self._loop_rc_handle(rc)
+                if rc == MQTTErrorCode.MQTT_ERR_AGAIN or self._sock is not sock:
+                    break
+                if not buffer.refills and not buffer.buffered():
+                    break
+        finally:
+            self._iotfsm_reader = 0
+            buffer.refills = 0
+        if self._sock is sock and self._out_packet:
+            return self.loop_write()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    # --- writes ---
+
+    def _packet_queue(
+        self,
+        command: int,
+        packet: bytes | bytearray,
+        mid: int,
+        qos: int,
+        info: paho.MQTTMessageInfo | None = None,
+    ) -> MQTTErrorCode:
+        if not self.batched_io or self._iotfsm_reader != threading.get_ident():
+            return super()._packet_queue(command, packet, mid, qos, info)
+        # On the network thread inside loop_read, which writes before it returns: no wake-up.
+        self._out_packet.append(
+            {
+                "command": command,
+                "mid": mid,
+                "qos": qos,
+                "pos": 0,
+                "to_process": len(packet),
+                "packet": packet,
+                "info": info,
+            }
+        )
+        self._call_socket_register_write()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _packet_write(self) -> MQTTErrorCode:
+        if not self.batched_io:
+            return super()._packet_write()
+        out = self._out_packet
+        while out:
+            if out[0]["command"] & 0xF0 == _DISCONNECT:
+                # Rare, and it ends the connection: paho's own code sends it and closes.
+                return super()._packet_write()
+            batch: list[_OutPacket] = []
+            size = 0
+            while out and size < WRITE_BATCH and out[0]["command"] & 0xF0 != _DISCONNECT:
+                packet = out.popleft()
+                batch.append(packet)
+                size += packet["to_process"]
+            try:
+                sent = self._sock_send(_joined(batch))
+            except (AttributeError, ValueError):
+                out.extendleft(reversed(batch))
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            except BlockingIOError:
+                out.extendleft(reversed(batch))
+                return MQTTErrorCode.MQTT_ERR_AGAIN
+            except OSError as err:
+                out.extendleft(reversed(batch))
+                self._easy_log(paho.MQTT_LOG_ERR, "failed to send on socket: %s", err)
+                return MQTTErrorCode.MQTT_ERR_CONN_LOST
+            for index, packet in enumerate(batch):
+                if sent < packet["to_process"]:
+                    packet["pos"] += sent
+                    packet["to_process"] -= sent
+                    out.extendleft(reversed(batch[index:]))
+                    return MQTTErrorCode.MQTT_ERR_AGAIN
+                sent -= packet["to_process"]
+                packet["pos"] += packet["to_process"]
+                packet["to_process"] = 0
+                if packet["command"] & 0xF0 == _PUBLISH and packet["qos"] == 0:
+                    self._published(packet)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _published(self, packet: _OutPacket) -> None:
+        """What paho's `_packet_write` does once a QoS 0 PUBLISH is written."""
+        with self._callback_mutex:
+            on_publish: Any = self.on_publish
+        if on_publish is not None:
+            with self._in_callback_mutex:
+                try:
+                    if self._callback_api_version == CallbackAPIVersion.VERSION1:
+                        on_publish(self, self._userdata, packet["mid"])
+                    else:
+                        on_publish(
+                            self,
+                            self._userdata,
+                            packet["mid"],
+                            ReasonCode(PacketTypes.PUBACK),
+                            Properties(PacketTypes.PUBACK),  # type: ignore[no-untyped-call]
+                        )
+                except Exception as err:
+                    self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_publish: %s", err)
+                    if not self.suppress_exceptions:
+                        raise
+        info = packet["info"]
+        if info is not None:
+            info._set_as_published()
+
+
+def _joined(batch: list[_OutPacket]) -> bytes | bytearray:
+    if len(batch) == 1:
+        packet = batch[0]
+        return packet["packet"][packet["pos"] :] if packet["pos"] else packet["packet"]
+    return b"".join(
+        memoryview(p["packet"])[p["pos"] :] if p["pos"] else p["packet"] for p in batch
+    )
