@@ -9,14 +9,15 @@ was about a third of the network thread (bench/RESULTS.md, "MQTT throughput").
 
 What `BatchedIOClient` changes, and nothing else:
 
-- Reads (`_sock_recv`, `loop_read`). One pass of `loop_read` reads up to `READ_SIZE` bytes with
-  one `recv` into a `ReadBuffer` and serves paho's small reads from it, handling every packet
-  that is complete in the buffer before it returns to `select`. Once the pass has made its large
-  read, a packet cut at the end of the buffer is finished with reads of the exact size it still
-  needs, so the buffer is always empty when `loop_read` returns: `select` (and, under TLS, the
-  SSL socket's own `pending()`, which paho's loop already consults) stays a true readiness
-  test, and nothing is ever left behind in user space. The buffer belongs to one socket object;
-  a new socket (every reconnect) gets a new buffer, so no byte of an old connection survives.
+- Reads (`_sock_recv`, `_packet_read`, `loop_read`). One pass of `loop_read` reads up to
+  `READ_SIZE` bytes with one `recv` into a `ReadBuffer` and handles every packet that is complete
+  in it before it returns to `select`: a whole buffered packet goes to paho's handler in one
+  piece, anything else through paho's own incremental reader, served from the buffer. After the
+  pass's one large read, a packet cut at the end of the buffer is finished with reads of exactly
+  the size it still needs, so the buffer is empty whenever `loop_read` returns. `select` (and,
+  under TLS, the SSL socket's own `pending()`, which paho's loop already consults) thus stays a
+  true readiness test. The buffer belongs to one socket object: a new socket (every reconnect)
+  gets a new buffer, so no byte of an old connection is ever read on a new one.
 - Writes (`_packet_write`). Every queued packet (up to `WRITE_BATCH` bytes) goes out in one
   `send`. A partial send leaves the rest at the head of paho's queue (`want_write()` stays true);
   `BlockingIOError` and TLS WantRead/WantWrite put the whole batch back untouched, so a retry
@@ -43,16 +44,18 @@ import inspect
 import logging
 import ssl
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
+from paho.mqtt import __version__ as paho_version
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 if TYPE_CHECKING:
-    from paho.mqtt.client import _OutPacket
+    from paho.mqtt.client import _InPacket, _OutPacket
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,20 @@ READ_SIZE = 64 * 1024
 
 WRITE_BATCH = 64 * 1024
 """A batch stops growing once it holds this many bytes (a single larger packet goes alone)."""
+
+class _NoSuchError(Exception):
+    """Stands in for an exception class a paho release lacks (and is never raised)."""
+
+
+def _malformed_packet_error() -> type[Exception] | None:
+    try:
+        from paho.mqtt.exception import MalformedPacket  # paho >= 2.2
+    except ImportError:
+        return None
+    return MalformedPacket
+
+
+_MALFORMED: type[Exception] = _malformed_packet_error() or _NoSuchError
 
 _PUBLISH = 0x30
 _DISCONNECT = 0xE0
@@ -71,6 +88,7 @@ _METHODS: dict[str, tuple[str, ...]] = {
     "_sock_recv": ("bufsize",),
     "_sock_send": ("buf",),
     "_packet_read": (),
+    "_packet_handle": (),
     "_packet_write": (),
     "_packet_queue": ("command", "packet", "mid", "qos", "info"),
     "_loop_rc_handle": ("rc",),
@@ -82,6 +100,8 @@ _METHODS: dict[str, tuple[str, ...]] = {
 _ATTRIBUTES = (
     "_sock",
     "_in_packet",
+    "_msgtime_mutex",
+    "_last_bytes_received",
     "_callback_mutex",
     "_in_callback_mutex",
     "_callback_api_version",
@@ -105,6 +125,8 @@ def check_internals(client: paho.Client) -> list[str]:
     missing += [f"Client.{name}" for name in _ATTRIBUTES if not hasattr(client, name)]
     if not isinstance(getattr(client, "_out_packet", None), collections.deque):
         missing.append("Client._out_packet (a deque)")
+    if _MALFORMED is _NoSuchError:
+        missing.append("paho.mqtt.exception.MalformedPacket")
     if not callable(getattr(paho.MQTTMessageInfo, "_set_as_published", None)):
         missing.append("MQTTMessageInfo._set_as_published()")
     return missing
@@ -127,6 +149,34 @@ class ReadBuffer:
 
     def buffered(self) -> int:
         return len(self._data) - self._pos
+
+    def packet(self) -> tuple[int, int, bytes] | None:
+        """(command byte, remaining length, body) of the next packet if the buffer holds all of
+        it, else None (and nothing consumed): a cut packet, or a length field paho must refuse."""
+        data = self._data
+        pos = self._pos
+        end = len(data)
+        index = pos + 1
+        length = 0
+        shift = 0
+        while True:
+            if index >= end or shift > 21:
+                return None
+            byte = data[index]
+            index += 1
+            length |= (byte & 127) << shift
+            shift += 7
+            if not byte & 128:
+                break
+        stop = index + length
+        if stop > end:
+            return None
+        if stop == end:
+            self._data = b""
+            self._pos = 0
+        else:
+            self._pos = stop
+        return data[pos], length, data[index:stop]
 
     def recv(self, size: int) -> bytes:
         """Up to `size` bytes, from the buffer first. Socket errors (BlockingIOError, TLS
@@ -167,7 +217,7 @@ class BatchedIOClient(paho.Client):
             log.warning(
                 "paho-mqtt %s lacks what batched socket I/O relies on (%s): using paho's stock, "
                 "slower loop; pin paho-mqtt to the range in iotfsm's pyproject.toml to get it back",
-                getattr(paho, "__version__", "?"),
+                paho_version,
                 ", ".join(missing),
             )
 
@@ -189,6 +239,31 @@ class BatchedIOClient(paho.Client):
         except ssl.SSLWantWriteError as err:
             self._call_socket_register_write()
             raise BlockingIOError() from err
+
+    def _packet_read(self) -> MQTTErrorCode:
+        # Fast path: a whole packet in the buffer is handed to paho's handler in one piece.
+        # Anything else (the pass's first packet, a packet cut at the end of the buffer) goes
+        # through paho's incremental reader, which reads through `_sock_recv` above.
+        buffer = self._iotfsm_buffer
+        if (
+            not self.batched_io
+            or buffer is None
+            or buffer.sock is not self._sock
+            or self._in_packet["command"]
+        ):
+            return super()._packet_read()
+        frame = buffer.packet()
+        if frame is None:
+            return super()._packet_read()
+        command, length, body = frame
+        self._in_packet = _in_packet(command, length, bytearray(body))
+        try:
+            rc = self._packet_handle()
+        except _MALFORMED as exc:
+            self._easy_log(paho.MQTT_LOG_DEBUG, "Received malformed packet: %s", exc)
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        self._in_packet = _in_packet(0, 0, bytearray())
+        return rc
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         """Handle every packet of one large read (stock paho: one packet per call), then write
@@ -215,6 +290,9 @@ class BatchedIOClient(paho.Client):
         finally:
             self._iotfsm_reader = 0
             buffer.refills = 0
+            # Once per pass rather than per packet, for the packets of the fast path above.
+            with self._msgtime_mutex:
+                self._last_bytes_received = time.monotonic()
         if self._sock is sock and self._out_packet:
             return self.loop_write()
         return MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -309,6 +387,20 @@ class BatchedIOClient(paho.Client):
         info = packet["info"]
         if info is not None:
             info._set_as_published()
+
+
+def _in_packet(command: int, length: int, body: bytearray) -> _InPacket:
+    """paho's record of the packet being read, as `_packet_read` leaves it for the handlers."""
+    return {
+        "command": command,
+        "have_remaining": 1 if command else 0,
+        "remaining_count": [],
+        "remaining_mult": 1,
+        "remaining_length": length,
+        "packet": body,
+        "to_process": 0,
+        "pos": 0,
+    }
 
 
 def _joined(batch: list[_OutPacket]) -> bytes | bytearray:
