@@ -320,6 +320,60 @@ def test_batches_are_bounded(harness: Harness) -> None:
     assert sum(sizes) == 8 * len(publish_packet("big/0", b"x" * 20_000, 0, 0))
 
 
+# --- dispatch and untracked publishes ---
+
+
+def test_on_message_directly_until_a_topic_callback_is_added(harness: Harness) -> None:
+    client = harness.client
+    harness.feed(publish_packet("x/1", b"a", 0, 0))
+    harness.read_all()
+    by_topic: list[bytes] = []
+    client.message_callback_add("x/+", lambda _c, _u, m: by_topic.append(bytes(m.payload)))
+    harness.feed(publish_packet("x/2", b"b", 0, 0) + publish_packet("y", b"c", 0, 0))
+    harness.read_all()
+    # paho's rule: a message with a matching topic callback does not go to on_message.
+    assert harness.messages == [("x/1", b"a", 0), ("y", b"c", 0)]
+    assert by_topic == [b"b"]
+
+
+def test_a_failing_on_message_is_logged_or_raised_as_paho_does(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = harness.client
+    logged: list[str] = []
+    client.on_log = lambda _c, _u, _level, text: logged.append(text)
+
+    def boom(_c: paho.Client, _u: Any, _m: paho.MQTTMessage) -> None:
+        raise RuntimeError("boom")
+
+    client.on_message = boom
+    client.suppress_exceptions = True
+    harness.feed(publish_packet("a", b"1", 1, 1))
+    harness.read_all()
+    assert any("boom" in text for text in logged)
+    assert harness.received(4) == puback(1)  # the message still counts as handled
+    client.suppress_exceptions = False
+    harness.feed(publish_packet("b", b"2", 0, 0))
+    with pytest.raises(RuntimeError, match="boom"):
+        client.loop_read()
+
+
+def test_untracked_publishes_write_what_publish_writes(harness: Harness) -> None:
+    client = harness.client
+    assert client.publish_untracked("q0", b"zero", 0) == paho.MQTT_ERR_SUCCESS
+    assert client.publish_untracked("q1", b"one", 1) == paho.MQTT_ERR_SUCCESS
+    assert list(client._out_messages) == [2]  # QoS 1 is paho's publish: kept until its PUBACK
+    with pytest.raises(ValueError, match="wildcards"):
+        client.publish_untracked("a/#", b"", 0)
+    assert client.loop_write() == paho.MQTT_ERR_SUCCESS
+    expected = publish_packet("q0", b"zero", 0, 0) + publish_packet("q1", b"one", 1, 2)
+    assert harness.received(len(expected)) == expected
+    assert harness.published == [1]  # on_publish for the QoS 0 one; QoS 1 waits for its PUBACK
+    client._sock = None
+    assert client.publish_untracked("q0", b"late", 0) == paho.MQTT_ERR_NO_CONN
+    client._sock = harness.sock  # type: ignore[assignment]
+
+
 # --- fallback --------------------------------------------------------------------------------
 
 

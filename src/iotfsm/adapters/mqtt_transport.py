@@ -423,21 +423,21 @@ class MqttTransport:
         if qos == 0 and not link_up:
             log.debug("not connected: dropping QoS 0 message for %s", topic)
             return
-        info = self._client.publish(topic, bytes(payload), qos)
-        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+        rc = self._client.publish_untracked(topic, bytes(payload), qos)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             return
-        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             if qos == 0:
                 log.debug("connection lost: dropping QoS 0 message for %s", topic)
             else:
                 log.debug("not connected: QoS 1 message for %s queued until reconnect", topic)
             return
-        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+        if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             raise TransportError(
                 f"cannot queue a message for {topic!r}: {self._settings.max_queued_messages} QoS 1 "
                 f"messages already wait for {self._settings.address}; is the broker reachable?"
             )
-        raise TransportError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        raise TransportError(f"publish to {topic!r} failed: {paho.error_string(rc)}")
 
     def start(self) -> None:
         """Begin connecting in the background; returns at once."""

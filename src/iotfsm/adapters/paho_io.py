@@ -7,7 +7,7 @@ the network thread itself, a wake-up byte on its socketpair that makes the next 
 at once and costs another `recv`. On a platform that answers most reports, that per-packet cost
 was about a third of the network thread (bench/RESULTS.md, "MQTT throughput").
 
-What `BatchedIOClient` changes, and nothing else:
+What `BatchedIOClient` changes (each by overriding one private paho method), and nothing else:
 
 - Reads (`_sock_recv`, `_packet_read`, `loop_read`). One pass of `loop_read` reads up to
   `READ_SIZE` bytes with one `recv` into a `ReadBuffer` and handles every packet that is complete
@@ -28,6 +28,11 @@ What `BatchedIOClient` changes, and nothing else:
   published from `on_message`, a PUBACK) is queued without the socketpair byte: `loop_read`
   writes everything queued before it returns. Packets queued by any other thread wake the loop
   as before.
+- Dispatch (`_handle_on_message`). Until `message_callback_add` is first called, a message goes
+  straight to `on_message`: paho would decode its topic and match it against an empty set of
+  per-topic callbacks first. Errors in `on_message` are logged or raised as paho does.
+- `publish_untracked`, for callers that only want the result code (MqttTransport): at QoS 0 no
+  `MQTTMessageInfo` is made, which saves a `threading.Condition` per reply. QoS 1 is `publish`.
 
 Measured with bench/mqtt.py (see bench/RESULTS.md, "Transport: batched paho I/O").
 
@@ -84,18 +89,25 @@ _DISCONNECT = 0xE0
 """MQTT fixed-header packet types (upper nibble), from the MQTT specification."""
 
 _METHODS: dict[str, tuple[str, ...]] = {
-    # name -> parameter names after self, as in paho 2.2
-    "_sock_recv": ("bufsize",),
-    "_sock_send": ("buf",),
-    "_packet_read": (),
-    "_packet_handle": (),
-    "_packet_write": (),
-    "_packet_queue": ("command", "packet", "mid", "qos", "info"),
-    "_loop_rc_handle": ("rc",),
-    "_call_socket_register_write": (),
-    "_easy_log": ("level", "fmt", "args"),
-    "loop_read": ("max_packets",),
-    "loop_write": (),
+    # name -> parameter names, as in paho 2.2
+    "_sock_recv": ("self", "bufsize"),
+    "_sock_send": ("self", "buf"),
+    "_packet_read": ("self",),
+    "_packet_handle": ("self",),
+    "_packet_write": ("self",),
+    "_packet_queue": ("self", "command", "packet", "mid", "qos", "info"),
+    "_loop_rc_handle": ("self", "rc"),
+    "_call_socket_register_write": ("self",),
+    "_easy_log": ("self", "level", "fmt", "args"),
+    "_handle_on_message": ("self", "message"),
+    "_send_publish": (
+        "self", "mid", "topic", "payload", "qos", "retain", "dup", "info", "properties"
+    ),
+    "_mid_generate": ("self",),
+    "_raise_for_invalid_topic": ("topic",),
+    "loop_read": ("self", "max_packets"),
+    "loop_write": ("self",),
+    "message_callback_add": ("self", "sub", "callback"),
 }
 _ATTRIBUTES = (
     "_sock",
@@ -108,6 +120,7 @@ _ATTRIBUTES = (
     "_userdata",
     "suppress_exceptions",
     "on_publish",
+    "on_message",
 )
 
 
@@ -119,7 +132,7 @@ def check_internals(client: paho.Client) -> list[str]:
         if not callable(method):
             missing.append(f"Client.{name}()")
             continue
-        found = tuple(inspect.signature(method).parameters)[1:]
+        found = tuple(inspect.signature(method).parameters)
         if found != parameters:
             missing.append(f"Client.{name}{parameters} (found {found})")
     missing += [f"Client.{name}" for name in _ATTRIBUTES if not hasattr(client, name)]
@@ -211,6 +224,8 @@ class BatchedIOClient(paho.Client):
         self._iotfsm_buffer: ReadBuffer | None = None
         self._iotfsm_reader = 0
         """Ident of the thread inside `loop_read`, 0 outside: its packets need no wake-up."""
+        self._iotfsm_topic_callbacks = False
+        """Whether `message_callback_add` was ever called: then paho dispatches by topic."""
         missing = check_internals(self)
         self.batched_io = not missing
         if missing:
@@ -297,7 +312,41 @@ class BatchedIOClient(paho.Client):
             return self.loop_write()
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
+    # --- dispatch ---
+
+    def message_callback_add(self, sub: str, callback: paho.CallbackOnMessage) -> None:
+        self._iotfsm_topic_callbacks = True
+        super().message_callback_add(sub, callback)
+
+    def _handle_on_message(self, message: paho.MQTTMessage) -> None:
+        if not self.batched_io or self._iotfsm_topic_callbacks:
+            super()._handle_on_message(message)
+            return
+        # No per-topic callbacks: straight to on_message, without paho decoding the topic and
+        # matching it against an empty set of filters for every message.
+        with self._callback_mutex:
+            on_message: Any = self.on_message
+        if on_message is None:
+            return
+        with self._in_callback_mutex:
+            try:
+                on_message(self, self._userdata, message)
+            except Exception as err:
+                self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
+
     # --- writes ---
+
+    def publish_untracked(self, topic: str, payload: bytes, qos: int) -> MQTTErrorCode:
+        """`publish` for a caller that only wants the result code. At QoS 0 it skips the
+        `MQTTMessageInfo` (with a `threading.Condition` in it) that nobody would wait on;
+        `on_publish` is still called once the packet is written."""
+        if qos or not self.batched_io:
+            return self.publish(topic, payload, qos).rc
+        topic_bytes = topic.encode("utf-8")
+        self._raise_for_invalid_topic(topic_bytes)
+        return self._send_publish(self._mid_generate(), topic_bytes, payload, 0, False, False)
 
     def _packet_queue(
         self,
