@@ -14,7 +14,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 import pytest
@@ -77,19 +77,27 @@ class ScriptedSocket:
 class Harness:
     """A BatchedIOClient whose socket is one end of a socketpair; the test is the broker."""
 
-    def __init__(self) -> None:
+    def __init__(self, client_class: type[paho.Client] = BatchedIOClient) -> None:
         ours, self.broker = socket.socketpair()
         ours.setblocking(False)
         self.broker.settimeout(5)
         self.sock = ScriptedSocket(ours)
-        self.client = BatchedIOClient(CallbackAPIVersion.VERSION2, client_id="unit")
+        # Typed as the batched client; a stock one (client_class=paho.Client) is only driven
+        # through methods both have.
+        self.client = cast(BatchedIOClient, client_class(CallbackAPIVersion.VERSION2, client_id="unit"))
         self.client._sock = self.sock  # type: ignore[assignment]
         # The external-loop API: queued packets wait for loop_write instead of being written at
         # once, so a test decides when a batch goes out.
         self.client.on_socket_register_write = lambda *_: None
         self.messages: list[tuple[str, bytes, int]] = []
+        self.raw: list[tuple[Any, ...]] = []
         self.published: list[int] = []
-        self.client.on_message = lambda _c, _u, m: self.messages.append((m.topic, bytes(m.payload), m.qos))
+
+        def on_message(_c: paho.Client, _u: Any, m: paho.MQTTMessage) -> None:
+            self.raw.append((m._topic, m.payload, type(m.payload), m.qos, m.mid, m.dup, m.retain))
+            self.messages.append((m._topic.decode("utf-8", "replace"), bytes(m.payload), m.qos))
+
+        self.client.on_message = on_message
         self.client.on_publish = lambda _c, _u, mid, _rc, _p: self.published.append(mid)
 
     def feed(self, data: bytes) -> None:
@@ -372,6 +380,54 @@ def test_untracked_publishes_write_what_publish_writes(harness: Harness) -> None
     client._sock = None
     assert client.publish_untracked("q0", b"late", 0) == paho.MQTT_ERR_NO_CONN
     client._sock = harness.sock  # type: ignore[assignment]
+
+
+WELL_FORMED = [
+    publish_packet("a/b", b"payload", 0, 0),
+    bytes([0x3B]) + publish_packet("dup-retain", b"x", 1, 300)[1:],  # DUP, QoS 1, RETAIN
+    publish_packet("empty", b"", 1, 65535),
+    publish_packet("q2", b"two", 2, 9),  # QoS 2: paho's own handler (PUBREC)
+    b"\x30\x05\x00\x02\xff\xfeX",  # a topic that is not UTF-8
+]
+MALFORMED = [
+    b"\x30\x01\x00",  # no room for the topic length
+    b"\x30\x02\x00\x00",  # empty topic (MQTT 3.1.1)
+    b"\x30\x03\x00\x05a",  # topic longer than the packet
+    b"\x32\x03\x00\x01a",  # QoS 1 without a message id
+    b"\x32\x04\x00\x01ab",  # QoS 1 with half a message id
+]
+
+
+def _outcome(client_class: type[paho.Client], stream: bytes) -> tuple[Any, ...]:
+    h = Harness(client_class)
+    try:
+        h.feed(stream)
+        codes = [h.client.loop_read()]
+        while h.client._sock is not None and _readable(h.sock.sock):
+            codes.append(h.client.loop_read())
+        if h.client._sock is not None:
+            h.client.loop_write()
+            h.sock.sock.shutdown(socket.SHUT_WR)
+        # (after a protocol error paho has closed its end already)
+        written = b"".join(iter(lambda: h.broker.recv(65536), b""))
+        return codes[-1], h.raw, written
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("bad", MALFORMED)
+def test_publish_decoding_matches_paho(bad: bytes) -> None:
+    good = b"".join(WELL_FORMED)
+    stock = _outcome(paho.Client, good)
+    # The QoS 2 message waits for its PUBREL; the others are delivered, PUBACK/PUBREC written.
+    assert stock[0] == paho.MQTT_ERR_SUCCESS and len(stock[1]) == len(WELL_FORMED) - 1
+    assert stock[2] == puback(300) + puback(65535) + b"\x50\x02\x00\x09"
+    assert _outcome(BatchedIOClient, good) == stock
+    # A malformed packet first (paho's incremental reader) and after a good one (whole-packet path).
+    for stream in (bad, WELL_FORMED[0] + bad):
+        stock = _outcome(paho.Client, stream)
+        assert stock[0] == paho.MQTT_ERR_PROTOCOL
+        assert _outcome(BatchedIOClient, stream) == stock
 
 
 # --- fallback --------------------------------------------------------------------------------

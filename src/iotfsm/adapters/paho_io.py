@@ -28,6 +28,11 @@ What `BatchedIOClient` changes (each by overriding one private paho method), and
   published from `on_message`, a PUBACK) is queued without the socketpair byte: `loop_read`
   writes everything queued before it returns. Packets queued by any other thread wake the loop
   as before.
+- Decoding (`_handle_publish`). An MQTT 3.1.1 PUBLISH at QoS 0 or 1 is decoded with a few
+  slices instead of paho's `decode_publish`, which builds and compiles a new `struct` format
+  string for every message (the lengths are in the format). Fields, types, PUBACK and the
+  packets refused as malformed are the same (tests/test_paho_io.py compares the two); QoS 2 and
+  MQTT 5 (properties) go to paho's own handler.
 - Dispatch (`_handle_on_message`). Until `message_callback_add` is first called, a message goes
   straight to `on_message`: paho would decode its topic and match it against an empty set of
   per-topic callbacks first. Errors in `on_message` are logged or raised as paho does.
@@ -100,6 +105,8 @@ _METHODS: dict[str, tuple[str, ...]] = {
     "_call_socket_register_write": ("self",),
     "_easy_log": ("self", "level", "fmt", "args"),
     "_handle_on_message": ("self", "message"),
+    "_handle_publish": ("self",),
+    "_send_puback": ("self", "mid"),
     "_send_publish": (
         "self", "mid", "topic", "payload", "qos", "retain", "dup", "info", "properties"
     ),
@@ -121,6 +128,10 @@ _ATTRIBUTES = (
     "suppress_exceptions",
     "on_publish",
     "on_message",
+    "on_log",
+    "_logger",
+    "_protocol",
+    "_manual_ack",
 )
 
 
@@ -140,6 +151,8 @@ def check_internals(client: paho.Client) -> list[str]:
         missing.append("Client._out_packet (a deque)")
     if _MALFORMED is _NoSuchError:
         missing.append("paho.mqtt.exception.MalformedPacket")
+    if tuple(inspect.signature(paho.MQTTMessage).parameters) != ("mid", "topic"):
+        missing.append("MQTTMessage(mid, topic)")
     if not callable(getattr(paho.MQTTMessageInfo, "_set_as_published", None)):
         missing.append("MQTTMessageInfo._set_as_published()")
     return missing
@@ -271,7 +284,8 @@ class BatchedIOClient(paho.Client):
         if frame is None:
             return super()._packet_read()
         command, length, body = frame
-        self._in_packet = _in_packet(command, length, bytearray(body))
+        # paho's handlers decode bytes and bytearrays alike; no copy into a bytearray.
+        self._in_packet = _in_packet(command, length, body)
         try:
             rc = self._packet_handle()
         except _MALFORMED as exc:
@@ -313,6 +327,49 @@ class BatchedIOClient(paho.Client):
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     # --- dispatch ---
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        packet = self._in_packet
+        header = packet["command"]
+        qos = (header & 0x06) >> 1
+        if not self.batched_io or qos > 1 or self._protocol == paho.MQTTv5:
+            return super()._handle_publish()
+        # paho's decode_publish for MQTT 3.1.1 at QoS 0/1, without a struct format string built
+        # and compiled for every message; the same packets are refused with the same error.
+        body = packet["packet"]
+        size = len(body)
+        if size < 2:
+            raise _MALFORMED("PUBLISH too short for a topic length")
+        start = 2 + (body[0] << 8 | body[1])
+        if start == 2 or start > size:
+            raise _MALFORMED("PUBLISH topic empty or longer than the packet")
+        mid = 0
+        if qos:
+            if start + 2 > size:
+                raise _MALFORMED("PUBLISH too short for a message id")
+            mid = body[start] << 8 | body[start + 1]
+        topic = bytes(body[2:start])
+        message = paho.MQTTMessage(mid, topic)
+        message.dup = bool(header & 0x08)
+        message.qos = qos
+        message.retain = bool(header & 0x01)
+        message.payload = bytes(body[start + 2 * qos :])
+        if self.on_log is not None or self._logger is not None:
+            self._easy_log(
+                paho.MQTT_LOG_DEBUG,
+                "Received PUBLISH (d%d, q%d, r%d, m%d), '%s', ...  (%d bytes)",
+                message.dup,
+                qos,
+                message.retain,
+                mid,
+                topic.decode("utf-8", "backslashreplace"),
+                len(message.payload),
+            )
+        message.timestamp = time.monotonic()
+        self._handle_on_message(message)
+        if qos == 0 or self._manual_ack:
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return self._send_puback(mid)
 
     def message_callback_add(self, sub: str, callback: paho.CallbackOnMessage) -> None:
         self._iotfsm_topic_callbacks = True
@@ -438,7 +495,7 @@ class BatchedIOClient(paho.Client):
             info._set_as_published()
 
 
-def _in_packet(command: int, length: int, body: bytearray) -> _InPacket:
+def _in_packet(command: int, length: int, body: bytes | bytearray) -> _InPacket:
     """paho's record of the packet being read, as `_packet_read` leaves it for the handlers."""
     return {
         "command": command,
@@ -446,7 +503,7 @@ def _in_packet(command: int, length: int, body: bytearray) -> _InPacket:
         "remaining_count": [],
         "remaining_mult": 1,
         "remaining_length": length,
-        "packet": body,
+        "packet": body,  # type: ignore[typeddict-item]
         "to_process": 0,
         "pos": 0,
     }
