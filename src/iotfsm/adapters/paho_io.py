@@ -7,12 +7,13 @@ the network thread itself, a wake-up byte on its socketpair that makes the next 
 at once and costs another `recv`. On a platform that answers most reports, that per-packet cost
 was about a third of the network thread (bench/RESULTS.md, "MQTT throughput").
 
-What `BatchedIOClient` changes (each by overriding one private paho method), and nothing else:
+What `BatchedIOClient` changes, by overriding the private paho methods named, and nothing else:
 
 - Reads (`_sock_recv`, `_packet_read`, `loop_read`). One pass of `loop_read` reads up to
   `READ_SIZE` bytes with one `recv` into a `ReadBuffer` and handles every packet that is complete
-  in it before it returns to `select`: a whole buffered packet goes to paho's handler in one
-  piece, anything else through paho's own incremental reader, served from the buffer. After the
+  in it before it returns to `select`: a whole buffered PUBLISH goes straight to the decoder
+  below, another whole packet to paho's handler in one piece, anything else (a packet cut at
+  the end of the buffer) through paho's own incremental reader, served from the buffer. After the
   pass's one large read, a packet cut at the end of the buffer is finished with reads of exactly
   the size it still needs, so the buffer is empty whenever `loop_read` returns. `select` (and,
   under TLS, the SSL socket's own `pending()`, which paho's loop already consults) thus stays a
@@ -40,9 +41,10 @@ What `BatchedIOClient` changes (each by overriding one private paho method), and
   `MQTTMessageInfo` is made, which saves a `threading.Condition` per reply. QoS 1 is `publish`.
 
 Measured with bench/mqtt.py (bench/RESULTS.md, "Transport: batched paho I/O"): a platform that
-answers 70 % of the reports went from 38-47 % to 89-96 % of a stock-paho subscriber's message
-rate (2.0-2.3x), and paho's select + read + write share of its network thread from ~49 % to
-~16 %. A bare subscriber on this client drains ~4-5x the messages per second of stock paho.
+answers 70 % of the reports went from about 40 % to 87-119 % of a stock-paho subscriber's
+message rate (medians of 5 rounds, 2.6-3.3x its own rate), and paho's select + read + write
+share of its network thread from ~49 % to ~17 %. A bare subscriber on this client drains 5-6x
+the messages per second of one on stock paho.
 
 These are private paho methods. `check_internals` verifies at construction that what this module
 relies on exists with the expected shape; when it does not (a paho release that reorganised its
