@@ -54,6 +54,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from iotfsm.adapters.credentials import DeviceCredentials
+from iotfsm.adapters.paho_io import BatchedIOClient
 from iotfsm.adapters.topic_filter import validate_filter, validate_topic
 from iotfsm.adapters.transport import ConnectionHandler, MessageHandler, TransportError
 
@@ -302,10 +303,10 @@ class _ClosingSSLSocket(ssl.SSLSocket):
             raise
 
 
-class _PahoClient(paho.Client):
-    """paho's client with one hook on `reconnect` (a public method paho's loop calls for every
-    attempt): it reports why an attempt failed (paho's own callback does not say) and refuses new
-    attempts once the transport is stopping."""
+class _PahoClient(BatchedIOClient):
+    """paho's client with batched socket I/O (adapters/paho_io.py) and one hook on `reconnect` (a
+    public method paho's loop calls for every attempt): it reports why an attempt failed (paho's
+    own callback does not say) and refuses new attempts once the transport is stopping."""
 
     def __init__(
         self,
@@ -427,21 +428,21 @@ class MqttTransport:
         if qos == 0 and not link_up:
             log.debug("not connected: dropping QoS 0 message for %s", topic)
             return
-        info = self._client.publish(topic, bytes(payload), qos)
-        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+        rc = self._client.publish_untracked(topic, bytes(payload), qos)
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             return
-        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+        if rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
             if qos == 0:
                 log.debug("connection lost: dropping QoS 0 message for %s", topic)
             else:
                 log.debug("not connected: QoS 1 message for %s queued until reconnect", topic)
             return
-        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+        if rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             raise TransportError(
                 f"cannot queue a message for {topic!r}: {self._settings.max_queued_messages} QoS 1 "
                 f"messages already wait for {self._settings.address}; is the broker reachable?"
             )
-        raise TransportError(f"publish to {topic!r} failed: {paho.error_string(info.rc)}")
+        raise TransportError(f"publish to {topic!r} failed: {paho.error_string(rc)}")
 
     def start(self) -> None:
         """Begin connecting in the background; returns at once."""
