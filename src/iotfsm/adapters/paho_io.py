@@ -55,6 +55,7 @@ versions this was verified against.
 from __future__ import annotations
 
 import collections
+import functools
 import inspect
 import logging
 import ssl
@@ -142,6 +143,18 @@ _ATTRIBUTES = (
 
 def check_internals(client: paho.Client) -> list[str]:
     """What this module needs from paho and `client` lacks: empty when batching is safe."""
+    # keyed by the methods themselves, so a patched or reloaded paho is looked at afresh
+    missing = list(_class_problems(tuple(getattr(paho.Client, name, None) for name in _METHODS)))
+    missing += [f"Client.{name}" for name in _ATTRIBUTES if not hasattr(client, name)]
+    if not isinstance(getattr(client, "_out_packet", None), collections.deque):
+        missing.append("Client._out_packet (a deque)")
+    return missing
+
+
+@functools.cache
+def _class_problems(_methods: tuple[object, ...]) -> tuple[str, ...]:
+    """The part of `check_internals` that depends on the paho release only: looked at once per
+    process (signatures are slow to inspect; a fleet simulator makes thousands of clients)."""
     missing = []
     for name, parameters in _METHODS.items():
         method = getattr(paho.Client, name, None)
@@ -151,16 +164,13 @@ def check_internals(client: paho.Client) -> list[str]:
         found = tuple(inspect.signature(method).parameters)
         if found != parameters:
             missing.append(f"Client.{name}{parameters} (found {found})")
-    missing += [f"Client.{name}" for name in _ATTRIBUTES if not hasattr(client, name)]
-    if not isinstance(getattr(client, "_out_packet", None), collections.deque):
-        missing.append("Client._out_packet (a deque)")
     if _MALFORMED is _NoSuchError:
         missing.append("paho.mqtt.exception.MalformedPacket")
     if tuple(inspect.signature(paho.MQTTMessage).parameters) != ("mid", "topic"):
         missing.append("MQTTMessage(mid, topic)")
     if not callable(getattr(paho.MQTTMessageInfo, "_set_as_published", None)):
         missing.append("MQTTMessageInfo._set_as_published()")
-    return missing
+    return tuple(missing)
 
 
 class ReadBuffer:
