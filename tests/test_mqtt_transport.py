@@ -511,3 +511,26 @@ def test_settings_evolve_keeps_validation() -> None:
     settings = MqttSettings(host="h", port=1883, client_id="c")
     with pytest.raises(ValueError, match="keepalive"):
         attrs.evolve(settings, keepalive=1000)
+
+
+def test_both_receive_paths_hand_the_runtime_text_topics_and_drop_invalid_utf8(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The batched client's receiver (topic bytes) and paho's on_message (MQTTMessage) must
+    deliver alike; a topic that is not UTF-8 never reaches the handler."""
+    import paho.mqtt.client as paho
+
+    transport = MqttTransport(settings_from_url("mqtt://127.0.0.1:1", client_id="utf8"))
+    got: list[tuple[str, bytes]] = []
+    transport.set_handlers(lambda topic, payload: got.append((topic, payload)), lambda up: None)
+    transport._handle_publish("$ota/report/P1/d\u00e9v".encode(), b"{}")
+    message = paho.MQTTMessage(0, "$ota/report/P1/d\u00e9v".encode())
+    message.payload = b"{}"
+    transport._handle_message(transport._client, None, message)
+    assert got == [("$ota/report/P1/d\u00e9v", b"{}")] * 2
+    with caplog.at_level(logging.WARNING):
+        transport._handle_publish(b"$ota/report/P1/\xff", b"{}")
+        bad = paho.MQTTMessage(0, b"$ota/report/P1/\xff")
+        transport._handle_message(transport._client, None, bad)
+    assert len(got) == 2
+    assert sum("not valid UTF-8" in r.getMessage() for r in caplog.records) == 2

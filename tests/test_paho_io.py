@@ -344,6 +344,51 @@ def test_on_message_directly_until_a_topic_callback_is_added(harness: Harness) -
     assert by_topic == [b"b"]
 
 
+def test_a_publish_receiver_takes_whole_packets_without_a_message_object(
+    harness: Harness,
+) -> None:
+    client = harness.client
+    got: list[tuple[bytes, bytes]] = []
+    client.on_publish_received = lambda topic, payload: got.append((topic, payload))
+    # the first packet of a pass comes through paho's incremental reader (on_message); the
+    # rest of the read is whole in the buffer and goes to the receiver
+    packets = [publish_packet(f"t/{n}", b"p%d" % n, n % 2, n + 1) for n in range(6)]
+    harness.feed(b"".join(packets))
+    harness.read_all()
+    everything = [(t.encode(), p) for t, p, _ in harness.messages] + got
+    assert sorted(everything) == sorted((f"t/{n}".encode(), b"p%d" % n) for n in range(6))
+    assert len(got) >= 4
+    assert all(type(topic) is bytes and type(payload) is bytes for topic, payload in got)
+    # the QoS 1 ones were acknowledged whichever way they went
+    assert harness.received(4 * 3) == puback(2) + puback(4) + puback(6)
+    # per-topic callbacks need paho's dispatch: the receiver steps aside
+    by_topic: list[bytes] = []
+    client.message_callback_add("x/+", lambda _c, _u, m: by_topic.append(bytes(m.payload)))
+    got.clear()
+    harness.feed(b"".join(publish_packet("x/1", b"%d" % n, 0, 0) for n in range(4)))
+    harness.read_all()
+    assert got == []
+    assert by_topic == [b"0", b"1", b"2", b"3"]
+
+
+def test_a_failing_publish_receiver_is_logged_or_raised_as_on_message_is(
+    harness: Harness,
+) -> None:
+    client = harness.client
+    logged: list[str] = []
+    client.on_log = lambda _c, _u, _level, text: logged.append(text)
+
+    def boom(_topic: bytes, _payload: bytes) -> None:
+        raise RuntimeError("boom")
+
+    client.on_publish_received = boom
+    client.suppress_exceptions = True
+    harness.feed(b"".join(publish_packet("a", b"%d" % n, 1, n + 1) for n in range(3)))
+    harness.read_all()
+    assert any("boom" in text for text in logged)
+    assert harness.received(12) == puback(1) + puback(2) + puback(3)
+
+
 def test_a_failing_on_message_is_logged_or_raised_as_paho_does(
     harness: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -61,6 +61,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as paho
@@ -80,6 +81,9 @@ READ_SIZE = 64 * 1024
 
 WRITE_BATCH = 64 * 1024
 """A batch stops growing once it holds this many bytes (a single larger packet goes alone)."""
+
+PublishReceiver = Callable[[bytes, bytes], None]
+
 
 class _NoSuchError(Exception):
     """Stands in for an exception class a paho release lacks (and is never raised)."""
@@ -254,6 +258,12 @@ class BatchedIOClient(paho.Client):
         """Ident of the thread inside `loop_read`, 0 outside: its packets need no wake-up."""
         self._iotfsm_topic_callbacks = False
         """Whether `message_callback_add` was ever called: then paho dispatches by topic."""
+        self.on_publish_received: PublishReceiver | None = None
+        """Takes (topic bytes, payload) of each QoS 0/1 MQTT 3.1.1 message read whole from the
+        buffer, in place of `on_message`: no `MQTTMessage` is built, whose constructor makes an
+        `MQTTMessageInfo` with a `threading.Condition` that a received message never uses. Not
+        used once per-topic callbacks exist; other messages (MQTT 5, QoS 2, a packet cut at the
+        end of a read) still come to `on_message`, so a transport sets both."""
         missing = check_internals(self)
         self.batched_io = not missing
         if missing:
@@ -369,27 +379,41 @@ class BatchedIOClient(paho.Client):
                 raise _MALFORMED("PUBLISH too short for a message id")
             mid = body[start] << 8 | body[start + 1]
         topic = bytes(body[2:start])
-        message = paho.MQTTMessage(mid, topic)
-        message.dup = bool(header & 0x08)
-        message.qos = qos
-        message.retain = bool(header & 0x01)
-        message.payload = bytes(body[start + 2 * qos :])
+        payload = bytes(body[start + 2 * qos :])
         if self.on_log is not None or self._logger is not None:
             self._easy_log(
                 paho.MQTT_LOG_DEBUG,
                 "Received PUBLISH (d%d, q%d, r%d, m%d), '%s', ...  (%d bytes)",
-                message.dup,
+                bool(header & 0x08),
                 qos,
-                message.retain,
+                bool(header & 0x01),
                 mid,
                 topic.decode("utf-8", "backslashreplace"),
-                len(message.payload),
+                len(payload),
             )
-        message.timestamp = time.monotonic()
-        self._handle_on_message(message)
+        receiver = self.on_publish_received
+        if receiver is not None and not self._iotfsm_topic_callbacks:
+            self._deliver(receiver, topic, payload)
+        else:
+            message = paho.MQTTMessage(mid, topic)
+            message.dup = bool(header & 0x08)
+            message.qos = qos
+            message.retain = bool(header & 0x01)
+            message.payload = payload
+            message.timestamp = time.monotonic()
+            self._handle_on_message(message)
         if qos == 0 or self._manual_ack:
             return MQTTErrorCode.MQTT_ERR_SUCCESS
         return self._send_puback(mid)
+
+    def _deliver(self, receiver: PublishReceiver, topic: bytes, payload: bytes) -> None:
+        with self._in_callback_mutex:
+            try:
+                receiver(topic, payload)
+            except Exception as err:
+                self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
+                if not self.suppress_exceptions:
+                    raise
 
     def message_callback_add(self, sub: str, callback: paho.CallbackOnMessage) -> None:
         self._iotfsm_topic_callbacks = True
