@@ -17,6 +17,7 @@ from .limits import MAX_TOPIC_BYTES
 DEVICE_NAME = re.compile(r"[A-Za-z0-9:_-]{1,48}")
 PRODUCT_ID = re.compile(r"[A-Za-z0-9]{1,32}")
 _SUFFIX = "/{product}/{device}"
+_KEY_TAIL = re.compile(f"{PRODUCT_ID.pattern}/{DEVICE_NAME.pattern}")
 
 
 class TopicError(ValueError):
@@ -68,7 +69,11 @@ class Topics:
         found = self._by_prefix.get(parts[0]) if len(parts) == 3 else None
         if found is None:
             raise TopicError(f"topic {topic!r} belongs to no declared feature")
-        return Route(found[0], found[1], check_key(DeviceKey(parts[1], parts[2])))
+        key = DeviceKey(parts[1], parts[2])
+        # one match over `product/device` for the common, valid case; check_key says what is wrong
+        if _KEY_TAIL.fullmatch(topic, len(parts[0]) + 1) is None:
+            check_key(key)
+        return Route(found[0], found[1], key)
 
     def topic(self, feature: str, direction: Direction, key: DeviceKey) -> str:
         topic = f"{self._prefix[(feature, direction)]}/{key.product}/{key.device}"
