@@ -88,6 +88,8 @@ from iotfsm.machines.transfer import (
 )
 
 ENGINE = "engine"
+FLOOR = "floor"
+"""Not a variant: the creation floor (`floor_build`), measured beside the variants' creation."""
 BASELINE = "baseline"
 VARIANTS = (ENGINE, BASELINE)
 LABELS = {ENGINE: "engine (Runtime + Machine + Codec)", BASELINE: "baseline (dict dispatch + json)"}
@@ -97,8 +99,6 @@ IDLE_TARGET_BYTES = 1024
 PEAK_TARGET_BYTES = 300 * 10**6
 """300 MB read strictly, as decimal megabytes (286 MiB)."""
 LINEAR_TARGET = 1.2
-SMALL = 10_000
-"""Sizes up to this run `--repeat` times (default 3) and the cheapest run counts."""
 
 PRODUCT = "PFLEET0001"
 OLD = "1.0.0"
@@ -793,7 +793,6 @@ def run_case(case: Case) -> dict[str, Any]:
     result.update(timed_run(fleet, keys))
     result["messages"] = fleet.delivered() - warm_delivered
     result.update(summarize_case(result))
-    result["create_gc_off_us_per_device"] = create_gc_paused(case.variant, keys)
     result.update(trace_idle(case))
     result["wall_s"] = time.perf_counter() - started
     return result
@@ -868,25 +867,84 @@ def summarize_case(r: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def create_gc_paused(variant: str, keys: Sequence[DeviceKey], builds: int = 2) -> float:
+class _Slot:
+    """The least a session can be: one slotted object per device and role."""
+
+    __slots__ = ("key", "state")
+
+    def __init__(self, key: tuple[str, str]) -> None:
+        self.key = key
+        self.state = "idle"
+
+
+def floor_build(keys: Sequence[DeviceKey]) -> float:
+    """µs per device for the least any Python fleet does per device, GC paused: split the
+    topic into a key, one slotted object and one dict insert per role. It grows with the size
+    too (dict tables and fresh strings outgrow the CPU caches), and shows how much of the
+    engine's growth is CPython's and the machine's rather than the library's."""
+    topics = [f"{UP}{k.product}/{k.device}" for k in keys]
+    platform: dict[tuple[str, str], _Slot] = {}
+    devices: dict[tuple[str, str], _Slot] = {}
+    gc.collect()
+    gc.disable()
+    try:
+        t = time.process_time()
+        for topic in topics:
+            _, product, device = topic.rsplit("/", 2)
+            key = (product, device)
+            platform[key] = _Slot(key)
+        for k in keys:
+            devices[k] = _Slot(k)
+        return (time.process_time() - t) / len(keys) * 1e6
+    finally:
+        gc.enable()
+
+
+def create_gc_paused(variant: str, keys: Sequence[DeviceKey]) -> float:
     """µs per device to create both roles' sessions in a fresh fleet with the cyclic collector
-    paused, best of `builds`: the library's own creation work. With the collector running, a
-    100k build also pays for CPython's full collections, which only start once enough objects
-    are tracked (a 10k build sees few): amortized linear, but they tilt a 10k/100k ratio."""
-    best = float("inf")
-    for _ in range(builds):
-        fleet = make_fleet(variant)
-        gc.collect()
-        gc.disable()
-        try:
-            t = time.process_time()
-            fleet.create_platform(f"{UP}{k.product}/{k.device}" for k in keys)
-            fleet.create_devices(keys)
-            best = min(best, (time.process_time() - t) / len(keys) * 1e6)
-        finally:
-            gc.enable()
+    paused: the library's own creation work. With the collector running, a 100k build also pays
+    for CPython's full collections, which only start once enough objects are tracked (a 10k
+    build sees few): amortized linear, but they tilt a 10k/100k ratio."""
+    if variant == FLOOR:
+        return floor_build(keys)
+    fleet = make_fleet(variant)
+    topics = [f"{UP}{k.product}/{k.device}" for k in keys]
+    gc.collect()
+    gc.disable()
+    try:
+        t = time.process_time()
+        fleet.create_platform(topics)
+        fleet.create_devices(keys)
+        return (time.process_time() - t) / len(keys) * 1e6
+    finally:
+        gc.enable()
         del fleet
-    return best
+
+
+def creation_by_size(variant: str, sizes: Sequence[int], rounds: int) -> dict[str, float]:
+    """Best µs per device of `rounds` GC-paused builds at each size, the sizes interleaved in
+    one process (10k, 100k, 10k, 100k, ...): this shared VM's speed drifts between processes
+    and minutes (the same 10k build measured 1.6 and 2.9 µs per device in two processes a
+    minute apart), which a ratio of figures from separate children would take for growth."""
+    create_gc_paused(variant, make_keys(0, 200, "PWARMUP01"))  # hooks built, allocator warm
+    keys = {n: make_keys(0, n) for n in sizes}
+    best = dict.fromkeys(sizes, float("inf"))
+    for _ in range(rounds):
+        for n in sizes:
+            best[n] = min(best[n], create_gc_paused(variant, keys[n]))
+    return {str(n): us for n, us in best.items()}
+
+
+def run_creation_child(
+    variant: str, sizes: Sequence[int], rounds: int, timeout: float
+) -> dict[int, float]:
+    spec = json.dumps({"variant": variant, "sizes": list(sizes), "rounds": rounds})
+    cmd = [sys.executable, os.path.abspath(__file__), "--creation", spec]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"fleet creation {variant} failed:\n{proc.stderr}")
+    found: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {int(n): us for n, us in found.items()}
 
 
 def trace_idle(case: Case) -> dict[str, Any]:
@@ -1020,7 +1078,9 @@ def check_outcome(r: dict[str, Any]) -> str:
     return "; ".join(problems)
 
 
-def verdicts(results: Sequence[dict[str, Any]], sizes: Sequence[int]) -> list[tuple[bool, str]]:
+def verdicts(
+    results: Sequence[dict[str, Any]], sizes: Sequence[int], facts: dict[str, Any] | None = None
+) -> list[tuple[bool, str]]:
     out: list[tuple[bool, str]] = []
     for r in results:
         problem = check_outcome(r)
@@ -1064,6 +1124,13 @@ def verdicts(results: Sequence[dict[str, Any]], sizes: Sequence[int]) -> list[tu
     )
     if len(sizes) >= 2:
         hi, lo = big, _get(results, ENGINE, sizes[-2])
+        floor = (facts or {}).get("creation_floor_us_per_device", {})
+        floor_hi, floor_lo = floor.get(str(sizes[-1])), floor.get(str(sizes[-2]))
+        floor_text = (
+            f"; a plain Python keyed build {floor_hi / floor_lo:.2f} (floor_build)"
+            if floor_hi and floor_lo
+            else ""
+        )
         create = hi["create_gc_off_us_per_device"] / lo["create_gc_off_us_per_device"]
         create_gc = hi["create_cpu_us_per_device"] / lo["create_cpu_us_per_device"]
         step = hi["exchange_cpu_us_per_device"] / lo["exchange_cpu_us_per_device"]
@@ -1073,7 +1140,8 @@ def verdicts(results: Sequence[dict[str, Any]], sizes: Sequence[int]) -> list[tu
                 max(create, step) <= LINEAR_TARGET,
                 f"linear: CPU µs per device at {sizes[-1]:,} / at {sizes[-2]:,} <="
                 f" {LINEAR_TARGET:g}: exchange {step:.2f} (wall {step_wall:.2f}), create"
-                f" {create:.2f} with the GC paused ({create_gc:.2f} with it running)",
+                f" {create:.2f} with the GC paused ({create_gc:.2f} with it running)"
+                f"{floor_text}",
             )
         )
     else:
@@ -1153,7 +1221,7 @@ def report(results: Sequence[dict[str, Any]], sizes: Sequence[int], info: dict[s
     )
     lines.append("")
     lines.append("Targets:")
-    for ok, text in verdicts(results, sizes):
+    for ok, text in verdicts(results, sizes, info):
         lines.append(f"  {'PASS' if ok else 'FAIL'}  {text}")
     return "\n".join(lines)
 
@@ -1177,15 +1245,20 @@ def parser() -> argparse.ArgumentParser:
         "--repeat",
         type=int,
         default=0,
-        help=f"runs per (variant, size), cheapest kept (default 3 up to {SMALL:,} devices, else 1)",
+        help="runs per (variant, size), the cheapest kept (default 3 at every size)",
     )
     add("--render", metavar="JSON", help="print the table of a run saved with --json")
     add("--case", help=argparse.SUPPRESS)
+    add("--creation", help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: Iterable[str] | None = None) -> int:
     args = parser().parse_args(None if argv is None else list(argv))
+    if args.creation:
+        spec = json.loads(args.creation)
+        print(json.dumps(creation_by_size(spec["variant"], spec["sizes"], spec["rounds"])))
+        return 0
     if args.case:
         print(json.dumps(run_case(Case(**json.loads(args.case)))))
         return 0
@@ -1203,7 +1276,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     check_equivalent()
     results = []
     for n in sizes:
-        repeat = args.repeat or (1 if args.quick or n > SMALL else 3)
+        # the same number of runs at every size: the cheapest of 3 against a single run would
+        # tilt the linearity ratio (other processes only ever make a run slower)
+        repeat = args.repeat or (1 if args.quick else 3)
         runs: dict[str, list[dict[str, Any]]] = {variant: [] for variant in VARIANTS}
         for _ in range(repeat):  # interleaved, so that a burst of load hits both variants
             for variant in VARIANTS:
@@ -1213,6 +1288,15 @@ def main(argv: Iterable[str] | None = None) -> int:
             best = min(runs[variant], key=lambda r: r["exchange_cpu_s"])
             best["repeats_cpu_us_per_msg"] = [r["cpu_us_per_msg"] for r in runs[variant]]
             results.append(best)
+    # creation with the GC paused: all sizes in one process per variant, interleaved
+    rounds = 1 if args.quick else 5
+    for variant in VARIANTS:
+        per_size = run_creation_child(variant, sizes, rounds, args.timeout)
+        for r in results:
+            if r["variant"] == variant:
+                r["create_gc_off_us_per_device"] = per_size[r["devices"]]
+    floor = run_creation_child(FLOOR, sizes, rounds, args.timeout)
+    info["creation_floor_us_per_device"] = {str(n): us for n, us in floor.items()}
     info["run_s"] = time.perf_counter() - started
     info["load_after"] = os.getloadavg()[0]
     if args.json:
@@ -1220,7 +1304,9 @@ def main(argv: Iterable[str] | None = None) -> int:
             "facts": info,
             "sizes": sizes,
             "results": results,
-            "targets": [{"pass": ok, "text": text} for ok, text in verdicts(results, sizes)],
+            "targets": [
+                {"pass": ok, "text": text} for ok, text in verdicts(results, sizes, info)
+            ],
         }
         print(json.dumps(doc, indent=2))
     else:
