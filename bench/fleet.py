@@ -921,30 +921,33 @@ def create_gc_paused(variant: str, keys: Sequence[DeviceKey]) -> float:
         del fleet
 
 
-def creation_by_size(variant: str, sizes: Sequence[int], rounds: int) -> dict[str, float]:
-    """Best µs per device of `rounds` GC-paused builds at each size, the sizes interleaved in
-    one process (10k, 100k, 10k, 100k, ...): this shared VM's speed drifts between processes
-    and minutes (the same 10k build measured 1.6 and 2.9 µs per device in two processes a
-    minute apart), which a ratio of figures from separate children would take for growth."""
-    create_gc_paused(variant, make_keys(0, 200, "PWARMUP01"))  # hooks built, allocator warm
-    keys = {n: make_keys(0, n) for n in sizes}
+def fresh_build(variant: str, n: int) -> float:
+    """One GC-paused build of `n` devices in this (fresh) process, after a small warm-up build:
+    every size then pays for its memory alike. A second build in one process reuses the first
+    one's memory when it is small (10k: ~0.01 page faults per device) but maps and faults it
+    afresh when it is large (100k: ~0.18 per device, pymalloc returned its arenas), which made
+    a 10k/100k ratio of best-of-N builds in one process grow by ~0.4 µs per device."""
+    create_gc_paused(variant, make_keys(0, 200, "PWARMUP01"))  # hooks built, imports warm
+    return create_gc_paused(variant, make_keys(0, n))
+
+
+def creation_by_size(
+    variant: str, sizes: Sequence[int], rounds: int, timeout: float
+) -> dict[int, float]:
+    """Best µs per device of `rounds` fresh builds at each size, each in its own child process,
+    the sizes interleaved (10k, 100k, 10k, 100k, ...): this shared VM's speed drifts between
+    processes and minutes (the same 10k build measured 1.6 and 2.9 µs per device a minute
+    apart), which figures taken at different times would mistake for growth."""
     best = dict.fromkeys(sizes, float("inf"))
     for _ in range(rounds):
         for n in sizes:
-            best[n] = min(best[n], create_gc_paused(variant, keys[n]))
-    return {str(n): us for n, us in best.items()}
-
-
-def run_creation_child(
-    variant: str, sizes: Sequence[int], rounds: int, timeout: float
-) -> dict[int, float]:
-    spec = json.dumps({"variant": variant, "sizes": list(sizes), "rounds": rounds})
-    cmd = [sys.executable, os.path.abspath(__file__), "--creation", spec]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"fleet creation {variant} failed:\n{proc.stderr}")
-    found: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {int(n): us for n, us in found.items()}
+            spec = json.dumps({"variant": variant, "n": n})
+            cmd = [sys.executable, os.path.abspath(__file__), "--creation", spec]
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"fleet creation {variant} n={n} failed:\n{proc.stderr}")
+            best[n] = min(best[n], float(proc.stdout.strip().splitlines()[-1]))
+    return best
 
 
 def trace_idle(case: Case) -> dict[str, Any]:
@@ -1257,7 +1260,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parser().parse_args(None if argv is None else list(argv))
     if args.creation:
         spec = json.loads(args.creation)
-        print(json.dumps(creation_by_size(spec["variant"], spec["sizes"], spec["rounds"])))
+        print(fresh_build(spec["variant"], spec["n"]))
         return 0
     if args.case:
         print(json.dumps(run_case(Case(**json.loads(args.case)))))
@@ -1288,14 +1291,14 @@ def main(argv: Iterable[str] | None = None) -> int:
             best = min(runs[variant], key=lambda r: r["exchange_cpu_s"])
             best["repeats_cpu_us_per_msg"] = [r["cpu_us_per_msg"] for r in runs[variant]]
             results.append(best)
-    # creation with the GC paused: all sizes in one process per variant, interleaved
+    # creation with the GC paused: one fresh process per build, the sizes interleaved
     rounds = 1 if args.quick else 5
     for variant in VARIANTS:
-        per_size = run_creation_child(variant, sizes, rounds, args.timeout)
+        per_size = creation_by_size(variant, sizes, rounds, args.timeout)
         for r in results:
             if r["variant"] == variant:
                 r["create_gc_off_us_per_device"] = per_size[r["devices"]]
-    floor = run_creation_child(FLOOR, sizes, rounds, args.timeout)
+    floor = creation_by_size(FLOOR, sizes, rounds, args.timeout)
     info["creation_floor_us_per_device"] = {str(n): us for n, us in floor.items()}
     info["run_s"] = time.perf_counter() - started
     info["load_after"] = os.getloadavg()[0]
@@ -1304,9 +1307,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             "facts": info,
             "sizes": sizes,
             "results": results,
-            "targets": [
-                {"pass": ok, "text": text} for ok, text in verdicts(results, sizes, info)
-            ],
+            "targets": [{"pass": ok, "text": text} for ok, text in verdicts(results, sizes, info)],
         }
         print(json.dumps(doc, indent=2))
     else:
