@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import platform
+from pathlib import Path
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -16,3 +18,14 @@ def parse_sizes(text: str) -> list[int]:
     if not sizes or sizes[0] < 1:
         raise argparse.ArgumentTypeError(f"--sizes wants positive integers, got {text!r}")
     return sizes
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

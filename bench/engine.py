@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import transitions
-from benchkit import parse_sizes
+from benchkit import cpu_model, parse_sizes
 
 from iotfsm.fsm import ANY_STATE, Effect, Event, Machine, MachineSpec
 from iotfsm.fsm.spec import Action, Guard
@@ -532,14 +532,7 @@ def linearity(
 
 
 def facts() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,

@@ -58,7 +58,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import transitions
-from benchkit import parse_sizes
+from benchkit import cpu_model, parse_sizes
 
 from iotfsm.adapters.codec import Codec
 from iotfsm.adapters.memory_broker import MemoryBroker, MemoryTransport
@@ -1031,14 +1031,7 @@ def run_child(variant: str, n: int, trace_sample: int, timeout: float) -> dict[s
 
 
 def facts() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,

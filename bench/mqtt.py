@@ -66,6 +66,7 @@ from typing import Any
 
 import attrs
 import paho.mqtt.client as paho
+from benchkit import cpu_model
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
 TARGET = 0.80
@@ -702,15 +703,7 @@ def summarize(rounds: Sequence[dict[str, Any]], load: Load, kinds: Sequence[str]
 
 
 def facts() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     from importlib.metadata import version
 
     from iotfsm.testing.mosquitto import find_mosquitto

@@ -57,6 +57,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import paho.mqtt.client as paho
+from benchkit import cpu_model
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from iotfsm.adapters.connect import transport_for
@@ -572,14 +573,7 @@ class Rounds:
 
 
 def facts() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu
-            )
-    except OSError:
-        pass
+    cpu = cpu_model()
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,

@@ -64,6 +64,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchkit import cpu_model
+
 from iotfsm.adapters.http_transfer import (
     DEFAULT_CHECKPOINT_EVERY,
     DEFAULT_CHUNK,
@@ -99,16 +101,6 @@ class BenchError(Exception):
 
 
 # ---- machine facts ------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load_average() -> str:
