@@ -23,6 +23,7 @@ from ._role import RoleFacade
 from .adapters.config_store import ConfigError, ConfigRecords, ConfigVersion
 from .adapters.connect import Broker, MqttOptions, transport_for
 from .adapters.file_service import FileRef, FileService, UploadRecord
+from .adapters.firmware_signing import FirmwareSigner, PrivateKeySource, load_private_key
 from .adapters.http_transfer import file_md5
 from .adapters.log_endpoint import DeviceKeys, LogEndpoint, LogFollower, LogLine
 from .adapters.log_upload import REPORT_LOG_PATH
@@ -143,13 +144,18 @@ class Platform(RoleFacade):
         clock: Clock | None = None,
         mqtt: MqttOptions | None = None,
         share_group: str | None = None,
+        firmware_key: PrivateKeySource | None = None,
     ) -> None:
         """`data_dir` keeps the SQLite store and the served files (default: a temporary folder
         and an in-memory store, gone at `stop`). The file service listens on
         `http_host:http_port` and hands out URLs under `public_base` (default its own address;
         set it when devices reach it through a proxy on port 80/443). `products` limits the
         subscriptions; `share_group` lets workers split one broker's load (MQTT shared
-        subscriptions; Mosquitto does not share `$` topics, so partition by `products` there)."""
+        subscriptions; Mosquitto does not share `$` topics, so partition by `products` there).
+        `firmware_key` (an Ed25519 key or its PEM file, mode 0600) signs every deployed image:
+        offers then carry `firmware_sha256` and `firmware_signature` (FirmwareKeyError, a
+        ValueError, for a key it cannot use or a file others may read)."""
+        signing_key = None if firmware_key is None else load_private_key(firmware_key)
         self._own_dir = data_dir is None
         self.data_dir = Path(
             tempfile.mkdtemp(prefix="iotfsm-platform-") if data_dir is None else data_dir
@@ -160,6 +166,7 @@ class Platform(RoleFacade):
                 MemoryStore() if self._own_dir else SqliteStore(self.data_dir / "platform.sqlite3")
             )
         self.store = store
+        self.firmware_signer = None if signing_key is None else FirmwareSigner(signing_key, store)
         self.url_ttl = url_ttl
         self._records = threading.Lock()
         """Serializes read-modify-write of upload and delivery records: the file service's
@@ -248,14 +255,18 @@ class Platform(RoleFacade):
     ) -> Deployment:
         """Make these devices (a list, or "*" for every device of the product, now and later)
         run `version`. Devices that are offline get the offer when they next report."""
-        if not 1 <= len(version) <= 32:
-            raise ValueError(f"version {version[:40]!r} must be 1-32 characters")
+        problem = ota.version_problem(version)
+        if problem is not None:
+            raise ValueError(f"version {version[:40]!r} is refused: {problem}")
         names = (EVERY_DEVICE,) if devices == EVERY_DEVICE else tuple(devices)
         keys = (
             [] if names == (EVERY_DEVICE,) else [check_key(DeviceKey(product_id, n)) for n in names]
         )
         check_key(DeviceKey(product_id, "x"))
         ref = self._publish_image(image)
+        if self.firmware_signer is not None:  # signed now: a deploy fails, not an offer
+            path = self._image(ref.file_id)
+            self.firmware_signer.signature(product_id, version, ref.file_id, path)
         deployment = Deployment(product_id, names, version, ref.file_id, ref.size, ref.md5)
         self.store.put(
             "deployments", f"{product_id}/{version}/{','.join(names)}", attrs.asdict(deployment)
@@ -269,6 +280,10 @@ class Platform(RoleFacade):
         for key in keys:
             self.runtime.post("ota", key, command)
         return deployment
+
+    def _image(self, file_id: str) -> Path:
+        """Where the file service keeps a published image (what the signer hashes)."""
+        return self.files.data_dir / "files" / check_name(file_id)
 
     def _publish_image(self, image: str | Path | bytes) -> FileRef:
         return self._publish_source(image, "fw")
@@ -313,6 +328,15 @@ class Platform(RoleFacade):
     def _offer(self, key: DeviceKey, effect: ota.OfferFirmware) -> None:
         url = self.files.signed_get_url(effect.file_id, self.url_ttl)
         offer = ota.UpdateFirmware(effect.size, effect.md5, url, effect.version)
+        if self.firmware_signer is not None:
+            try:
+                signed = self.firmware_signer.signature(
+                    key.product, effect.version, effect.file_id, self._image(effect.file_id)
+                )
+            except OSError as exc:  # the image is gone: the device's fetch gets 404 anyway
+                log.warning("cannot sign %s for %s/%s: %s", effect.file_id, *key, exc)
+            else:
+                offer = attrs.evolve(offer, sha256=signed.sha256, signature=signed.signature)
         self.runtime.publish("ota", key, offer, 0)
 
     def _finished(self, key: DeviceKey, effect: ota.OtaFinished) -> None:

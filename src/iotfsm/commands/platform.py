@@ -28,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--desired", type=Path, help="desired-state TOML file, reloaded on change")
     parser.add_argument("--tls-ca", type=Path, help="CA file that signed the broker's certificate")
     parser.add_argument(
+        "--firmware-key",
+        type=Path,
+        help="Ed25519 private key (PEM, mode 0600) that signs every deployed image; make one "
+        "with `iotfsm firmware-key generate`",
+    )
+    parser.add_argument(
         "--events", choices=["jsonl"], help="print one JSON object per state change"
     )
     parser.add_argument("--connect-timeout", type=float, default=15.0)
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             public_base=args.public_base,
             on_step=events.step if events else None,
             mqtt=mqtt,
+            firmware_key=args.firmware_key,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
