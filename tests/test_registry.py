@@ -316,51 +316,22 @@ def test_registry_command_changes_what_a_running_platform_admits(tmp_path: Path)
             5,
         )
 
-        def answered() -> int:
-            return len(heard)
+        def turn(command: str, admitted: bool, answers: int) -> None:
+            args = ("--data-dir", str(data), "--product-id", PRODUCT, "--device-name", "dev-1")
+            assert iotfsm("registry", command, *args).returncode == 0
+            key = DeviceKey(PRODUCT, "dev-1")
+            wait_for(
+                f"the platform to see {command}",
+                lambda: platform.registry.admits(key) == admitted,
+                5,
+            )
+            _ask(broker, "dev-1")
+            assert len(heard) == answers
 
         _ask(broker, "dev-1")
-        assert answered() == 1
-        assert (
-            iotfsm(
-                "registry",
-                "disable",
-                "--data-dir",
-                str(data),
-                "--product-id",
-                PRODUCT,
-                "--device-name",
-                "dev-1",
-            ).returncode
-            == 0
-        )
-        wait_for(
-            "the platform to see the disable",
-            lambda: not platform.registry.admits(DeviceKey(PRODUCT, "dev-1")),
-            5,
-        )
-        _ask(broker, "dev-1")
-        assert answered() == 1
-        assert (
-            iotfsm(
-                "registry",
-                "enable",
-                "--data-dir",
-                str(data),
-                "--product-id",
-                PRODUCT,
-                "--device-name",
-                "dev-1",
-            ).returncode
-            == 0
-        )
-        wait_for(
-            "the platform to see the enable",
-            lambda: platform.registry.admits(DeviceKey(PRODUCT, "dev-1")),
-            5,
-        )
-        _ask(broker, "dev-1")
-        assert answered() == 2
+        assert len(heard) == 1
+        turn("disable", admitted=False, answers=1)  # turned away: no answer
+        turn("enable", admitted=True, answers=2)  # back in, nothing restarted
         listed = iotfsm("registry", "list", "--data-dir", str(data), "--json")
         assert json.loads(listed.stdout) == [
             {"product": PRODUCT, "device": "dev-1", "enabled": True, "auth": "key"}
