@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ from iotfsm.testing import Pair
 
 PRODUCT = "SIGN000001"
 CODEC = Codec(all_features())
-IMAGE = os.urandom(200_000)
+IMAGE = random.Random(15).randbytes(200_000)
 MD5 = hashlib.md5(IMAGE).hexdigest()
 SHA = hashlib.sha256(IMAGE).hexdigest()
 
@@ -398,7 +399,7 @@ def _forgeries(keys: tuple[Path, Path]) -> dict[str, dict[str, str]]:
         "another key": sign_fields(stranger, PRODUCT, "6.7", IMAGE),
         "another version": other_version,
         "another product": sign_fields(real, "OTHER00001", "6.7", IMAGE),
-        "another image": sign_fields(real, PRODUCT, "6.7", IMAGE[:-1] + b"\x00"),
+        "another image": sign_fields(real, PRODUCT, "6.7", IMAGE[:-1] + bytes([IMAGE[-1] ^ 1])),
         "sha256 of another image": {**other_version, "firmware_sha256": "0" * 64},
     }
 
@@ -496,3 +497,26 @@ def test_a_verifier_refuses_a_file_that_changed_after_signing(tmp_path: Path) ->
     assert "does not verify" in (
         verifier.problem(image, PRODUCT, "1.0", "", fields["firmware_signature"]) or ""
     )
+
+
+def test_signatures_are_kept_per_key_and_a_new_key_signs_again(tmp_path: Path) -> None:
+    """The platform hashes an image once per (key, product, version, file): offers and restarts
+    reuse the stored signature, and a rotated key signs afresh instead of serving the old one."""
+    from iotfsm.adapters.firmware_signing import FirmwareSigner
+    from iotfsm.adapters.store import SqliteStore
+
+    image = tmp_path / "fw-1"
+    image.write_bytes(IMAGE)
+    store = SqliteStore(tmp_path / "platform.sqlite3")
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    first = FirmwareSigner(old, store).signature(PRODUCT, "2.0", "fw-1", image)
+    image.unlink()  # a stored signature needs no image
+    assert FirmwareSigner(old, store).signature(PRODUCT, "2.0", "fw-1", image) == first
+    with pytest.raises(FileNotFoundError):
+        FirmwareSigner(new, store).signature(PRODUCT, "2.0", "fw-1", image)
+    image.write_bytes(IMAGE)
+    rotated = FirmwareSigner(new, store).signature(PRODUCT, "2.0", "fw-1", image)
+    assert rotated.sha256 == first.sha256 == SHA and rotated.signature != first.signature
+    signed = manifest(PRODUCT, "2.0", len(IMAGE), SHA)
+    new.public_key().verify(base64.b64decode(rotated.signature), signed)
+    store.close()

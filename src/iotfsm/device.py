@@ -312,6 +312,8 @@ class Device(RoleFacade):
                 )
             except OSError as exc:
                 problem = f"cannot read the image: {exc.strerror or exc}"
+            except Exception as exc:  # any failure must end in a rejection, never a stuck state
+                problem = f"verification failed: {type(exc).__name__}: {exc}"
             if problem is None:
                 post(ota.FirmwareVerified(effect.path))
                 return
