@@ -534,6 +534,10 @@ class SecureMosquitto(Mosquitto):
     def ca_file(self) -> Path:
         return PlatformCA.in_data_dir(self.data_dir).cert_file
 
+    def __enter__(self) -> SecureMosquitto:
+        self.start()
+        return self
+
     def update_access(self, devices: Iterable[DeviceKey]) -> None:
         """The registry changed: rewrite ACL and CRL from `devices`, then SIGHUP."""
         assert self.files is not None
