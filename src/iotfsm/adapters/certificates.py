@@ -282,6 +282,14 @@ class PlatformCA:
         _write_public(self.crl_file, crl.public_bytes(serialization.Encoding.PEM))
         return self.crl_file
 
+    def issued_devices(self) -> set[DeviceKey]:
+        """Every device that holds a certificate not revoked yet."""
+        return {
+            DeviceKey(e["product"], e["device"])
+            for e in self._load_index().values()
+            if "revoked" not in e
+        }
+
     def revoked_serials(self) -> set[int]:
         return {int(s) for s, entry in self._load_index().items() if "revoked" in entry}
 

@@ -99,8 +99,10 @@ class MosquittoSetup:
     """Keep the platform's persistent session (its queued reports) across broker restarts."""
     log_file: Path | None = None
     """None: Mosquitto's default (stderr, or syslog when run as a service)."""
-    run_as_root: bool = False
-    """Write `user root` (test brokers in private directories); deployments leave it off."""
+    user: str | None = None
+    """The account Mosquitto switches to when started as root (None: its default, `mosquitto`);
+    it must be able to read the files written here. Test brokers in private directories use
+    `root`."""
 
 
 @attrs.frozen
@@ -169,8 +171,8 @@ def write_config(
         lines.append(f"persistence_location {out_dir}/")
     if setup.log_file is not None:
         lines += [f"log_dest file {setup.log_file}", "log_type all", "log_timestamp true"]
-    if setup.run_as_root:
-        lines.append("user root")
+    if setup.user is not None:
+        lines.append(f"user {setup.user}")
     lines += [
         "",
         "# devices: a client certificate from the platform CA is the login",

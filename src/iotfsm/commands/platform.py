@@ -12,7 +12,14 @@ from pathlib import Path
 from ..desired import DesiredStateError
 from ..platform import Platform
 from ..reconcile import Reconciler
-from .common import CommandError, JsonLines, check_ca, stop_on_signals, wait_connected
+from .common import (
+    CommandError,
+    JsonLines,
+    add_login_arguments,
+    login_options,
+    stop_on_signals,
+    wait_connected,
+)
 
 EXAMPLE = """example:
   iotfsm platform --broker mqtt://127.0.0.1:1883 --data-dir ./platform \\
@@ -27,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-base", help="base URL devices use to reach the file service")
     parser.add_argument("--desired", type=Path, help="desired-state TOML file, reloaded on change")
     parser.add_argument("--tls-ca", type=Path, help="CA file that signed the broker's certificate")
+    add_login_arguments(parser, device=False)
     parser.add_argument(
         "--events", choices=["jsonl"], help="print one JSON object per state change"
     )
@@ -42,7 +50,7 @@ def _http(value: str) -> tuple[str, int]:
 
 def run(args: argparse.Namespace) -> int:
     host, port = _http(args.http)
-    mqtt = check_ca(args.tls_ca)
+    mqtt, _ = login_options(args, device=False)
     events = JsonLines() if args.events == "jsonl" else None
     try:
         platform = Platform(

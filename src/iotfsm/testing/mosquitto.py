@@ -560,7 +560,7 @@ class SecureMosquitto(Mosquitto):
             server_names=(self.host, "localhost"),
             persistence=False,
             log_file=self.log_file,
-            run_as_root=hasattr(os, "geteuid") and os.geteuid() == 0,
+            user="root" if hasattr(os, "geteuid") and os.geteuid() == 0 else None,
         )
         self.files = write_config(self.directory / "broker", self.data_dir, self.devices, setup)
         self.config_file = self.files.config
