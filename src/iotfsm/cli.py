@@ -141,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_arguments(report)
     report.set_defaults(run=status.run)
+
+    from .commands import registry
+
+    devices = sub.add_parser(
+        "registry",
+        help="register, list, enable, disable and remove the devices a platform admits",
+        description="The devices a platform admits (kept in its data directory; a running "
+        "platform sees changes within a second). " + registry.EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    registry.add_arguments(devices)
+    devices.set_defaults(run=registry.run)
     return parser
 
 
