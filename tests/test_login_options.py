@@ -71,15 +71,13 @@ def test_certificate_device(tmp_path: Path) -> None:
     )
     assert psk is None and (options.certfile, options.keyfile) == (cert, key)
     os.chmod(key, 0o644)
-    with pytest.raises(CommandError, match="--key .* may be read by others"):
+    with pytest.raises(CommandError, match=r"--key .* may be read by others"):
         login_options(parse("--cert", str(cert), "--key", str(key), device=True), device=True)
     with pytest.raises(CommandError, match="go together"):
         login_options(parse("--cert", str(cert), device=True), device=True)
 
 
-def test_a_device_needs_exactly_one_login(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_device_needs_exactly_one_login(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(CommandError, match="no login"):
         login_options(parse(device=True), device=True)
     cert = tmp_path / "d.crt"
@@ -112,5 +110,8 @@ def test_platform_password_from_file_or_environment(
     monkeypatch.setenv(PASSWORD_ENV, "from-env")
     options, _ = login_options(parse("--username", "u", device=False), device=False)
     assert options.password == "from-env"
+    with pytest.raises(CommandError, match="needs --username"):
+        login_options(parse(device=False), device=False)  # a password in the env, no user
+    monkeypatch.delenv(PASSWORD_ENV)
     options, _ = login_options(parse(device=False), device=False)
     assert options.username is None  # no login: an anonymous broker, as before

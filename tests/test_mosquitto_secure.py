@@ -31,11 +31,13 @@ from iotfsm.adapters.connect import MqttOptions
 from iotfsm.adapters.mosquitto_config import (
     PLATFORM_USERNAME,
     acl_text,
-    device_topics,
     hash_password,
     platform_password,
 )
 from iotfsm.adapters.mqtt_transport import MqttTransport, settings_from_url
+from iotfsm.adapters.registry import device_topics
+from iotfsm.commands.mosquitto_broker import cert_devices
+from iotfsm.commands.registry import open_registry
 from iotfsm.device import Device
 from iotfsm.machines.feature import DeviceKey
 from iotfsm.platform import Platform
@@ -111,6 +113,18 @@ def platform_transport(broker: SecureMosquitto, data_dir: Path) -> MqttTransport
         ca_file=broker.ca_file,
     )
     return MqttTransport(attrs.evolve(settings, backoff_min=0.05, backoff_max=0.3))
+
+
+def registered(data_dir: Path, *keys: DeviceKey) -> list[DeviceKey]:
+    """Register `keys` as certificate devices; the devices the broker lets in, read back from
+    the registry as `iotfsm broker-config mosquitto` reads them."""
+    registry, store = open_registry(data_dir, None)
+    try:
+        for key in keys:
+            registry.add(key.product, key.device, "cert")
+        return cert_devices(registry)
+    finally:
+        store.close()
 
 
 def forged(topic: str, doc: dict[str, Any]) -> tuple[str, bytes]:
@@ -208,7 +222,7 @@ def test_attacks_refused_by_mosquitto_while_a_valid_device_works(
     tmp_path: Path, evil_server: CountingServer, mqtt_clients: ClientFactory
 ) -> None:
     data = tmp_path / "platform"
-    broker = SecureMosquitto(data, [VICTIM, ATTACKER, IDLE])
+    broker = SecureMosquitto(data, registered(data, VICTIM, ATTACKER, IDLE))
     broker.start()
     ca = PlatformCA.in_data_dir(data)
     certs = {key: ca.issue_device(key, tmp_path / "certs") for key in (VICTIM, ATTACKER)}
@@ -285,7 +299,7 @@ def test_revoked_device_is_cut_off_after_a_reload_without_restart(
     tmp_path: Path, mqtt_clients: ClientFactory
 ) -> None:
     data = tmp_path / "platform"
-    with SecureMosquitto(data, [VICTIM, ATTACKER]) as broker:
+    with SecureMosquitto(data, registered(data, VICTIM, ATTACKER)) as broker:
         ca = PlatformCA.in_data_dir(data)
         certs = {key: ca.issue_device(key, tmp_path / "certs") for key in (VICTIM, ATTACKER)}
         settings = settings_from_url(

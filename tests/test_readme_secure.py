@@ -65,6 +65,12 @@ class Service:
     def events(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.lines if line.startswith("{")]
 
+    def started(self) -> bool:
+        """Its `started` event was printed; a service that exited fails at once, with output."""
+        if self.popen.poll() is not None:
+            raise AssertionError(f"exited with {self.popen.returncode}: {''.join(self.lines)}")
+        return any(e.get("event") == "started" for e in self.events())
+
     def stop(self) -> None:
         if self.popen.poll() is None:
             self.popen.terminate()
@@ -111,8 +117,8 @@ def test_secure_deployment_section_runs(tmp_path: Path, services: list[Service])
     iotfsm = [sys.executable, "-m", "iotfsm"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     mosquitto: Service | None = None
-    for argv in commands():
-        argv = [_substitute(arg, ports) for arg in argv]
+    for line in commands():
+        argv = [_substitute(arg, ports) for arg in line]
         if argv[:2] == ["iotfsm", "broker-config"] and "--reload" not in argv:
             argv += ["--device-port", str(ports["8883"]), "--platform-port", str(ports["8884"])]
         if as_root and "--user" in argv:
@@ -120,18 +126,21 @@ def test_secure_deployment_section_runs(tmp_path: Path, services: list[Service])
         if argv[0] == "mosquitto":
             mosquitto = Service([find_mosquitto(), *argv[1:]], tmp_path, env)
             services.append(mosquitto)
-            wait_for("mosquitto's ports", lambda: _port_open(ports["8883"]) and _port_open(ports["8884"]))
+            wait_for(
+                "mosquitto's ports", lambda: _port_open(ports["8883"]) and _port_open(ports["8884"])
+            )
         elif argv[:2] in (["iotfsm", "platform"], ["iotfsm", "device"]):
             service = Service([*iotfsm, *argv[1:]], tmp_path, env)
             services.append(service)
-            wait_for(
-                f"{argv[1]} to start: {service.lines[-5:]}",
-                lambda s=service: any(e["event"] == "started" for e in s.events()),
-                timeout=30,
-            )
+            wait_for(f"{argv[1]} to start", service.started, timeout=30)
         elif argv[0] == "iotfsm":
             done = subprocess.run(
-                [*iotfsm, *argv[1:]], cwd=tmp_path, env=env, capture_output=True, text=True
+                [*iotfsm, *argv[1:]],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                check=False,
             )
             assert done.returncode == 0, f"{shlex.join(argv)}:\n{done.stdout}{done.stderr}"
         else:

@@ -37,6 +37,7 @@ import attrs
 from ..machines import all_features
 from ..machines.feature import DeviceKey, Direction
 from .certificates import PlatformCA, device_identity
+from .registry import device_topics
 
 PLATFORM_USERNAME = "iotfsm-platform"
 PLATFORM_PASSWORD_FILE = "broker-password"
@@ -56,13 +57,6 @@ def hash_password(password: str, *, iterations: int = _PBKDF2_ITERATIONS) -> str
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
     b64 = base64.b64encode
     return f"$7${iterations}${b64(salt).decode()}${b64(digest).decode()}"
-
-
-def device_topics(key: DeviceKey) -> tuple[list[str], list[str]]:
-    """(publish, subscribe) topics of one device, from every feature's topic pair."""
-    up = [f.up_topic.format(product=key.product, device=key.device) for f in all_features()]
-    down = [f.down_topic.format(product=key.product, device=key.device) for f in all_features()]
-    return list(dict.fromkeys(up)), list(dict.fromkeys(down))
 
 
 def acl_text(devices: Iterable[DeviceKey], platform_username: str = PLATFORM_USERNAME) -> str:
