@@ -325,3 +325,31 @@ def test_revoked_device_is_cut_off_after_a_reload_without_restart(
         victim_cert = (certs[VICTIM].cert_file, certs[VICTIM].key_file)
         assert connack_code(broker.port, broker.ca_file, cert=victim_cert, client_id="v") == 0
         assert len(re.findall(r"mosquitto version \S+ starting", broker.log_text())) == 1
+
+
+def test_why_per_device_blocks_and_not_patterns(
+    tmp_path: Path, mqtt_clients: ClientFactory
+) -> None:
+    """What the ACL design rests on, measured on the installed Mosquitto: a `%u` pattern does
+    substitute a username with `/` (so `{product}/{device}` patterns would work), but a user
+    block cannot take a pattern's grant away, so a disabled device would keep its topics."""
+    data = tmp_path / "platform"
+    with SecureMosquitto(data, registered(data, VICTIM, ATTACKER)) as broker:
+        assert broker.files is not None
+        cert = PlatformCA.in_data_dir(data).issue_device(ATTACKER, tmp_path / "certs")
+        patterns = "pattern write $ota/report/%u\npattern read $ota/update/%u\n"
+        broker.files.acl.write_text(patterns + "\nuser S3EUVBRJLB/attacker\ntopic deny #\n")
+        broker.reload()
+        settings = settings_from_url(
+            broker.url,
+            client_id="S3EUVBRJLBattacker",
+            ca_file=broker.ca_file,
+            certfile=cert.cert_file,
+            keyfile=cert.key_file,
+        )
+        attacker = mqtt_clients(settings)
+        for topic in ("$ota/report/S3EUVBRJLB/victim", "$ota/report/S3EUVBRJLB/attacker"):
+            attacker.transport.publish(topic, b"{}", qos=1)
+        received = "Received PUBLISH from S3EUVBRJLBattacker (d0, q1, r0, m2, '$ota/report/S3EUVBRJLB/attacker'"
+        wait_for("the pattern's grant", lambda: received in broker.log_text())
+        assert denied(broker) == ["$ota/report/S3EUVBRJLB/victim"]  # %u held {product}/{device}
