@@ -7,12 +7,21 @@ losing a task; the desired-state file is applied at start and again whenever it 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+from ..adapters.store import StoreCorruptError, reset_if_damaged
 from ..desired import DesiredStateError
 from ..platform import Platform
 from ..reconcile import Reconciler
-from .common import CommandError, JsonLines, check_ca, stop_on_signals, wait_connected
+from .common import (
+    STORE_DAMAGED,
+    CommandError,
+    JsonLines,
+    check_ca,
+    stop_on_signals,
+    wait_connected,
+)
 
 EXAMPLE = """example:
   iotfsm platform --broker mqtt://127.0.0.1:1883 --data-dir ./platform \\
@@ -31,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--events", choices=["jsonl"], help="print one JSON object per state change"
     )
     parser.add_argument("--connect-timeout", type=float, default=15.0)
+    parser.add_argument(
+        "--reset-store",
+        action="store_true",
+        help="if platform.sqlite3 is damaged, move it aside (kept as platform.sqlite3.corrupt-"
+        "<time>) and start with an empty store; a healthy store is kept as it is",
+    )
 
 
 def _http(value: str) -> tuple[str, int]:
@@ -40,10 +55,18 @@ def _http(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _reset_store(path: Path) -> None:
+    aside = reset_if_damaged(path)
+    if aside is not None:
+        print(f"iotfsm: moved the damaged store {path} aside to {aside.name}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     host, port = _http(args.http)
     mqtt = check_ca(args.tls_ca)
     events = JsonLines() if args.events == "jsonl" else None
+    if args.reset_store:
+        _reset_store(args.data_dir / "platform.sqlite3")
     try:
         platform = Platform(
             args.broker,
@@ -54,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
             on_step=events.step if events else None,
             mqtt=mqtt,
         )
+    except StoreCorruptError as exc:
+        raise CommandError(str(exc), STORE_DAMAGED) from None
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     reconciler = Reconciler(platform, args.desired) if args.desired else None
