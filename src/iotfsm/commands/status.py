@@ -44,6 +44,7 @@ def _row(feature: str, product: str, device: str, doc: dict[str, Any]) -> dict[s
             percent=ctx.get("percent"),
             result_code=ctx.get("result_code"),
             result_msg=ctx.get("result_msg"),
+            drift=ctx.get("drift") or None,
         )
     elif feature == "log_level":
         row.update(level=ctx.get("level"))
