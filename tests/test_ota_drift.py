@@ -43,7 +43,10 @@ def test_a_device_reporting_another_version_after_success_is_offered_the_target_
     assert s.step(ReportVersion.of("0.2")) == [Publish(ReportVersionRsp(0, "success", "0.2"), 0)]
     assert s.step(ReportVersion.of("0.1")) == [
         Publish(ReportVersionRsp(0, "success", "0.1"), 0),
-        Log.warning("left its target 0.2 after success: it reports 0.1; offering again"),
+        Log.warning(
+            "reports 0.1 after it reached its target 0.2 (flashed back, or a late report): "
+            "offering 0.2 again"
+        ),
         OfferFirmware("0.2", "fw-0.2", 1000, MD5_A),
         SetTimer("silence", 300.0, 3),
     ]
@@ -56,6 +59,19 @@ def test_a_device_reporting_another_version_after_success_is_offered_the_target_
         OtaFinished(True, "0.2", 0, "success"),
     ]
     assert (s.state, s.ctx.drift) == ("succeeded", "")
+
+
+def test_a_late_report_of_the_old_version_ends_in_the_same_single_success() -> None:
+    s = succeeded()
+    s.step(ReportVersion.of("0.1"))  # delayed past the success: looks like drift
+    assert s.state == "offered"
+    # the device, running 0.2, answers the re-offer with its version at once
+    assert s.step(ReportVersion.of("0.2")) == [
+        CancelTimer("silence"),
+        Publish(ReportVersionRsp(0, "success", "0.2"), 0),
+        Log.info("reports its target 0.2 again: no drift"),
+    ]
+    assert (s.state, s.ctx.drift, s.ctx.percent) == ("succeeded", "", 100)
 
 
 def test_a_cancelled_task_does_not_chase_the_device_and_bad_versions_change_nothing() -> None:

@@ -521,8 +521,24 @@ def _drifted(ctx: PlatformContext, event: ReportVersion, now: float) -> Iterable
     not a success to keep showing."""
     ctx.drift = event.report.version
     ctx.percent, ctx.result_code, ctx.result_msg, ctx.attempts = 0, 0, "", 0
-    text = f"left its target {ctx.target} after success: it reports {ctx.drift}; offering again"
+    text = (
+        f"reports {ctx.drift} after it reached its target {ctx.target} (flashed back, or a late"
+        f" report): offering {ctx.target} again"
+    )
     return [_rsp(ctx, event), Log.warning(text), *_offer(ctx)]
+
+
+def _drift_undone(ctx: PlatformContext, event: ReportVersion) -> bool:
+    """The device answers the re-offer with the target version at once, with no download: it
+    never left the target (the drift was a report delayed past the success) or went back by
+    itself. The success it had stands; telling server code again would count one update twice."""
+    return bool(ctx.drift) and _reports_target(ctx, event) and not ctx.progressed
+
+
+def _back_on_target(ctx: PlatformContext, event: ReportVersion, now: float) -> Iterable[Effect]:
+    ctx.drift = ""
+    ctx.percent, ctx.result_code, ctx.result_msg = 100, 0, "success"
+    return (_rsp(ctx, event), Log.info(f"reports its target {ctx.target} again: no drift"))
 
 
 def _refuse_version(ctx: PlatformContext, event: ReportVersion, now: float) -> Iterable[Effect]:
@@ -657,6 +673,7 @@ PLATFORM = MachineSpec(
         State("failed", doc="too many attempts without progress, or the device went silent"),
     ],
     transitions=[
+        On(ReportVersion, "offered", "succeeded", guard=_drift_undone, action=_back_on_target),
         On(ReportVersion, ACTIVE, "succeeded", guard=_reports_target, action=_succeeded),
         On(ReportVersion, ACTIVE, "offered", guard=_valid_version, action=_answer_and_offer),
         On(ReportVersion, "succeeded", "offered", guard=_left_target, action=_drifted),
