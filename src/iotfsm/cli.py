@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the platform role, reconciled toward a desired-state file",
         description="Run the platform role (OTA, resources, config, log level) against a "
         "broker, with the HTTP file service and a SQLite store. " + platform.EXAMPLE,
+        epilog=status.EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     platform.add_arguments(server)
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="devices by feature, from a platform's data directory",
         description="Show every device's state per feature. " + status.EXAMPLE,
+        epilog=status.EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_arguments(report)
@@ -187,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
     except CommandError as exc:
         print(f"iotfsm: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     return code
 
 

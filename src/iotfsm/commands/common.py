@@ -19,9 +19,18 @@ import attrs
 from ..adapters.connect import MqttOptions
 from ..fsm.trace import StepRecord
 
+STORE_DAMAGED = 3
+"""Exit code when the platform store is damaged: not 1 (any CommandError) nor 2 (argparse's usage
+errors), so a supervisor can stop restarting a platform that cannot start on its store."""
+
 
 class CommandError(Exception):
-    """A problem the user can fix; the command prints its message on one line and exits 1."""
+    """A problem the user can fix; the command prints its message on one line and exits with
+    `exit_code` (1 unless a more telling one is given)."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 PSK_ENV = "IOTFSM_PSK"
