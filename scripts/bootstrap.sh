@@ -9,18 +9,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# What each purpose needs from Debian, as PACKAGE:PROBE. PROBE is a command, or an absolute path
-# (a glob is fine) that exists once the package is installed: the package is installed only when
-# its probe is missing. To say "the test command also needs X", add X to DEBS_test; keep DEBS_demo
-# to what someone who only runs the demo needs. Python itself (python3, python3-venv) is handled
-# below for every purpose.
+# What each purpose needs from Debian, as PACKAGE:PROBE: the package is installed only when its
+# probe is missing. PROBE is a command or an absolute path (a glob is fine) that exists once the
+# package is installed, or several such alternatives separated by |. To say "the test command
+# also needs X", add X to DEBS_test; keep DEBS_demo to what someone who only runs the demo needs.
+# Python itself (python3, python3-venv) is handled below, for every purpose.
 DEBS_demo=(
-  graphviz:dot                   # `iotfsm diagram` (the demo's next step) runs Graphviz's dot
+  graphviz:dot  # `iotfsm diagram` (the README's next step) runs dot; `iotfsm demo` does not
 )
 DEBS_test=(
   "${DEBS_demo[@]}"
-  mosquitto:/usr/sbin/mosquitto  # integration tests start their own brokers on free ports
-  openssl:openssl                # integration tests make their own TLS certificates
+  'mosquitto:mosquitto|/usr/sbin/mosquitto'  # integration tests start their own brokers
+  openssl:openssl                            # ... and make their own TLS certificates
 )
 # What each purpose installs into .venv (editable, so the checkout's src is what runs), and which
 # other purposes that install also covers.
@@ -72,11 +72,24 @@ step() {
   exit "$rc"
 }
 
+# Whether a probe is there: PROBE is one or more alternatives separated by |, each a command on
+# PATH or an absolute path (a glob is fine).
 present() {
-  case $1 in
-    /*) compgen -G "$1" >/dev/null ;;
-    *) command -v "$1" >/dev/null 2>&1 ;;
-  esac
+  local alternative alternatives
+  IFS='|' read -ra alternatives <<<"$1"
+  for alternative in "${alternatives[@]}"; do
+    case $alternative in
+      /*) compgen -G "$alternative" >/dev/null && return 0 ;;
+      *) command -v "$alternative" >/dev/null 2>&1 && return 0 ;;
+    esac
+  done
+  return 1
+}
+
+# A venv that cannot import pip (made without python3-venv, or its Python gone) is made afresh.
+make_venv() {
+  find .venv -mindepth 1 -maxdepth 1 ! -name bootstrap.log -exec rm -rf {} +
+  "$PY" -m venv .venv
 }
 
 apt_install() {
@@ -111,7 +124,7 @@ fi
 
 # The venv
 if ! .venv/bin/python -c "import pip" >/dev/null 2>&1; then
-  step "$PY -m venv .venv" "$PY" -m venv .venv
+  step "$PY -m venv .venv" make_venv
 fi
 
 # Python packages, again whenever pyproject.toml changed
