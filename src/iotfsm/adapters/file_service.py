@@ -79,6 +79,11 @@ _DRAIN_LIMIT = 16 * 1024 * 1024
 response instead of a connection reset. Larger bodies are cut off."""
 _DRAIN_TIMEOUT = 2.0
 _HEX_MD5 = re.compile(r"[0-9a-fA-F]{32}")
+_DIGITS = re.compile(r"[0-9]+")
+_RANGE_SPEC = re.compile(r"[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
+_MAX_DIGITS = 19
+_HUGE: int = 10**_MAX_DIGITS
+"""What a number of more than `_MAX_DIGITS` digits counts as: larger than any real size."""
 _ROUTE = re.compile(r"/(files|uploads)/([^/]+)")
 _SIGNATURE_IN_TEXT = re.compile(r"(signature=)[^&\s'\"]*", re.IGNORECASE)
 
@@ -169,36 +174,50 @@ def check_md5(md5: str) -> str:
     return md5.lower()
 
 
+def parse_decimal(text: str) -> int | None:
+    """`text` as a non-negative decimal integer, or None when it is not one.
+
+    Only ASCII digits count (`int()` also takes other scripts' digits, spaces and `_`). Leading
+    zeros are dropped and a number longer than `_MAX_DIGITS` digits comes back as `_HUGE`: it is
+    past any file, expiry or length this service handles, and parsing it would meet Python's
+    int-string limit (4,300 digits) with a ValueError, or cost time quadratic in its length."""
+    if not text or not _DIGITS.fullmatch(text):
+        return None
+    significant = text.lstrip("0")
+    if len(significant) > _MAX_DIGITS:
+        return _HUGE
+    return int(significant or "0")
+
+
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """Interpret a Range header for a file of `size` bytes (RFC 9110 §14).
 
     Returns None when the whole file should be sent: no header, another unit, a malformed or
     inverted range, or several ranges. An end past the file is clamped (the C SDK asks for
     `bytes=0-{size}`). Raises RangeNotSatisfiableError when the start is at or past the end.
+    Never raises anything else, whatever the header holds (numbers of any length included).
     """
     if header is None:
         return None
     unit, sep, spec = header.strip().partition("=")
     if not sep or unit.strip().lower() != "bytes" or "," in spec:
         return None
-    match = re.fullmatch(r"\s*(\d*)\s*-\s*(\d*)\s*", spec)
+    match = _RANGE_SPEC.fullmatch(spec)
     if match is None:
         return None
-    first, last = match.group(1), match.group(2)
-    if not first:
-        if not last:
+    first, last = parse_decimal(match.group(1)), parse_decimal(match.group(2))
+    if first is None:
+        if last is None:
             return None
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            raise RangeNotSatisfiableError(f"suffix range of {suffix} bytes on {size} bytes")
-        return ByteRange(max(0, size - suffix), size - 1)
-    start = int(first)
-    if last and int(last) < start:
+        if last == 0 or size == 0:
+            raise RangeNotSatisfiableError(f"suffix range of {last} bytes on {size} bytes")
+        return ByteRange(max(0, size - last), size - 1)
+    if last is not None and last < first:
         return None
-    if start >= size:
-        raise RangeNotSatisfiableError(f"range starts at {start}, the file has {size} bytes")
-    end = min(int(last), size - 1) if last else size - 1
-    return ByteRange(start, end)
+    if first >= size:
+        raise RangeNotSatisfiableError(f"range starts at {first}, the file has {size} bytes")
+    end = min(last, size - 1) if last is not None else size - 1
+    return ByteRange(first, end)
 
 
 def _content_md5_to_hex(header: str) -> str | None:
@@ -549,14 +568,15 @@ class FileService:
             if len(got) != 1:
                 return f"query parameter {key!r} missing or repeated", 0, ""
             values[key] = got[0]
-        if not (values["expires"].isascii() and values["expires"].isdigit()):
+        expires = parse_decimal(values["expires"])
+        if expires is None:
             return "bad expires", 0, ""
-        expires = int(values["expires"])
         size, md5 = 0, ""
         if method == "PUT":
-            if not (values["size"].isascii() and values["size"].isdigit()):
+            parsed_size = parse_decimal(values["size"])
+            if parsed_size is None:
                 return "bad size", 0, ""
-            size, md5 = int(values["size"]), values["md5"]
+            size, md5 = parsed_size, values["md5"]
             if not _HEX_MD5.fullmatch(md5):
                 return "bad md5", 0, ""
             expected = self._sign(method, path, expires, size, md5)
@@ -664,9 +684,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self._body_read or self.command not in ("PUT", "POST"):
             return
         self._body_read = True
-        try:
-            remaining = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
+        remaining = parse_decimal(self.headers.get("Content-Length", "0"))
+        if remaining is None:
             return
         remaining = min(remaining, _DRAIN_LIMIT)
         try:
@@ -809,9 +828,8 @@ class _Handler(BaseHTTPRequestHandler):
         if "Transfer-Encoding" in self.headers or "Content-Length" not in self.headers:
             self._fail(411, "Content-Length required, chunked bodies are not accepted")
             return
-        try:
-            length = int(self.headers["Content-Length"])
-        except ValueError:
+        length = parse_decimal(self.headers["Content-Length"].strip())
+        if length is None:
             self._fail(400, "bad Content-Length")
             return
         if not 0 <= length <= max_body:
@@ -860,9 +878,8 @@ class _Handler(BaseHTTPRequestHandler):
         if "Transfer-Encoding" in self.headers or "Content-Length" not in self.headers:
             self._fail(411, "Content-Length required, chunked bodies are not accepted")
             return
-        try:
-            length = int(self.headers["Content-Length"])
-        except ValueError:
+        length = parse_decimal(self.headers["Content-Length"].strip())
+        if length is None:
             self._fail(400, "bad Content-Length")
             return
         if length != size:
@@ -931,5 +948,6 @@ __all__ = [
     "UploadRecord",
     "check_md5",
     "check_name",
+    "parse_decimal",
     "parse_range",
 ]
