@@ -49,13 +49,11 @@ import os
 import re
 import secrets
 import socket
-import sys
 import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, cast
@@ -66,6 +64,14 @@ import attrs
 from iotfsm.fsm.clock import Clock, RealClock
 
 from ..machines.names import MAX_NAME_LENGTH, check_name, name_problem
+from .bounded_http import (
+    DEFAULT_BACKLOG,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_WORKERS,
+    BoundedHTTPServer,
+    PooledRequestHandler,
+)
 from .durable import fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -337,7 +343,15 @@ class FileService:
         secret: bytes | None = None,
         clock: Clock | None = None,
         request_timeout: float = 30.0,
+        workers: int = DEFAULT_WORKERS,
+        backlog: int = DEFAULT_BACKLOG,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
+        """`workers` bounds the requests served at once (each streams one file); connections
+        waiting for a request cost no thread and are cut after `idle_timeout` seconds of silence,
+        or `header_timeout` seconds into an unfinished request head (`bounded_http`).
+        `request_timeout` bounds each socket read or write inside a request."""
         self._data_dir = Path(data_dir).resolve()
         self._files_dir = self._data_dir / "files"
         self._uploads_dir = self._data_dir / "uploads"
@@ -352,13 +366,14 @@ class FileService:
             raise ValueError("the signing secret must not be empty")
         self._clock: Clock = clock if clock is not None else RealClock()
         self._request_timeout = request_timeout
+        self._workers, self._backlog = workers, backlog
+        self._header_timeout, self._idle_timeout = header_timeout, idle_timeout
         self._lock = threading.Lock()
         self._published: dict[str, FileRef] = {}
         self._uploads: dict[str, UploadRecord] = {}
         self._callbacks: list[Callable[[UploadRecord], None]] = []
         self._post_routes: dict[str, tuple[PostHandler, int]] = {}
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self.hooks = FaultHooks()
 
     # Lifecycle ----------------------------------------------------------------------------------
@@ -366,29 +381,25 @@ class FileService:
     def start(self) -> FileService:
         if self._server is not None:
             raise RuntimeError("the file service is already running; stop() it first")
-        server = _Server((self._host, self._port), _Handler)
-        server.service = self
-        self._server = server
-        # A short poll keeps stop() quick; an idle select every 50 ms costs nothing measurable.
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
+        server = _Server(
+            (self._host, self._port),
+            _Handler,
+            workers=self._workers,
+            backlog=self._backlog,
+            header_timeout=self._header_timeout,
+            idle_timeout=self._idle_timeout,
             name="iotfsm-file-service",
-            daemon=True,
         )
-        self._thread.start()
+        server.service = self
+        server.start()
+        self._server = server
         logger.info("file service listening on %s, public base %s", self.base_url, self.public_base)
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join()
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
 
     def __enter__(self) -> FileService:
         return self.start() if self._server is None else self
@@ -416,6 +427,13 @@ class FileService:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{port}"
+
+    @property
+    def server(self) -> BoundedHTTPServer:
+        """The running HTTP server (its pool size, backlog and connection count)."""
+        if self._server is None:
+            raise RuntimeError("the file service is not running; call start() first")
+        return self._server
 
     @property
     def public_base(self) -> str:
@@ -609,20 +627,11 @@ def _check_public_base(base: str) -> str:
     return base.rstrip("/")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(BoundedHTTPServer):
     service: FileService
 
-    def handle_error(self, request: object, client_address: object) -> None:
-        error = sys.exc_info()[1]
-        if isinstance(error, ConnectionError | TimeoutError):
-            # Devices drop connections all the time; that is not a server error.
-            logger.debug("file service: %s went away: %s", client_address, error)
-            return
-        logger.exception("file service: unhandled error while serving %s", client_address)
 
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(PooledRequestHandler):
     """Routes `/files/{id}` (GET, HEAD) and `/uploads/{key}` (PUT); everything else is 404/405."""
 
     protocol_version = "HTTP/1.1"
@@ -723,10 +732,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     # GET / HEAD ---------------------------------------------------------------------------------
 
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802 (http.server names)
         self._get()
 
-    def do_HEAD(self) -> None:
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server names)
         self._get()
 
     def _get(self) -> None:
@@ -817,7 +826,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # POST (registered routes) ------------------------------------------------------------------
 
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 (http.server names)
         path = self.service._strip_prefix(urlsplit(self.path).path)
         self._name = path
         route = self.service._post_route(path)
@@ -866,7 +875,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # PUT ----------------------------------------------------------------------------------------
 
-    def do_PUT(self) -> None:
+    def do_PUT(self) -> None:  # noqa: N802 (http.server names)
         routed = self._route("uploads")
         if routed is None:
             return
