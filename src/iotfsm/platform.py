@@ -143,13 +143,18 @@ class Platform(RoleFacade):
         clock: Clock | None = None,
         mqtt: MqttOptions | None = None,
         share_group: str | None = None,
+        max_upload: int | None = None,
     ) -> None:
         """`data_dir` keeps the SQLite store and the served files (default: a temporary folder
         and an in-memory store, gone at `stop`). The file service listens on
         `http_host:http_port` and hands out URLs under `public_base` (default its own address;
         set it when devices reach it through a proxy on port 80/443). `products` limits the
         subscriptions; `share_group` lets workers split one broker's load (MQTT shared
-        subscriptions; Mosquitto does not share `$` topics, so partition by `products` there)."""
+        subscriptions; Mosquitto does not share `$` topics, so partition by `products` there).
+        `max_upload` bounds a device upload in bytes (None: only the free disk space does)."""
+        if max_upload is not None and max_upload < 1:
+            raise ValueError(f"max_upload must be a positive number of bytes, got {max_upload}")
+        self.max_upload = max_upload
         self._own_dir = data_dir is None
         self.data_dir = Path(
             tempfile.mkdtemp(prefix="iotfsm-platform-") if data_dir is None else data_dir
@@ -360,6 +365,11 @@ class Platform(RoleFacade):
         return [u for u in found if _matches(u.product, u.device, product_id, device)]
 
     def _grant_upload(self, key: DeviceKey, effect: resources.GrantUpload) -> None:
+        refusal = self.files.upload_refusal(effect.size, self.max_upload)
+        if refusal is not None:
+            event = resources.UploadRefused(effect.name, effect.size, effect.md5, refusal)
+            self.runtime.post("resource_upload", key, event)
+            return
         upload_key = _record_key(key, effect.name, effect.md5)
         with self._records:
             self._record_grant(key, effect, upload_key)

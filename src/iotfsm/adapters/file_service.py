@@ -48,6 +48,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import socket
 import tempfile
 import threading
@@ -92,6 +93,9 @@ _HUGE: int = 10**_MAX_DIGITS
 """What a number of more than `_MAX_DIGITS` digits counts as: larger than any real size."""
 _ROUTE = re.compile(r"/(files|uploads)/([^/]+)")
 _SIGNATURE_IN_TEXT = re.compile(r"(signature=)[^&\s'\"]*", re.IGNORECASE)
+_LOADED_AT = time.time()
+"""No earlier than this process started: a temporary file older than it is an orphan of an
+earlier process (killed in the middle of a PUT), never a body this process is receiving."""
 
 
 # Data -------------------------------------------------------------------------------------------
@@ -358,6 +362,7 @@ class FileService:
         self._tmp_dir = self._data_dir / "tmp"
         for folder in (self._files_dir, self._uploads_dir, self._tmp_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        self._remove_orphans()
         self._host = host
         self._port = port
         self._public_base = _check_public_base(public_base) if public_base is not None else None
@@ -375,6 +380,27 @@ class FileService:
         self._post_routes: dict[str, tuple[PostHandler, int]] = {}
         self._server: _Server | None = None
         self.hooks = FaultHooks()
+
+    def _remove_orphans(self) -> None:
+        """Delete bodies in flight left by an earlier process: nothing else ever would."""
+        for path in self._tmp_dir.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < _LOADED_AT:
+                    size = path.stat().st_size
+                    path.unlink()
+                    logger.info("removed %s (%d bytes), left by an earlier process", path, size)
+            except OSError as exc:
+                logger.warning("cannot remove the orphan %s: %s", path, exc)
+
+    def upload_refusal(self, size: int, max_size: int | None = None) -> str | None:
+        """Why an upload of `size` bytes must not be granted (None: it may be). Checked before
+        handing out a PUT URL, so a device is not sent to stream a file the disk cannot hold."""
+        if max_size is not None and size > max_size:
+            return f"{size} bytes is over the platform's maximum upload of {max_size} bytes"
+        free = shutil.disk_usage(self._tmp_dir).free
+        if size > free:
+            return f"{size} bytes do not fit: the platform's disk has {free} bytes free"
+        return None
 
     # Lifecycle ----------------------------------------------------------------------------------
 

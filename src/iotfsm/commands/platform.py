@@ -31,6 +31,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--events", choices=["jsonl"], help="print one JSON object per state change"
     )
     parser.add_argument("--connect-timeout", type=float, default=15.0)
+    parser.add_argument(
+        "--max-upload", type=_size, help="largest device upload granted, e.g. 50M (default: any)"
+    )
+
+
+def _size(value: str) -> int:
+    """`1048576`, `512K`, `50M` or `2G` as bytes."""
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+    number, unit = value[:-1], value[-1:].upper()
+    if unit.isdigit():
+        number, unit = value, ""
+    if unit not in units or not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a size such as 1048576, 512K or 50M")
+    return int(number) * units[unit]
 
 
 def _http(value: str) -> tuple[str, int]:
@@ -53,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
             public_base=args.public_base,
             on_step=events.step if events else None,
             mqtt=mqtt,
+            max_upload=args.max_upload,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
