@@ -187,7 +187,9 @@ def test_hostile_names_are_refused_on_both_sides(
     world.platform.runtime.on_message(
         f"$resource/up/service/{PRODUCT}/names", json.dumps(create).encode()
     )
-    assert not any(m["type"] == "create_upload_task_rsp" for m in world.wire("$resource/down/"))
+    # it is answered (issue 16.4: it used to get no answer at all), with a refusal and no URL
+    answers = [m for m in world.wire("$resource/down/") if m["type"] == "create_upload_task_rsp"]
+    assert answers and all(m["url"] == "" and m["result_code"] == -6 for m in answers)
     written = {p.relative_to(tmp_path) for p in tmp_path.rglob("*")}
     assert not any(".." in p.parts for p in written)
     assert not (tmp_path.parent / "escape").exists()

@@ -168,8 +168,10 @@ def test_platform_grants_uploads_and_answers_every_report() -> None:
         Publish(ReportUploadProgressRsp(0, "ok"), 0),
     ]
     assert s.state == "idle"
+    why = "name '../x' refused: it contains a path separator"
     assert s.step(CreateUploadTask(10, "../x", MD5)) == [
-        Log.warning("refused create_upload_task: name '../x' refused: it contains a path separator")
+        Publish(CreateUploadTaskRsp(10, "../x", MD5, "", -6, why), 1),
+        Log.warning(f"refused create_upload_task: {why}"),
     ]
 
 

@@ -152,6 +152,7 @@ class Platform(RoleFacade):
         registry: Registry | None = None,
         open_registry: bool = False,
         secrets_dir: str | Path | None = None,
+        max_upload: int | None = None,
     ) -> None:
         """`data_dir` keeps the SQLite store and the served files (default: a temporary folder
         and an in-memory store, gone at `stop`). The file service listens on
@@ -164,8 +165,12 @@ class Platform(RoleFacade):
         `open_registry=True` admits any well-formed name, for demos on a trusted network.
         `firmware_key` (an Ed25519 key or its PEM file, mode 0600) signs every deployed image:
         offers then carry `firmware_sha256` and `firmware_signature` (FirmwareKeyError, a
-        ValueError, for a key it cannot use or a file others may read)."""
+        ValueError, for a key it cannot use or a file others may read).
+        `max_upload` bounds a device upload in bytes (None: only the free disk space does)."""
         signing_key = None if firmware_key is None else load_private_key(firmware_key)
+        if max_upload is not None and max_upload < 1:
+            raise ValueError(f"max_upload must be a positive number of bytes, got {max_upload}")
+        self.max_upload = max_upload
         self._own_dir = data_dir is None
         self.data_dir = Path(
             tempfile.mkdtemp(prefix="iotfsm-platform-") if data_dir is None else data_dir
@@ -407,6 +412,11 @@ class Platform(RoleFacade):
         return [u for u in found if _matches(u.product, u.device, product_id, device)]
 
     def _grant_upload(self, key: DeviceKey, effect: resources.GrantUpload) -> None:
+        refusal = self.files.upload_refusal(effect.size, self.max_upload)
+        if refusal is not None:
+            event = resources.UploadRefused(effect.name, effect.size, effect.md5, refusal)
+            self.runtime.post("resource_upload", key, event)
+            return
         upload_key = _record_key(key, effect.name, effect.md5)
         with self._records:
             self._record_grant(key, effect, upload_key)

@@ -48,14 +48,13 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import socket
-import sys
 import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, cast
@@ -66,6 +65,14 @@ import attrs
 from iotfsm.fsm.clock import Clock, RealClock
 
 from ..machines.names import MAX_NAME_LENGTH, check_name, name_problem
+from .bounded_http import (
+    DEFAULT_BACKLOG,
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_WORKERS,
+    BoundedHTTPServer,
+    PooledRequestHandler,
+)
 from .durable import fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -79,8 +86,16 @@ _DRAIN_LIMIT = 16 * 1024 * 1024
 response instead of a connection reset. Larger bodies are cut off."""
 _DRAIN_TIMEOUT = 2.0
 _HEX_MD5 = re.compile(r"[0-9a-fA-F]{32}")
+_DIGITS = re.compile(r"[0-9]+")
+_RANGE_SPEC = re.compile(r"[ \t]*([0-9]*)[ \t]*-[ \t]*([0-9]*)[ \t]*")
+_MAX_DIGITS = 19
+_HUGE: int = 10**_MAX_DIGITS
+"""What a number of more than `_MAX_DIGITS` digits counts as: larger than any real size."""
 _ROUTE = re.compile(r"/(files|uploads)/([^/]+)")
 _SIGNATURE_IN_TEXT = re.compile(r"(signature=)[^&\s'\"]*", re.IGNORECASE)
+_LOADED_AT = time.time()
+"""No earlier than this process started: a temporary file older than it is an orphan of an
+earlier process (killed in the middle of a PUT), never a body this process is receiving."""
 
 
 # Data -------------------------------------------------------------------------------------------
@@ -169,36 +184,50 @@ def check_md5(md5: str) -> str:
     return md5.lower()
 
 
+def parse_decimal(text: str) -> int | None:
+    """`text` as a non-negative decimal integer, or None when it is not one.
+
+    Only ASCII digits count (`int()` also takes other scripts' digits, spaces and `_`). Leading
+    zeros are dropped and a number longer than `_MAX_DIGITS` digits comes back as `_HUGE`: it is
+    past any file, expiry or length this service handles, and parsing it would meet Python's
+    int-string limit (4,300 digits) with a ValueError, or cost time quadratic in its length."""
+    if not text or not _DIGITS.fullmatch(text):
+        return None
+    significant = text.lstrip("0")
+    if len(significant) > _MAX_DIGITS:
+        return _HUGE
+    return int(significant or "0")
+
+
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """Interpret a Range header for a file of `size` bytes (RFC 9110 §14).
 
     Returns None when the whole file should be sent: no header, another unit, a malformed or
     inverted range, or several ranges. An end past the file is clamped (the C SDK asks for
     `bytes=0-{size}`). Raises RangeNotSatisfiableError when the start is at or past the end.
+    Never raises anything else, whatever the header holds (numbers of any length included).
     """
     if header is None:
         return None
     unit, sep, spec = header.strip().partition("=")
     if not sep or unit.strip().lower() != "bytes" or "," in spec:
         return None
-    match = re.fullmatch(r"\s*(\d*)\s*-\s*(\d*)\s*", spec)
+    match = _RANGE_SPEC.fullmatch(spec)
     if match is None:
         return None
-    first, last = match.group(1), match.group(2)
-    if not first:
-        if not last:
+    first, last = parse_decimal(match.group(1)), parse_decimal(match.group(2))
+    if first is None:
+        if last is None:
             return None
-        suffix = int(last)
-        if suffix == 0 or size == 0:
-            raise RangeNotSatisfiableError(f"suffix range of {suffix} bytes on {size} bytes")
-        return ByteRange(max(0, size - suffix), size - 1)
-    start = int(first)
-    if last and int(last) < start:
+        if last == 0 or size == 0:
+            raise RangeNotSatisfiableError(f"suffix range of {last} bytes on {size} bytes")
+        return ByteRange(max(0, size - last), size - 1)
+    if last is not None and last < first:
         return None
-    if start >= size:
-        raise RangeNotSatisfiableError(f"range starts at {start}, the file has {size} bytes")
-    end = min(int(last), size - 1) if last else size - 1
-    return ByteRange(start, end)
+    if first >= size:
+        raise RangeNotSatisfiableError(f"range starts at {first}, the file has {size} bytes")
+    end = min(last, size - 1) if last is not None else size - 1
+    return ByteRange(first, end)
 
 
 def _content_md5_to_hex(header: str) -> str | None:
@@ -318,13 +347,22 @@ class FileService:
         secret: bytes | None = None,
         clock: Clock | None = None,
         request_timeout: float = 30.0,
+        workers: int = DEFAULT_WORKERS,
+        backlog: int = DEFAULT_BACKLOG,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
+        """`workers` bounds the requests served at once (each streams one file); connections
+        waiting for a request cost no thread and are cut after `idle_timeout` seconds of silence,
+        or `header_timeout` seconds into an unfinished request head (`bounded_http`).
+        `request_timeout` bounds each socket read or write inside a request."""
         self._data_dir = Path(data_dir).resolve()
         self._files_dir = self._data_dir / "files"
         self._uploads_dir = self._data_dir / "uploads"
         self._tmp_dir = self._data_dir / "tmp"
         for folder in (self._files_dir, self._uploads_dir, self._tmp_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        self._remove_orphans()
         self._host = host
         self._port = port
         self._public_base = _check_public_base(public_base) if public_base is not None else None
@@ -333,43 +371,61 @@ class FileService:
             raise ValueError("the signing secret must not be empty")
         self._clock: Clock = clock if clock is not None else RealClock()
         self._request_timeout = request_timeout
+        self._workers, self._backlog = workers, backlog
+        self._header_timeout, self._idle_timeout = header_timeout, idle_timeout
         self._lock = threading.Lock()
         self._published: dict[str, FileRef] = {}
         self._uploads: dict[str, UploadRecord] = {}
         self._callbacks: list[Callable[[UploadRecord], None]] = []
         self._post_routes: dict[str, tuple[PostHandler, int]] = {}
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self.hooks = FaultHooks()
+
+    def _remove_orphans(self) -> None:
+        """Delete bodies in flight left by an earlier process: nothing else ever would."""
+        for path in self._tmp_dir.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < _LOADED_AT:
+                    size = path.stat().st_size
+                    path.unlink()
+                    logger.info("removed %s (%d bytes), left by an earlier process", path, size)
+            except OSError as exc:
+                logger.warning("cannot remove the orphan %s: %s", path, exc)
+
+    def upload_refusal(self, size: int, max_size: int | None = None) -> str | None:
+        """Why an upload of `size` bytes must not be granted (None: it may be). Checked before
+        handing out a PUT URL, so a device is not sent to stream a file the disk cannot hold."""
+        if max_size is not None and size > max_size:
+            return f"{size} bytes is over the platform's maximum upload of {max_size} bytes"
+        free = shutil.disk_usage(self._tmp_dir).free
+        if size > free:
+            return f"{size} bytes do not fit: the platform's disk has {free} bytes free"
+        return None
 
     # Lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> FileService:
         if self._server is not None:
             raise RuntimeError("the file service is already running; stop() it first")
-        server = _Server((self._host, self._port), _Handler)
-        server.service = self
-        self._server = server
-        # A short poll keeps stop() quick; an idle select every 50 ms costs nothing measurable.
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
+        server = _Server(
+            (self._host, self._port),
+            _Handler,
+            workers=self._workers,
+            backlog=self._backlog,
+            header_timeout=self._header_timeout,
+            idle_timeout=self._idle_timeout,
             name="iotfsm-file-service",
-            daemon=True,
         )
-        self._thread.start()
+        server.service = self
+        server.start()
+        self._server = server
         logger.info("file service listening on %s, public base %s", self.base_url, self.public_base)
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join()
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
 
     def __enter__(self) -> FileService:
         return self.start() if self._server is None else self
@@ -397,6 +453,13 @@ class FileService:
         if ":" in host:
             host = f"[{host}]"
         return f"http://{host}:{port}"
+
+    @property
+    def server(self) -> BoundedHTTPServer:
+        """The running HTTP server (its pool size, backlog and connection count)."""
+        if self._server is None:
+            raise RuntimeError("the file service is not running; call start() first")
+        return self._server
 
     @property
     def public_base(self) -> str:
@@ -549,14 +612,15 @@ class FileService:
             if len(got) != 1:
                 return f"query parameter {key!r} missing or repeated", 0, ""
             values[key] = got[0]
-        if not (values["expires"].isascii() and values["expires"].isdigit()):
+        expires = parse_decimal(values["expires"])
+        if expires is None:
             return "bad expires", 0, ""
-        expires = int(values["expires"])
         size, md5 = 0, ""
         if method == "PUT":
-            if not (values["size"].isascii() and values["size"].isdigit()):
+            parsed_size = parse_decimal(values["size"])
+            if parsed_size is None:
                 return "bad size", 0, ""
-            size, md5 = int(values["size"]), values["md5"]
+            size, md5 = parsed_size, values["md5"]
             if not _HEX_MD5.fullmatch(md5):
                 return "bad md5", 0, ""
             expected = self._sign(method, path, expires, size, md5)
@@ -589,20 +653,11 @@ def _check_public_base(base: str) -> str:
     return base.rstrip("/")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(BoundedHTTPServer):
     service: FileService
 
-    def handle_error(self, request: object, client_address: object) -> None:
-        error = sys.exc_info()[1]
-        if isinstance(error, ConnectionError | TimeoutError):
-            # Devices drop connections all the time; that is not a server error.
-            logger.debug("file service: %s went away: %s", client_address, error)
-            return
-        logger.exception("file service: unhandled error while serving %s", client_address)
 
-
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(PooledRequestHandler):
     """Routes `/files/{id}` (GET, HEAD) and `/uploads/{key}` (PUT); everything else is 404/405."""
 
     protocol_version = "HTTP/1.1"
@@ -664,9 +719,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self._body_read or self.command not in ("PUT", "POST"):
             return
         self._body_read = True
-        try:
-            remaining = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
+        remaining = parse_decimal(self.headers.get("Content-Length", "0"))
+        if remaining is None:
             return
         remaining = min(remaining, _DRAIN_LIMIT)
         try:
@@ -704,10 +758,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     # GET / HEAD ---------------------------------------------------------------------------------
 
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802 (http.server names)
         self._get()
 
-    def do_HEAD(self) -> None:
+    def do_HEAD(self) -> None:  # noqa: N802 (http.server names)
         self._get()
 
     def _get(self) -> None:
@@ -798,7 +852,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # POST (registered routes) ------------------------------------------------------------------
 
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 (http.server names)
         path = self.service._strip_prefix(urlsplit(self.path).path)
         self._name = path
         route = self.service._post_route(path)
@@ -809,9 +863,8 @@ class _Handler(BaseHTTPRequestHandler):
         if "Transfer-Encoding" in self.headers or "Content-Length" not in self.headers:
             self._fail(411, "Content-Length required, chunked bodies are not accepted")
             return
-        try:
-            length = int(self.headers["Content-Length"])
-        except ValueError:
+        length = parse_decimal(self.headers["Content-Length"].strip())
+        if length is None:
             self._fail(400, "bad Content-Length")
             return
         if not 0 <= length <= max_body:
@@ -848,7 +901,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # PUT ----------------------------------------------------------------------------------------
 
-    def do_PUT(self) -> None:
+    def do_PUT(self) -> None:  # noqa: N802 (http.server names)
         routed = self._route("uploads")
         if routed is None:
             return
@@ -860,9 +913,8 @@ class _Handler(BaseHTTPRequestHandler):
         if "Transfer-Encoding" in self.headers or "Content-Length" not in self.headers:
             self._fail(411, "Content-Length required, chunked bodies are not accepted")
             return
-        try:
-            length = int(self.headers["Content-Length"])
-        except ValueError:
+        length = parse_decimal(self.headers["Content-Length"].strip())
+        if length is None:
             self._fail(400, "bad Content-Length")
             return
         if length != size:
@@ -931,5 +983,6 @@ __all__ = [
     "UploadRecord",
     "check_md5",
     "check_name",
+    "parse_decimal",
     "parse_range",
 ]

@@ -12,7 +12,7 @@ makes a long-lived MQTT connection dependable lives here:
   again after every (re)connect, because a clean session starts with none. `on_connection(True)`
   comes only once the broker has acknowledged them all, so a runtime that publishes a request in
   that callback cannot miss the reply; `on_connection(False)` follows only a `True`: they alternate.
-- Limits. Tencent IoT Hub accepts QoS 0 and 1, topics up to 64 bytes and packets up to 16 KB; a
+- Limits. Tencent IoT Hub accepts QoS 0 and 1, topics up to 128 bytes and packets up to 16 KB; a
   message over a limit raises TransportError here rather than being dropped by the platform later.
 - Publishing while disconnected: QoS 0 messages are dropped (logged at debug), because they are
   progress-style messages whose next copy supersedes them. QoS 1 messages are kept by paho and sent

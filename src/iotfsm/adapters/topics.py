@@ -1,8 +1,10 @@
 """Concrete topics: format them for a session, parse them back into (feature, direction, device).
 
 Every feature topic is `<prefix>/{product}/{device}`, so parsing is one `rsplit` and a dict lookup,
-whatever the number of features. Names are checked here because they come from the network: a
-topic naming a malformed product or device is refused before any session is touched.
+whatever the number of features. Seed 004's 64-byte limit bounds the prefix and separators
+(checked once per template); a concrete topic may reach 128 bytes (`limits`). Names are checked
+here because they come from the network: a topic naming a malformed product or device is refused
+before any session is touched.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from ..machines.feature import DeviceKey, Direction, Feature, Role, inbound_direction
-from .limits import MAX_TOPIC_BYTES
+from .limits import MAX_TOPIC_BYTES, MAX_TOPIC_NAME_BYTES
 
 DEVICE_NAME = re.compile(r"[A-Za-z0-9:_-]{1,48}")
 PRODUCT_ID = re.compile(r"[A-Za-z0-9]{1,32}")
@@ -58,6 +60,13 @@ class Topics:
                         f"{feature.name!r}: topic template {template!r} must end with {_SUFFIX}"
                     )
                 prefix = template[: -len(_SUFFIX)]
+                name_bytes = len(prefix.encode()) + 2  # the prefix and the two separators
+                if name_bytes > MAX_TOPIC_NAME_BYTES:
+                    raise ValueError(
+                        f"{feature.name!r}: topic template {template!r} is {name_bytes} bytes "
+                        f"without product id and device name; Tencent allows "
+                        f"{MAX_TOPIC_NAME_BYTES}"
+                    )
                 sharing, known_direction = self._by_prefix.get(prefix, ((), direction))
                 if known_direction != direction:
                     raise ValueError(f"topic prefix {prefix!r} is both an up and a down topic")
@@ -79,7 +88,8 @@ class Topics:
         topic = f"{self._prefix[(feature, direction)]}/{key.product}/{key.device}"
         if len(topic.encode()) > MAX_TOPIC_BYTES:
             raise TopicError(
-                f"topic {topic!r} is longer than {MAX_TOPIC_BYTES} bytes; use a shorter device name"
+                f"topic {topic!r} is longer than {MAX_TOPIC_BYTES} bytes (a 10-character product "
+                "id and a 48-character device name always fit); use a shorter product id"
             )
         return topic
 

@@ -64,6 +64,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="if platform.sqlite3 is damaged, move it aside (kept as platform.sqlite3.corrupt-"
         "<time>) and start with an empty store; a healthy store is kept as it is",
     )
+    parser.add_argument(
+        "--max-upload", type=_size, help="largest device upload granted, e.g. 50M (default: any)"
+    )
+
+
+def _size(value: str) -> int:
+    """`1048576`, `512K`, `50M` or `2G` as bytes."""
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+    number, unit = value[:-1], value[-1:].upper()
+    if unit.isdigit():
+        number, unit = value, ""
+    if unit not in units or not number.isdigit() or int(number) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a size such as 1048576, 512K or 50M")
+    return int(number) * units[unit]
 
 
 def _http(value: str) -> tuple[str, int]:
@@ -97,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             open_registry=args.open_registry,
             secrets_dir=args.secrets_dir,
             firmware_key=args.firmware_key,
+            max_upload=args.max_upload,
         )
     except StoreCorruptError as exc:
         raise CommandError(str(exc), STORE_DAMAGED) from None

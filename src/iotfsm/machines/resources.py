@@ -61,6 +61,10 @@ OFFER_TIMEOUT = 15.0
 """Seconds the platform waits for the first report on a pushed task before pushing it again: a
 push or the device's own ask may have been lost (say, while the platform restarted)."""
 MAX_PUSHES = 5
+UPLOAD_REFUSED = -6
+"""`create_upload_task_rsp.result_code` when the platform will not take an upload (invalid,
+over its maximum size, no room on its disk). Not a Tencent code: Tencent documents only the
+granting answer (docs/PROTOCOL-notes.md, "Refused upload grants")."""
 
 UP_TOPIC = "$resource/up/service/{product}/{device}"
 DOWN_TOPIC = "$resource/down/service/{product}/{device}"
@@ -87,11 +91,16 @@ class CreateUploadTask(Message):
 
 @attrs.frozen
 class CreateUploadTaskRsp(Message):
+    """The grant: a PUT URL. A refusal echoes the task with `url` empty and a non-zero
+    `result_code` (fields a granting answer leaves out, as Tencent's does)."""
+
     TYPE = "create_upload_task_rsp"
     size: int
     name: str
     md5sum: str
     url: str = attrs.field(repr=url_repr)
+    result_code: int | None = attrs.field(default=None, metadata=wire(omit_if_none=True))
+    result_msg: str | None = attrs.field(default=None, metadata=wire(omit_if_none=True))
 
 
 @attrs.frozen
@@ -268,6 +277,34 @@ def _rsp_matches(ctx: UploadDeviceContext, event: CreateUploadTaskRsp) -> bool:
     )
 
 
+def _rsp_refuses(ctx: UploadDeviceContext, event: CreateUploadTaskRsp) -> bool:
+    """The answer is about the current job and refuses it: a non-zero code or no URL."""
+    job = ctx.current
+    return (
+        job is not None
+        and (event.name, event.size, event.md5sum.lower()) == (job.name, job.size, job.md5.lower())
+        and (bool(event.result_code) or not event.url)
+    )
+
+
+def _refused_with_queue(ctx: UploadDeviceContext, event: CreateUploadTaskRsp) -> bool:
+    return _rsp_refuses(ctx, event) and bool(ctx.queue)
+
+
+def _refused(ctx: UploadDeviceContext, event: CreateUploadTaskRsp, now: float) -> Iterable[Effect]:
+    assert ctx.current is not None
+    name, ctx.current = ctx.current.name, None
+    code = event.result_code or UPLOAD_REFUSED
+    why = f"the platform refused the upload ({code}): {event.result_msg or 'no URL given'}"
+    return (UploadFinished(name, False, code, why), Log.warning(f"upload of {name!r}: {why}"))
+
+
+def _refused_then_next(
+    ctx: UploadDeviceContext, event: CreateUploadTaskRsp, now: float
+) -> Iterable[Effect]:
+    return [*_refused(ctx, event, now), *_create_next(ctx, event, now)]
+
+
 def _start_upload(
     ctx: UploadDeviceContext, event: CreateUploadTaskRsp, now: float
 ) -> Iterable[Effect]:
@@ -395,6 +432,14 @@ UPLOAD_DEVICE = MachineSpec(
         On(Disconnected, "idle", "offline"),
         On(Disconnected, "creating", "offline", action=_requeue),
         On(Disconnected, ("offline", "uploading", "finishing"), None),
+        On(
+            CreateUploadTaskRsp,
+            "creating",
+            "creating",
+            guard=_refused_with_queue,
+            action=_refused_then_next,
+        ),
+        On(CreateUploadTaskRsp, "creating", "idle", guard=_rsp_refuses, action=_refused),
         On(CreateUploadTaskRsp, "creating", "uploading", guard=_rsp_matches, action=_start_upload),
         On(CreateUploadTaskRsp, ANY_STATE, None, action=_stale_rsp),
         On(timer("rsp"), "creating", "creating", guard=_may_ask_again, action=_ask_again),
@@ -433,6 +478,17 @@ class GrantUpload(Effect):
     name: str
     size: int
     md5: str
+
+
+@attrs.frozen
+class UploadRefused(Event):
+    """The runtime will not grant `GrantUpload` (over the maximum size, no room on disk): the
+    machine answers the device with a refusal and stops waiting for the upload."""
+
+    name: str
+    size: int
+    md5: str
+    reason: str
 
 
 @attrs.frozen
@@ -475,11 +531,32 @@ def _grant(ctx: UploadPlatformContext, event: CreateUploadTask, now: float) -> I
     return (GrantUpload(event.name, event.size, ctx.md5), SetTimer("silence", SILENCE_TIMEOUT))
 
 
+def _refusal(size: int, name: str, md5: str, why: str) -> Publish:
+    return Publish(CreateUploadTaskRsp(size, name, md5, "", UPLOAD_REFUSED, why), 1)
+
+
 def _refuse_create(
     ctx: UploadPlatformContext, event: CreateUploadTask, now: float
 ) -> Iterable[Effect]:
+    """Answered, not dropped: a device waiting for its URL learns at once that none will come."""
     why = problem_with(event.name, event.size, event.md5sum)
-    return (Log.warning(f"refused create_upload_task: {why}"),)
+    return (
+        _refusal(event.size, event.name, event.md5sum, why),
+        Log.warning(f"refused create_upload_task: {why}"),
+    )
+
+
+def _refusing_current(ctx: UploadPlatformContext, event: UploadRefused) -> bool:
+    return (event.name, event.md5) == (ctx.name, ctx.md5)
+
+
+def _answer_refusal(
+    ctx: UploadPlatformContext, event: UploadRefused, now: float
+) -> Iterable[Effect]:
+    return (
+        _refusal(event.size, event.name, event.md5, event.reason),
+        Log.warning(f"refused upload of {event.name[:80]!r}: {event.reason}"),
+    )
 
 
 def _answer_upload(
@@ -527,6 +604,8 @@ UPLOAD_PLATFORM = MachineSpec(
     transitions=[
         On(CreateUploadTask, ANY_STATE, "receiving", guard=_valid_create, action=_grant),
         On(CreateUploadTask, ANY_STATE, None, action=_refuse_create),
+        On(UploadRefused, "receiving", "idle", guard=_refusing_current, action=_answer_refusal),
+        On(UploadRefused, ANY_STATE, None, action=_answer_refusal),
         On(ReportUploadProgress, "receiving", "idle", guard=_upload_ended, action=_answer_upload),
         On(ReportUploadProgress, "receiving", None, guard=_about_current, action=_answer_and_wait),
         On(ReportUploadProgress, ANY_STATE, None, action=_answer_upload),
