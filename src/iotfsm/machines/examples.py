@@ -12,11 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ..fsm.effects import Effect
 from ..fsm.events import Connected, Disconnected, Event
 from ..fsm.examples import ExampleFn, Examples, always
 from ..fsm.spec import MachineSpec
 from . import config, log_level, ota, resources
 from .feature import DeviceKey
+from .messages import Message
 from .transfer import (
     NOT_FOUND,
     TIMEOUT,
@@ -325,3 +327,28 @@ ALL = (
 def examples_for(spec: MachineSpec[Any]) -> Examples | None:
     """The examples declared here for `spec` (matched by its name), or None."""
     return next((e for e in ALL if e.spec.name == spec.name), None)
+
+
+# ---- bridges: what the role facades turn effects into, for paired paths --------------------
+
+Bridge = Callable[[Any], list[Message]]
+"""`bridge(effect) -> messages` the role that produced `effect` publishes (a facade signs a URL
+and sends the offer; the example URL stands in for the signed one)."""
+
+BRIDGES: dict[str, dict[type[Effect], Bridge]] = {
+    "ota": {
+        ota.OfferFirmware: lambda e: [ota.UpdateFirmware(e.size, e.md5, URL, e.version)],
+    },
+    "resource_upload": {
+        resources.GrantUpload: lambda e: [
+            resources.CreateUploadTaskRsp(e.size, e.name, e.md5, URL)
+        ],
+    },
+    "resource_download": {
+        resources.SendDownloadTask: lambda e: [
+            (resources.GetDownloadTaskRsp if e.answer else resources.DownloadTask)(
+                e.size, e.name, e.md5, URL
+            )
+        ],
+    },
+}

@@ -54,32 +54,39 @@ class TransitionCoverage:
 
     specs: dict[str, MachineSpec[Any]] = attrs.Factory(dict)
     counts: dict[str, Counter[tuple[int, str]]] = attrs.Factory(dict)
-    _indexes: dict[int, dict[int, int]] = attrs.Factory(dict)
 
-    def watch(self, spec: MachineSpec[Any]) -> Tracer | None:
-        """A tracer that counts the steps of `spec`; None for a changed copy of a declaration
-        already watched under that name (a test's mutant must not count as the real one)."""
-        known = self.specs.setdefault(spec.name, spec)
-        if known is not spec:
-            return None
-        counts = self.counts.setdefault(spec.name, Counter())
-        index = self._indexes.setdefault(
-            id(spec), {id(on): i for i, on in enumerate(spec.transitions)}
-        )
+    def watch(self, spec: MachineSpec[Any]) -> Tracer:
+        """A tracer that counts the steps of `spec`. A machine counts from its first step, so
+        machines built only to plan paths never show up; a changed copy of a declaration (a
+        test's mutant, same name) never counts as the declaration itself."""
+        index = {id(on): i for i, on in enumerate(spec.transitions)}
+        counts: Counter[tuple[int, str]] | None = None
 
         def count(record: StepRecord) -> None:
+            nonlocal counts
+            if counts is None:
+                if self._canonical(spec) is not spec:
+                    return
+                counts = self.counts.setdefault(spec.name, Counter())
             if record.transition is not None:
                 counts[(index[id(record.transition)], record.source)] += 1
 
         return count
 
+    def _canonical(self, spec: MachineSpec[Any]) -> MachineSpec[Any]:
+        if not self.specs:
+            from ..machines import ROLES, all_features
+
+            self.specs.update((f.spec(r).name, f.spec(r)) for f in all_features() for r in ROLES)
+        return self.specs.setdefault(spec.name, spec)
+
     def taken(self, name: str) -> frozenset[tuple[int, str]]:
         return frozenset(self.counts.get(name, ()))
 
     def report(self) -> list[MachineCoverage]:
-        """One row per machine watched, by name."""
+        """One row per machine that stepped, by name."""
         rows = []
-        for name in sorted(self.specs):
+        for name in sorted(self.counts):
             all_edges = tuple(edges(self.specs[name]))
             taken = self.taken(name)
             rows.append(
@@ -94,7 +101,7 @@ class TransitionCoverage:
             "format": FORMAT,
             "machines": {
                 name: sorted([i, src, n] for (i, src), n in self.counts.get(name, {}).items())
-                for name in sorted(self.specs)
+                for name in sorted(self.counts)
             },
         }
         path.write_text(json.dumps(doc, separators=(",", ":")) + "\n", encoding="utf-8")

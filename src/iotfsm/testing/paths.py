@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Collection, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, Protocol, TypeVar
 
 import attrs
 
@@ -164,12 +164,16 @@ class _Node:
         self.last = None if step is None else step.edge
 
     def steps(self) -> tuple[Step, ...]:
-        out: list[Step] = []
-        node: _Node | None = self
-        while node is not None and node.step is not None:
-            out.append(node.step)
-            node = node.parent
-        return tuple(reversed(out))
+        return trail(self)
+
+
+def trail(node: Any) -> tuple[Any, ...]:
+    """The steps from the search's root to `node`, following `parent` links (root has no step)."""
+    out: list[Any] = []
+    while node is not None and node.step is not None:
+        out.append(node.step)
+        node = node.parent
+    return tuple(reversed(out))
 
 
 def _session(machine: Machine[Any], key: Any, node: _Node) -> Session:
@@ -184,9 +188,11 @@ STEP_GAP = 1.0
 most once a second) let reports through; never so far that an armed timer would come due."""
 
 
-def _next_now(now: float, timers: Mapping[str, tuple[int, float]] | None) -> float:
+def next_now(now: float, timers: Iterable[tuple[int, float]]) -> float:
+    """When the next outside event happens: STEP_GAP later, unless an armed timer (generation,
+    deadline) would come due first; then at once."""
     later = now + STEP_GAP
-    if timers and min(d for _, d in timers.values()) <= later:
+    if any(deadline <= later for _, deadline in timers):
         return now
     return later
 
@@ -195,7 +201,7 @@ def _candidates(
     examples: Examples, node: _Node, triggers: Sequence[str]
 ) -> list[tuple[Event, float]]:
     out: list[tuple[Event, float]] = []
-    at = _next_now(node.now, node.timers)
+    at = next_now(node.now, (node.timers or {}).values())
     for trigger in triggers:
         if not trigger.startswith(TIMER_PREFIX):
             out.extend((e, at) for e in examples.candidates(trigger, node.ctx))
@@ -247,6 +253,57 @@ def _key(node: _Node, cover: Cover) -> Hashable:
     return (node.state, repr(node.ctx), timers, last)
 
 
+@attrs.frozen
+class Limits:
+    """Where a search stops short of every target: the path length, the sessions kept, and
+    `patience` sessions in a row that reached nothing new (what is left is most likely dead:
+    a guard that no session reaching that state can pass)."""
+
+    max_depth: int = 16
+    max_nodes: int = 20_000
+    patience: int = 3_000
+
+
+N = TypeVar("N", bound="_Searchable")
+
+
+class _Searchable(Protocol):
+    depth: int
+
+
+def search(
+    root: N,
+    expand: Callable[[N], Iterable[tuple[N, Iterable[Hashable]]]],
+    key: Callable[[N], Hashable],
+    targets: Collection[Hashable],
+    limits: Limits,
+) -> dict[Hashable, N]:
+    """Breadth first from `root`: for each target, the first (so a shallowest) node reaching
+    it. `expand` gives a node's children with the targets each reached; `key` merges nodes
+    that are the same for the search."""
+    best: dict[Hashable, N] = {}
+    seen = {key(root)}
+    queue = deque([root])
+    fruitless = 0
+    while queue and len(best) < len(targets) and len(seen) < limits.max_nodes:
+        if fruitless >= limits.patience:
+            break
+        node = queue.popleft()
+        fruitless += 1
+        if node.depth >= limits.max_depth:
+            continue
+        for child, reached in expand(node):
+            for target in reached:
+                if target in targets and target not in best:
+                    best[target] = child
+                    fruitless = 0
+            k = key(child)
+            if k not in seen:
+                seen.add(k)
+                queue.append(child)
+    return best
+
+
 def plan(
     spec: MachineSpec[Any],
     examples: Examples | None = None,
@@ -283,15 +340,8 @@ def plan(
         parent=None,
         step=None,
     )
-    best: dict[Hashable, _Node] = {}
-    seen = {_key(root, cover)}
-    queue = deque([root])
-    fruitless = 0
-    while queue and len(best) < len(targets) and len(seen) < max_nodes and fruitless < patience:
-        node = queue.popleft()
-        fruitless += 1
-        if node.depth >= max_depth:
-            continue
+
+    def expand(node: _Node) -> Iterator[tuple[_Node, Iterable[Hashable]]]:
         for event, now in _candidates(examples, node, triggers.get(node.state, [])):
             session = _session(machine, examples.key, node)
             records.clear()
@@ -309,14 +359,10 @@ def plan(
                 parent=node,
                 step=step,
             )
-            for target in _reached(spec, cover, node, child, event):
-                if target in targets and target not in best:
-                    best[target] = child
-                    fruitless = 0
-            key = _key(child, cover)
-            if key not in seen:
-                seen.add(key)
-                queue.append(child)
+            yield child, _reached(spec, cover, node, child, event)
+
+    limits = Limits(max_depth, max_nodes, patience)
+    best = search(root, expand, lambda n: _key(n, cover), targets, limits)
     return _select(spec.name, examples.key, targets, best, cover)
 
 
@@ -424,7 +470,7 @@ def replay(spec: MachineSpec[Any], key: Any, events: Iterable[Event]) -> Path | 
     steps: list[Step] = []
     for given in events:
         event = given
-        now = _next_now(now, session.timers)
+        now = next_now(now, (session.timers or {}).values())
         if isinstance(given, TimerFired):
             armed = (session.timers or {}).get(given.name)
             if armed is None:
