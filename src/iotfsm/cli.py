@@ -141,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_arguments(report)
     report.set_defaults(run=status.run)
+
+    from .commands import conformance
+
+    kit = sub.add_parser(
+        "conformance",
+        help="play the platform against any device and check the protocol, scenario by scenario",
+        description="Walk a device through the scenarios the declarations imply (offers, cut "
+        "downloads, wrong md5, 404, expired URL, config, log level, resources). "
+        + conformance.EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    conformance.add_arguments(kit)
+    kit.set_defaults(run=conformance.run)
     return parser
 
 
