@@ -1,6 +1,7 @@
 """`iotfsm conformance device` against `iotfsm device` over a real Mosquitto: every scenario
 passes; against a device with a planted fault (it appends on a 200 after asking for a Range) the
-Range scenario fails, by name, and the others still pass."""
+Range scenario fails, by name, and the others still pass. `iotfsm conformance platform` likewise
+against `iotfsm platform`, and against one that answers report_version with result 1."""
 
 from __future__ import annotations
 
@@ -90,3 +91,69 @@ def test_a_bad_file_service_address_is_refused_with_the_fix(
     argv = ["conformance", "device", "--broker", "mqtt://127.0.0.1:1", "--product-id", PRODUCT]
     assert main([*argv, "--device-name", "d", "--http", "nope"]) == 1
     assert "--http 'nope' must be HOST:PORT" in capsys.readouterr().err
+
+
+# ---- conformance platform: the kit plays a device ------------------------------------------
+
+NONZERO_RSP = """
+import sys
+from iotfsm.fsm import Publish
+from iotfsm.machines import ota
+from iotfsm.cli import main
+
+# the fault: report_version answered with result 1 (the C SDK then ignores every offer)
+def rsp(ctx, event):
+    ctx.reported = event.report.version
+    return Publish(ota.ReportVersionRsp(1, "refused", event.report.version), 0)
+
+ota._rsp = rsp
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _platform(mosquitto: Mosquitto, tmp: Path, *, fault: bool) -> subprocess.Popen[str]:
+    args = ["platform", "--broker", mosquitto.url, "--data-dir", str(tmp / "platform")]
+    args += ["--http", "127.0.0.1:0", "--events", "jsonl"]
+    head = [sys.executable, "-c", NONZERO_RSP] if fault else [sys.executable, "-m", "iotfsm"]
+    proc = subprocess.Popen(
+        [*head, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    started = proc.stdout.readline()  # {"event": "started", ...} once connected
+    assert '"started"' in started, started + (proc.stderr.read() if proc.stderr else "")
+    return proc
+
+
+def _kit_against_platform(mosquitto: Mosquitto, tmp: Path, *, fault: bool) -> tuple[int, str]:
+    platform = _platform(mosquitto, tmp, fault=fault)
+    args = ["--broker", mosquitto.url, "--product-id", PRODUCT, "--device-name", "kit-1"]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "iotfsm", "conformance", "platform", *args, "--psk", PSK],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        platform.terminate()
+        platform.communicate(timeout=30)
+    return done.returncode, done.stdout + done.stderr[-3000:]
+
+
+def test_iotfsm_platform_passes_every_device_side_scenario(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    code, out = _kit_against_platform(mosquitto, tmp_path, fault=False)
+    assert code == 0, out
+    assert out.count("  pass  ") == 5, out
+
+
+def test_a_platform_answering_report_version_non_zero_fails_that_scenario(
+    mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    code, out = _kit_against_platform(mosquitto, tmp_path, fault=True)
+    assert code == 1, out
+    assert "FAILED: report_version answered 0\n" in out, out
+    assert "the C SDK ignores every later offer" in out
+    assert out.count("  pass  ") == 4, out

@@ -18,8 +18,6 @@ from iotfsm.machines import log_level
 from iotfsm.machines.feature import DeviceKey
 from iotfsm.testing.coverage import CoverageFileError, TransitionCoverage, load, recording
 
-pytest_plugins = ["pytester"]
-
 KEY = DeviceKey("P", "d1")
 
 

@@ -153,7 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     conformance.add_arguments(kit)
-    kit.set_defaults(run=conformance.run)
     return parser
 
 

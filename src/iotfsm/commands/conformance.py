@@ -249,6 +249,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     device.add_argument("--timeout", type=float, default=90.0, help="seconds per scenario")
     device.add_argument("--size", type=int, default=200_000, help="bytes per test image")
     device.add_argument("--json", action="store_true", help="print the results as JSON")
+    device.set_defaults(run=run)
+
+    from . import conformance_platform
+
+    platform = sub.add_parser(
+        "platform",
+        help="play a device against a platform",
+        description=(conformance_platform.__doc__ or "").split("\n\n")[0]
+        + "\n\n"
+        + conformance_platform.EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    conformance_platform.add_arguments(platform)
+    platform.set_defaults(run=conformance_platform.run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -278,11 +292,11 @@ def run(args: argparse.Namespace) -> int:
             results = run_scenarios(Kit(platform, key, args.timeout, args.size))
         finally:
             platform.stop()
-    _print(results, args.json)
+    print_results(results, args.json)
     return 0 if all(r.passed for r in results) else 1
 
 
-def _print(results: list[Result], as_json: bool) -> None:
+def print_results(results: list[Result], as_json: bool) -> None:
     if as_json:
         sys.stdout.write(json.dumps([attrs.asdict(r) for r in results], indent=2) + "\n")
         return
