@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 
@@ -69,6 +70,31 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _mount(
+    sub: Any,
+    name: str,
+    module: Any,
+    help_text: str,
+    description: str,
+    *,
+    epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    """One subcommand from a `commands` module (`add_arguments`, and `run` unless its own
+    subcommands set theirs), with the help layout every command shares."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    module.add_arguments(parser)
+    run = getattr(module, "run", None)
+    if run is not None:
+        parser.set_defaults(run=run)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="iotfsm",
@@ -110,77 +136,68 @@ def build_parser() -> argparse.ArgumentParser:
     diagram_cli.add_arguments(diagram)
     diagram.set_defaults(run=diagram_cli.run)
 
-    from .commands import device
+    from .commands import conformance, device, firmware_key, platform, registry, status
 
-    agent = sub.add_parser(
+    _mount(
+        sub,
         "device",
-        help="run the device role of every feature until SIGINT or SIGTERM",
-        description="Run the device role (OTA, log level) against a broker. " + device.EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        device,
+        "run the device role of every feature until SIGINT or SIGTERM",
+        "Run the device role (OTA, log level) against a broker. " + device.EXAMPLE,
     )
-    device.add_arguments(agent)
-    agent.set_defaults(run=device.run)
-
-    from .commands import platform, status
-
-    server = sub.add_parser(
+    _mount(
+        sub,
         "platform",
-        help="run the platform role, reconciled toward a desired-state file",
-        description="Run the platform role (OTA, resources, config, log level) against a "
-        "broker, with the HTTP file service and a SQLite store. " + platform.EXAMPLE,
+        platform,
+        "run the platform role, reconciled toward a desired-state file",
+        "Run the platform role (OTA, resources, config, log level) against a broker, with the "
+        "HTTP file service and a SQLite store. " + platform.EXAMPLE,
         epilog=status.EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    platform.add_arguments(server)
-    server.set_defaults(run=platform.run)
-
-    report = sub.add_parser(
+    _mount(
+        sub,
         "status",
-        help="devices by feature, from a platform's data directory",
-        description="Show every device's state per feature. " + status.EXAMPLE,
+        status,
+        "devices by feature, from a platform's data directory",
+        "Show every device's state per feature. " + status.EXAMPLE,
         epilog=status.EXIT_CODES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    status.add_arguments(report)
-    report.set_defaults(run=status.run)
-
-    from .commands import firmware_key
-
-    keys = sub.add_parser(
+    _mount(
+        sub,
         "firmware-key",
-        help="make the key pair that signs firmware (platform) and checks it (devices)",
-        description="Ed25519 firmware signing keys. " + firmware_key.EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        firmware_key,
+        "make the key pair that signs firmware (platform) and checks it (devices)",
+        "Ed25519 firmware signing keys. " + firmware_key.EXAMPLE,
     )
-    firmware_key.add_arguments(keys)
-    keys.set_defaults(run=firmware_key.run)
-
-    from .commands import registry
-
-    devices = sub.add_parser(
+    _mount(
+        sub,
         "registry",
-        help="register, list, enable, disable and remove the devices a platform admits",
-        description="The devices a platform admits (kept in its data directory; a running "
-        "platform sees changes within a second). " + registry.EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        registry,
+        "register, list, enable, disable and remove the devices a platform admits",
+        "The devices a platform admits (kept in its data directory; a running platform sees "
+        "changes within a second). " + registry.EXAMPLE,
     )
-    registry.add_arguments(devices)
-    devices.set_defaults(run=registry.run)
-
     from .commands import mosquitto_broker
 
     broker_config = sub.add_parser(
         "broker-config", help="write a ready broker configuration for a platform's registry"
     )
     flavours = broker_config.add_subparsers(dest="broker_flavour", required=True)
-    mosquitto = flavours.add_parser(
+    _mount(
+        flavours,
         "mosquitto",
-        help="Mosquitto: certificate devices, per-device ACL, the platform's password",
-        description=(mosquitto_broker.__doc__ or "") + mosquitto_broker.EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        mosquitto_broker,
+        "Mosquitto: certificate devices, per-device ACL, the platform's password",
+        (mosquitto_broker.__doc__ or "") + mosquitto_broker.EXAMPLE,
     )
-    mosquitto_broker.add_arguments(mosquitto)
-    mosquitto.set_defaults(run=mosquitto_broker.run)
+    _mount(
+        sub,
+        "conformance",
+        conformance,
+        "play the platform against any device and check the protocol, scenario by scenario",
+        "Walk a device through the scenarios the declarations imply (offers, cut downloads, "
+        "wrong md5, 404, expired URL, config, log level, resources). " + conformance.EXAMPLE,
+    )
     return parser
 
 

@@ -4,6 +4,7 @@
     iotfsm diagram log_level --role device --format png -o out/
     iotfsm diagram log_level --format dot -o -    # DOT on stdout
     iotfsm diagram --all -o docs/diagrams         # every feature and view, as dot, svg and png
+    iotfsm diagram ota --coverage cov.json        # edges the tests did not take: grey, dashed
 
 The lead's `iotfsm` console script mounts `add_arguments`/`run` as its `diagram` subcommand;
 `python -m iotfsm.diagrams` runs the same parser standalone.
@@ -16,7 +17,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..machines import all_features
+import graphviz
+
+from ..machines import Feature, all_features
+from ..testing.coverage import CoverageFileError, load
+from ..testing.paths import edges
+from .machine import Highlight, feature_graph
+from .paired import paired_graph
 from .render import FORMATS, Format, GraphvizMissingError, RenderError, render
 from .views import VIEWS, View, diagram, file_name, render_all, write_files
 
@@ -58,6 +65,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="file or directory to write (default: ./FEATURE.ROLE.FORMAT; '-' for stdout)",
     )
+    parser.add_argument(
+        "--coverage",
+        metavar="FILE",
+        default=None,
+        help="draw the edges a test run did not take grey and dashed (FILE from"
+        " pytest --iotfsm-coverage --iotfsm-coverage-file FILE)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         _error(str(exc))
         return 2
-    except (GraphvizMissingError, RenderError, OSError) as exc:
+    except (GraphvizMissingError, RenderError, CoverageFileError, OSError) as exc:
         _error(str(exc))
         return 1
 
@@ -97,6 +111,8 @@ def _run_all(args: argparse.Namespace) -> int:
         raise UsageError(f"give FEATURE or --all, not both (got {args.feature!r} and --all)")
     if args.role is not None:
         raise UsageError("--all draws every role; drop --role")
+    if args.coverage is not None:
+        raise UsageError("--coverage draws one FEATURE; drop --all")
     if args.output is None or args.output == "-":
         raise UsageError("--all writes many files: give a directory with -o DIR")
     out_dir = Path(args.output)
@@ -118,7 +134,8 @@ def _run_one(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown feature {args.feature!r}; known features: {_known()}")
     view: View = args.role or "both"
     fmt: Format = args.format or "svg"
-    data = render(diagram(feature, view), fmt)
+    graph = diagram(feature, view) if args.coverage is None else _covered(feature, view, args)
+    data = render(graph, fmt)
     if args.output == "-":
         sys.stdout.flush()
         sys.stdout.buffer.write(data)
@@ -132,3 +149,18 @@ def _run_one(args: argparse.Namespace) -> int:
     path.write_bytes(data)
     sys.stdout.write(f"wrote {path}\n")
     return 0
+
+
+def _covered(feature: Feature, view: View, args: argparse.Namespace) -> graphviz.Digraph:
+    """The feature drawn with the edges the saved test run did not take grey and dashed."""
+    taken = load(Path(args.coverage))
+    highlights = {}
+    for role in ("device", "platform"):
+        spec = feature.spec(role)
+        total = len(edges(spec))
+        got = taken.get(spec.name, frozenset())
+        note = f"{spec.name}: tests took {len(got)} of {total} edges (grey, dashed: untaken)"
+        highlights[role] = Highlight(taken=got, note=note)
+    if view == "both":
+        return paired_graph(feature, device=highlights["device"], platform=highlights["platform"])
+    return feature_graph(feature, view, highlights[view])

@@ -32,6 +32,17 @@ class Highlight:
     edges: frozenset[tuple[int, str]] = frozenset()
     note: str = ""
     """One line shown under the title, e.g. what the last step did."""
+    taken: frozenset[tuple[int, str]] | None = None
+    """Transition coverage: the (index, source state) edges tests took; the others are drawn
+    grey and dashed. None draws no coverage."""
+
+
+def _untaken(row: _Row, taken: frozenset[tuple[int, str]] | None) -> bool:
+    if taken is None:
+        return False
+    if ANY_STATE in row.sources:
+        return not any(index == row.index for index, _ in taken)
+    return not any((row.index, source) in taken for source in row.sources)
 
 
 @attrs.frozen
@@ -137,7 +148,11 @@ def _state_attrs(name: str, final: bool, live: bool) -> dict[str, str]:
 
 
 def _edge_label(
-    edge: _Edge, inbound: frozenset[str], topic: str | None, lit: frozenset[tuple[int, str]]
+    edge: _Edge,
+    inbound: frozenset[str],
+    topic: str | None,
+    lit: frozenset[tuple[int, str]],
+    taken: frozenset[tuple[int, str]] | None = None,
 ) -> tuple[str, bool, float]:
     """The edge's label, whether the live view lights it, and its estimated width in inches.
 
@@ -152,7 +167,12 @@ def _edge_label(
         on_topic = topic if on.trigger_name in inbound else None
         hot = any((row.index, source) in lit for source in row.sources)
         rows.append(labels.transition_lines(on.trigger_name, guard, effect, on_topic, bold_all=hot))
-        colors.append(style.LIVE_EDGE if hot else (style.INTERNAL if on.dest is None else None))
+        if hot:
+            colors.append(style.LIVE_EDGE)
+        elif _untaken(row, taken):
+            colors.append(style.MUTED)
+        else:
+            colors.append(style.INTERNAL if on.dest is None else None)
     width = max(labels.width_inches(line) for row_lines in rows for line in row_lines)
     return "<" + labels.table(rows, colors) + ">", style.LIVE_EDGE in colors, width
 
@@ -172,6 +192,7 @@ def add_machine(
     """
     lit = highlight.edges if highlight else frozenset()
     current = highlight.state if highlight else None
+    taken = highlight.taken if highlight else None
     names: list[str] = []
     edges, groups = _edges(spec)
     has_any = any(e.tail == ANY_STATE for e in edges)
@@ -228,7 +249,7 @@ def add_machine(
     inbound = frozenset(cls.trigger for cls in spec.inbound)
     loop_width = 0.0
     for n, edge in enumerate(edges):
-        label, hot, width = _edge_label(edge, inbound, inbound_topic, lit)
+        label, hot, width = _edge_label(edge, inbound, inbound_topic, lit, taken)
         if edge.loop:
             loop_width = max(loop_width, width)
         attrs_: dict[str, str] = {"label": label, "id": f"{prefix}e{n}"}
@@ -244,6 +265,9 @@ def add_machine(
         if hot:
             attrs_.update(color=style.LIVE_EDGE, penwidth="3")
             styles.append("bold")
+        if all(_untaken(row, taken) for row in edge.rows):
+            attrs_.update(color=style.MUTED, fontcolor=style.MUTED)
+            styles = ["dashed"]
         if styles:
             attrs_["style"] = ",".join(styles)
         graph.edge(nid(edge.tail), nid(edge.head), **attrs_)

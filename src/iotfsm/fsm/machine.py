@@ -50,13 +50,15 @@ class _BoundTransition(transitions.Transition):
 class _BoundEvent(transitions.core.Event):
     """Dispatch without EventData: the first transition from this state whose guard passes."""
 
-    def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
+    def trigger(self, model: Any, *args: Any, **kwargs: Any) -> On | None:  # type: ignore[override]
+        """The declared transition that fired, or None: traces and coverage name the very edge,
+        which (source, trigger, dest) alone cannot when guards split one trigger."""
         session, event, now, out = model, args[0], args[1], args[2]
         bound: list[_BoundTransition] = self.transitions.get(session.state, [])  # type: ignore[assignment]
-        for transition in bound:  # noqa: SIM110 - a plain loop: any() allocates a generator per step
+        for transition in bound:
             if transition.fire(session, event, now, out):
-                return True
-        return False
+                return transition.binding
+        return None
 
 
 class _CompiledMachine(transitions.Machine):
@@ -112,7 +114,8 @@ class Machine(Generic[C]):
         ev = self._events.get(event.trigger)
         source = session.state
         out: list[Effect] = []
-        if ev is None or not ev.trigger(session, event, now, out):
+        fired = None if ev is None else ev.trigger(session, event, now, out)
+        if fired is None:
             return self._record(session, event, source, None)
         if session.state != source and session.timers:
             cancels: list[Effect] = [CancelTimer(name) for name in session.timers]
@@ -120,7 +123,7 @@ class Machine(Generic[C]):
             out[:0] = cancels
         if out:
             self._stamp_timers(session, out, now)
-        return self._record(session, event, source, out)
+        return self._record(session, event, source, out, fired)
 
     def _stamp_timers(self, session: Session, out: list[Effect], now: float) -> None:
         for i, effect in enumerate(out):
@@ -137,7 +140,12 @@ class Machine(Generic[C]):
                     session.timers = None
 
     def _record(
-        self, session: Session, event: Event, source: str, out: list[Effect] | None
+        self,
+        session: Session,
+        event: Event,
+        source: str,
+        out: list[Effect] | None,
+        fired: On | None = None,
     ) -> list[Effect] | None:
         if self.tracer is not None:
             self.tracer(
@@ -149,6 +157,7 @@ class Machine(Generic[C]):
                     session.state,
                     tuple(out or ()),
                     out is not None,
+                    fired,
                 )
             )
         return out

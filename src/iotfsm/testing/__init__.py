@@ -3,12 +3,30 @@
 - `iotfsm.testing.Pair`: a Platform and Devices over the memory broker on a manual clock.
 - `iotfsm.testing.Mosquitto`: a private Mosquitto on a free port (optionally TLS).
 - `iotfsm.testing.wait_for`: bounded waiting for outcomes on other threads.
+- `iotfsm.testing.paths(spec)`: shortest executable paths that take every transition of a
+  declaration; `run_path` steps one through a declaration (and your effect handlers), `shrink`
+  cuts a failing one down; `iotfsm.testing.generated.generated_paths` makes pytest cases of them.
 - pytest fixtures (`iotfsm_pair`, `iotfsm_broker`, `iotfsm_clock`, `mosquitto`) load by themselves
   when iotfsm is installed (the `pytest11` entry point `iotfsm.testing.pytest_plugin`).
 """
 
 from .mosquitto import Mosquitto
 from .pair import Pair
+from .paths import Edge, Path, PathError, Plan, Step, edges, paths, plan, run_path, shrink
 from .waiting import wait_for
 
-__all__ = ["Mosquitto", "Pair", "wait_for"]
+__all__ = [
+    "Edge",
+    "Mosquitto",
+    "Pair",
+    "Path",
+    "PathError",
+    "Plan",
+    "Step",
+    "edges",
+    "paths",
+    "plan",
+    "run_path",
+    "shrink",
+    "wait_for",
+]
