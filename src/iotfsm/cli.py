@@ -141,6 +141,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_arguments(report)
     report.set_defaults(run=status.run)
+
+    from .commands import broker_config
+
+    brokers = sub.add_parser(
+        "broker-config",
+        help="write a broker configuration that lets only registered devices in",
+        description="Write a ready broker configuration. " + broker_config.EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    broker_config.add_arguments(brokers)
+    brokers.set_defaults(run=broker_config.run)
     return parser
 
 
