@@ -10,6 +10,9 @@ What it sets, and why:
   not consulted at all, so the `guest` account the node creates on first boot cannot log in.
 - `mqtt.allow_anonymous = false`: RabbitMQ 3.10 would otherwise log an MQTT client without a
   username in as `mqtt.default_user` (guest).
+- `ignore_colons_in_username` (advanced.config: the 3.10 schema has no rabbitmq.conf key for it):
+  the MQTT plugin otherwise reads `vhost:user` out of a username with a colon, and Tencent device
+  names may hold colons (`PROD1dev:a;12010126;...` would log in as `a;...` to vhost `PROD1dev`).
 - POST (form bodies) rather than GET: passwords stay out of the access log of any proxy in between.
 
 Values are checked before they are written: a newline or a space in a URL would let a caller add
@@ -114,6 +117,10 @@ class RabbitConfig:
     def enabled_plugins(self) -> str:
         """The Erlang term RabbitMQ reads from RABBITMQ_ENABLED_PLUGINS_FILE."""
         return "[" + ",".join(PLUGINS) + "].\n"
+
+    def advanced_config(self) -> str:
+        """The Erlang terms for RABBITMQ_ADVANCED_CONFIG_FILE (advanced.config)."""
+        return "[{rabbitmq_mqtt, [{ignore_colons_in_username, true}]}].\n"
 
     def _vhost(self) -> str:
         if not re.fullmatch(r"[A-Za-z0-9/_-]{1,64}", self.vhost):

@@ -1,10 +1,11 @@
 """`iotfsm broker-config FLAVOUR`: a ready broker configuration that defers to the platform.
 
-One subcommand per broker. `rabbitmq` writes `rabbitmq.conf` and `enabled_plugins` (the MQTT plugin
-and the HTTP auth backend pointed at the platform's `--broker-auth` listener); the test suite boots
-its private node from the same generator (`iotfsm.adapters.rabbitmq_config`), so what this writes is
-what the tests ran. Other flavours (`mosquitto`: TLS, ACL patterns, the platform's password) add a
-`_add_FLAVOUR(sub)` beside `_add_rabbitmq` below.
+One subcommand per broker. `rabbitmq` writes `rabbitmq.conf`, `advanced.config` and
+`enabled_plugins` (the MQTT plugin and the HTTP auth backend pointed at the platform's
+`--broker-auth` listener); the test suite boots its private node from the same generator
+(`iotfsm.adapters.rabbitmq_config`), so what this writes is what the tests ran.
+Other flavours (`mosquitto`: TLS, ACL patterns, the platform's password) add a `_add_FLAVOUR(sub)`
+beside `_add_rabbitmq` below.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_rabbitmq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rabbit = sub.add_parser(
         "rabbitmq",
-        help="rabbitmq.conf + enabled_plugins: MQTT, logins checked by the platform",
-        description="Write rabbitmq.conf and enabled_plugins into --out: the MQTT plugin on "
-        "--mqtt, anonymous logins off, and the HTTP auth backend asking the platform's "
-        "--broker-auth listener about every login, queue, exchange and topic.",
+        help="rabbitmq.conf, advanced.config, enabled_plugins: logins checked by the platform",
+        description="Write rabbitmq.conf, advanced.config and enabled_plugins into --out: the "
+        "MQTT plugin on --mqtt, anonymous logins off, and the HTTP auth backend asking the "
+        "platform's --broker-auth listener about every login, queue, exchange and topic.",
     )
     rabbit.add_argument(
         "--auth-url", required=True, help="base URL of `iotfsm platform --broker-auth`"
@@ -70,6 +71,7 @@ def _rabbitmq(args: argparse.Namespace) -> int:
         files = {
             "rabbitmq.conf": config.rabbitmq_conf(),
             "enabled_plugins": config.enabled_plugins(),
+            "advanced.config": config.advanced_config(),
         }
     except BrokerConfigError as exc:
         raise CommandError(str(exc)) from None

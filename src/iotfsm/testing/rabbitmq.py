@@ -314,7 +314,7 @@ class RabbitMQ:
         )
         (d / "rabbitmq.conf").write_text(config.rabbitmq_conf())
         (d / "enabled_plugins").write_text(config.enabled_plugins())
-        (d / "advanced.config").write_text("[].\n")
+        (d / "advanced.config").write_text(config.advanced_config())
         (d / "rabbitmq-env.conf").write_text("")
         self.log_dir.mkdir()
 

@@ -1,0 +1,202 @@
+"""RabbitMQ 3.10's MQTT plugin with its HTTP auth backend pointed at the platform's policy.
+
+Every assertion here is about what the real node does (the session's private node from
+rabbitmq_fixtures): which logins it lets in, which subscriptions and publishes it refuses, and
+how it refuses them. Observed on 3.10.8: a refused login gets CONNACK 5 ("not authorized"); a
+refused SUBSCRIBE or PUBLISH closes the client's connection (no SUBACK failure code, no PUBACK),
+and nothing of a refused publish reaches any subscriber.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from rabbitmq_fixtures import RabbitNode, rabbitmq_node
+
+from iotfsm.adapters.broker_account import BrokerAccount
+from iotfsm.adapters.broker_auth import BrokerAuthServer
+from iotfsm.adapters.broker_policy import BrokerPolicy
+from iotfsm.adapters.credentials import DeviceCredentials
+from iotfsm.adapters.topics import Topics
+from iotfsm.machines import all_features
+from iotfsm.machines.feature import DeviceKey
+
+__all__ = ["rabbitmq_node"]
+
+WAIT = 20.0
+PSK_A = "MTIzNDU2Nzg5MGFiY2RlZg=="
+PSK_B = "YWJjZGVmMTIzNDU2Nzg5MA=="
+PRODUCT = "PROD1"
+DEV_A = DeviceKey(PRODUCT, "dev:a_1-x")
+DEV_B = DeviceKey(PRODUCT, "dev-b")
+ACCOUNT = BrokerAccount("iotfsm-platform", "platform-secret-password")
+
+
+class KeyDirectory:
+    """Registered key devices with their psk, checked the way Tencent's cloud does."""
+
+    def __init__(self, devices: dict[DeviceKey, str]) -> None:
+        self.devices = dict(devices)
+        self.disabled: set[DeviceKey] = set()
+
+    def check_login(
+        self, username: str, password: str, client_id: str | None = None
+    ) -> DeviceKey | None:
+        for key, psk in self.devices.items():
+            credentials = DeviceCredentials(key.product, key.device, psk)
+            if not username.startswith(credentials.client_id() + ";"):
+                continue
+            if client_id is not None and client_id != credentials.client_id():
+                return None
+            if int(username.rsplit(";", 1)[1]) < time.time():
+                return None
+            if key in self.disabled or not credentials.verify_password(username, password):
+                return None
+            return key
+        return None
+
+    def admits(self, key: DeviceKey) -> bool:
+        return key in self.devices and key not in self.disabled
+
+
+def _device_topics(key: DeviceKey) -> tuple[list[str], list[str]]:
+    topics = Topics(all_features())
+    publish = [topics.topic(f.name, "up", key) for f in all_features()]
+    return list(dict.fromkeys(publish)), topics.filters("device", device=key)
+
+
+class Probe:
+    """A bare paho client: what the broker answered, each event kept in order."""
+
+    def __init__(
+        self, node: RabbitNode, client_id: str, username: str | None, password: str | None
+    ):
+        self.events: list[tuple[object, ...]] = []
+        self.condition = threading.Condition()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311
+        )
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.client.on_connect = lambda _c, _u, _f, rc, _p: self._add("connack", rc.value)
+        self.client.on_disconnect = lambda _c, _u, _f, rc, _p: self._add("closed")
+        self.client.on_subscribe = lambda _c, _u, mid, rcs, _p: self._add(
+            "suback", tuple(r.value for r in rcs)
+        )
+        self.client.on_publish = lambda _c, _u, mid, _rc, _p: self._add("puback", mid)
+        self.client.on_message = lambda _c, _u, m: self._add("message", m.topic, m.payload)
+        self.client.connect_async(node.broker.host, node.broker.port)
+        self.client.loop_start()
+
+    def _add(self, *event: object) -> None:
+        with self.condition:
+            self.events.append(event)
+            self.condition.notify_all()
+
+    def wait(self, predicate: Callable[[list[tuple[object, ...]]], bool], what: str) -> None:
+        with self.condition:
+            if not self.condition.wait_for(lambda: predicate(self.events), WAIT):
+                raise AssertionError(f"timed out waiting for {what}; events {self.events}")
+
+    def first(self, kind: str) -> tuple[object, ...]:
+        self.wait(lambda ev: any(e[0] == kind for e in ev), kind)
+        return next(e for e in self.events if e[0] == kind)
+
+    def messages(self) -> list[tuple[object, ...]]:
+        with self.condition:
+            return [e[1:] for e in self.events if e[0] == "message"]
+
+    def stop(self) -> None:
+        self.client.reconnect_delay_set(60, 120)  # no reconnect storm while stopping
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def directory() -> KeyDirectory:
+    return KeyDirectory({DEV_A: PSK_A, DEV_B: PSK_B})
+
+
+@pytest.fixture
+def auth(rabbitmq_node: RabbitNode, directory: KeyDirectory) -> Iterator[BrokerAuthServer]:
+    policy = BrokerPolicy(directory, ACCOUNT, all_features(), _device_topics)
+    host, port = rabbitmq_node.auth_address
+    with BrokerAuthServer(policy, host, port) as server:
+        yield server
+
+
+@pytest.fixture
+def probes(rabbitmq_node: RabbitNode) -> Iterator[Callable[..., Probe]]:
+    made: list[Probe] = []
+
+    def make(client_id: str, username: str | None = None, password: str | None = None) -> Probe:
+        probe = Probe(rabbitmq_node, client_id, username, password)
+        made.append(probe)
+        return probe
+
+    yield make
+    for probe in made:
+        probe.stop()
+
+
+def _device(probes: Callable[..., Probe], key: DeviceKey, psk: str, **login: object) -> Probe:
+    creds = DeviceCredentials(key.product, key.device, psk)
+    username = creds.username(expiry=login.get("expiry"))  # type: ignore[arg-type]
+    password = creds.password(username, login.get("algorithm", "hmacsha256"))  # type: ignore[arg-type]
+    return probes(login.get("client_id", creds.client_id()), username, password)
+
+
+def _platform(probes: Callable[..., Probe]) -> Probe:
+    platform = probes("iotfsm-platform-test", ACCOUNT.username, ACCOUNT.password)
+    assert platform.first("connack") == ("connack", 0)
+    platform.client.subscribe([("$ota/report/+/+", 1), ("$config/operation/+/+", 1)])
+    assert platform.first("suback") == ("suback", (1, 1))
+    return platform
+
+
+def test_own_topics_pass_and_others_are_refused_by_the_node(
+    auth: BrokerAuthServer, probes: Callable[..., Probe]
+) -> None:
+    platform = _platform(probes)
+    device = _device(probes, DEV_A, PSK_A)
+    assert device.first("connack") == ("connack", 0)
+    device.client.subscribe(f"$ota/update/{PRODUCT}/{DEV_A.device}", 1)
+    assert device.first("suback") == ("suback", (1,))
+    device.client.publish(f"$ota/report/{PRODUCT}/{DEV_A.device}", b"own", qos=1)
+    device.first("puback")
+    platform.wait(
+        lambda ev: ("message", f"$ota/report/{PRODUCT}/{DEV_A.device}", b"own") in ev,
+        "the device's own report",
+    )
+    # the platform may publish any device's downlink
+    platform.client.publish(f"$ota/update/{PRODUCT}/{DEV_A.device}", b"offer", qos=1)
+    device.wait(
+        lambda ev: ("message", f"$ota/update/{PRODUCT}/{DEV_A.device}", b"offer") in ev,
+        "the platform's downlink",
+    )
+
+    forger = _device(probes, DEV_B, PSK_B)
+    assert forger.first("connack") == ("connack", 0)
+    forger.client.publish(f"$ota/report/{PRODUCT}/{DEV_A.device}", b"forged", qos=1)
+    forger.first("closed")  # 3.10 closes the connection on a refused publish
+    assert ("puback",) not in [e[:1] for e in forger.events]
+
+    spy = _device(probes, DEV_B, PSK_B)
+    spy.first("connack")
+    spy.client.subscribe(f"$ota/update/{PRODUCT}/{DEV_A.device}", 1)
+    spy.first("closed")  # ... and on a refused subscription
+    assert not any(e[0] == "suback" for e in spy.events)
+
+    # a marker after the forgeries: had a forged report got through, it would be seen first
+    device.client.publish(f"$ota/report/{PRODUCT}/{DEV_A.device}", b"marker", qos=1)
+    platform.wait(
+        lambda ev: ("message", f"$ota/report/{PRODUCT}/{DEV_A.device}", b"marker") in ev,
+        "the marker",
+    )
+    assert [m[1] for m in platform.messages()] == [b"own", b"marker"]
+    assert auth.policy.decisions[("topic", False)] >= 2
