@@ -2,7 +2,8 @@
 
 Every assertion here is about what the real node does (the session's private node from
 rabbitmq_fixtures): which logins it lets in, which subscriptions and publishes it refuses, and
-how it refuses them. Observed on 3.10.8: a refused login gets CONNACK 5 ("not authorized"); a
+how it refuses them. Observed on 3.10.8: a refused login gets CONNACK 4 ("bad user name or
+password", paho's reason code 134); a
 refused SUBSCRIBE or PUBLISH closes the client's connection (no SUBACK failure code, no PUBACK),
 and nothing of a refused publish reaches any subscriber.
 """
@@ -200,3 +201,48 @@ def test_own_topics_pass_and_others_are_refused_by_the_node(
     )
     assert [m[1] for m in platform.messages()] == [b"own", b"marker"]
     assert auth.policy.decisions[("topic", False)] >= 2
+
+
+def test_logins_the_node_refuses_and_a_re_enabled_device_back_in(
+    auth: BrokerAuthServer, probes: Callable[..., Probe], directory: KeyDirectory
+) -> None:
+    refused = {
+        "no username": probes(f"{PRODUCT}{DEV_A.device}"),
+        "expired": _device(probes, DEV_A, PSK_A, expiry=int(time.time()) - 60),
+        "another device's key": _device(probes, DEV_A, PSK_B),
+        "another device's client id": _device(
+            probes, DEV_A, PSK_A, client_id=f"{PRODUCT}{DEV_B.device}"
+        ),
+        "unregistered": _device(probes, DeviceKey(PRODUCT, "ghost"), PSK_A),
+        "platform, wrong password": probes("iotfsm-platform-x", ACCOUNT.username, "guess"),
+        "guest": probes("guest-client", "guest", "guest"),
+    }
+    # paho's reason code 134 is MQTT 3.1.1's CONNACK 4, "bad user name or password"
+    assert {what: probe.first("connack")[1] for what, probe in refused.items()} == dict.fromkeys(
+        refused, 134
+    )
+    sha1 = _device(probes, DEV_A, PSK_A, algorithm="hmacsha1")
+    assert sha1.first("connack") == ("connack", 0)
+    sha1.stop()
+
+    directory.disabled.add(DEV_A)
+    assert _device(probes, DEV_A, PSK_A).first("connack") == ("connack", 134)
+    directory.disabled.discard(DEV_A)  # no restart of the node or the endpoint
+    back = _device(probes, DEV_A, PSK_A)
+    assert back.first("connack") == ("connack", 0)
+    back.client.subscribe(f"$ota/update/{PRODUCT}/{DEV_A.device}", 1)
+    assert back.first("suback") == ("suback", (1,))
+
+    del directory.devices[DEV_B]  # deleted
+    assert _device(probes, DEV_B, PSK_B).first("connack") == ("connack", 134)
+
+
+def test_a_device_disabled_while_connected_loses_its_next_subscription(
+    auth: BrokerAuthServer, probes: Callable[..., Probe], directory: KeyDirectory
+) -> None:
+    device = _device(probes, DEV_A, PSK_A)
+    assert device.first("connack") == ("connack", 0)
+    directory.disabled.add(DEV_A)
+    device.client.subscribe(f"$ota/update/{PRODUCT}/{DEV_A.device}", 1)
+    device.first("closed")
+    assert not any(e[0] == "suback" for e in device.events)
