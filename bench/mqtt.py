@@ -453,7 +453,7 @@ class CountingTransport:
 
 
 def consume_platform(
-    url: str, client_id: str, meter: Meter, go: Go, *, sqlite: bool
+    url: str, client_id: str, meter: Meter, go: Go, *, sqlite: bool, devices: int
 ) -> dict[str, Any]:
     """The default Platform (in-memory store), or with `sqlite` one with a data directory, which
     keeps its sessions in SQLite as a production platform does."""
@@ -468,6 +468,8 @@ def consume_platform(
     transport = CountingTransport(MqttTransport(settings), meter)
     data_dir = tempfile.mkdtemp(prefix="iotfsm-bench-") if sqlite else None
     facade = Platform(transport, data_dir=data_dir)
+    for product, device in device_keys(devices):  # a production platform answers only these
+        facade.register_device(product, device)
     go()
     facade.start()
     meter.wait()
@@ -495,6 +497,7 @@ class Job:
     target: int
     cprofile: str | None = None
     store: str = "memory"
+    devices: int = 1000
 
 
 def consumer(job: Job, pipe: Connection) -> None:
@@ -521,7 +524,9 @@ def consumer(job: Job, pipe: Connection) -> None:
 
     try:
         if kind == PLATFORM:
-            result = consume_platform(url, client_id, meter, go, sqlite=job.store == "sqlite")
+            result = consume_platform(
+                url, client_id, meter, go, sqlite=job.store == "sqlite", devices=job.devices
+            )
         else:
             result = consume_bare(url, client_id, meter, go, reply=kind == REFERENCE)
         if profiler is not None and profile:
@@ -544,9 +549,10 @@ def drain(
     cprofile: str | None = None,
     py_spy: str | None = None,
     store: str = "memory",
+    devices: int = 1000,
 ) -> dict[str, Any]:
     parent, child = ctx.Pipe(duplex=True)
-    job = Job(kind, url, client_id, target, cprofile, store)
+    job = Job(kind, url, client_id, target, cprofile, store, devices)
     proc = ctx.Process(target=consumer, args=(job, child), daemon=True)
     proc.start()
     child.close()
@@ -630,6 +636,7 @@ def run(options: Options) -> dict[str, Any]:
                     cprofile=options.cprofile if profiled else None,
                     py_spy=options.py_spy if profiled else None,
                     store=options.store,
+                    devices=options.devices,
                 )
                 result.update(
                     round=number,

@@ -331,6 +331,7 @@ class OtaRig:
         state_dir = self.root / name
         watch = _Watch(on_offer=on_offer, on_burning=on_burning)
         self._watches[name] = watch
+        self.platform.register_device(PRODUCT, name)
         device = Device(
             PRODUCT, name, broker=self.broker, state_dir=state_dir, version="1.0", chunk_size=chunk
         ).start()

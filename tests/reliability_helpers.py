@@ -389,6 +389,8 @@ def _ota_failed(world: World, name: str) -> bool:
 
 
 def _offer(world: World, names: Sequence[str]) -> None:
+    for name in names:  # offered before the devices start: register them first
+        world.platform.register_device(world.product, name)
     world.platform.offer_resource(world.product, list(names), "faces.db", RESOURCE)
 
 

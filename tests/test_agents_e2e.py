@@ -78,6 +78,10 @@ def test_desired_state_reaches_two_device_processes_across_a_platform_restart(
     (tmp_path / "faces.db").write_bytes(rng.randbytes(200_000))
     desired = tmp_path / "desired.toml"
     desired.write_text(f"""
+[[devices]]
+product = "{PRODUCT}"
+devices = ["agent-1", "agent-2"]
+
 [[firmware]]
 product = "{PRODUCT}"
 devices = ["*"]
@@ -140,7 +144,7 @@ file = "faces.db"
     try:
         wait_for(
             "the desired state to be applied",
-            lambda: sum(e["event"] == "applied" for e in platform.events) == 4,
+            lambda: sum(e["event"] == "applied" for e in platform.events) == 5,
         )
         platform.kill()  # SIGKILL with every task queued: SQLite keeps them
         # the devices start while the platform is down: their first reports and asks are lost

@@ -33,6 +33,7 @@ class World:
 
     def device(self, name: str, product: str = PRODUCT, start: bool = True) -> Device:
         applied = self.applied.setdefault(name, [])
+        self.platform.register_device(product, name)
         d = Device(
             product,
             name,
@@ -163,6 +164,7 @@ def test_history_keeps_five_versions_and_push_config_reaches_one_device(world: W
 
 
 def test_bad_platform_calls_are_clear_errors(world: World) -> None:
+    world.platform.register_device(PRODUCT, "d1")
     with pytest.raises(ConfigError, match="has no config yet"):
         world.platform.push_config(PRODUCT, "d1")
     with pytest.raises(ConfigError, match="a JSON object"):

@@ -28,6 +28,7 @@ def test_config_and_log_upload_over_mosquitto(mosquitto_broker: Mosquitto, tmp_p
     logger.propagate = False
     platform = Platform(mosquitto_broker.url, mqtt=FAST).start()
     platform.register_device(PRODUCT, "dev-1", PSK)
+    platform.register_device(PRODUCT, "dev-2", PSK)
     applied: dict[str, list[dict[str, Any]]] = {"dev-1": [], "dev-2": []}
 
     def device(name: str, **kw: Any) -> Device:

@@ -25,6 +25,8 @@ def test_level_survives_a_broker_kill_and_restart(
     logger = logging.getLogger("tests.mosquitto.app")
     logger.setLevel(logging.NOTSET)
     platform = Platform(mosquitto_broker.url, mqtt=FAST).start()
+    for name in ("dev-1", "dev-2"):
+        platform.register_device("S3EUVBRJLB", name, PSK)
     device = Device(
         "S3EUVBRJLB",
         "dev-1",

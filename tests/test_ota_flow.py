@@ -228,6 +228,7 @@ def test_every_device_of_a_product_including_later_ones(world: OtaWorld) -> None
 
 def test_tasks_and_progress_survive_a_platform_restart(tmp_path: Path) -> None:
     world = OtaWorld(tmp_path)
+    world.platform.register_device(PRODUCT, "dev-r")
     world.platform.deploy_firmware(PRODUCT, ["dev-r"], "8.0", firmware(20_000))
     status = world.platform.firmware_status(PRODUCT, "dev-r")
     assert (status.state, status.target) == ("offered", "8.0")

@@ -63,6 +63,7 @@ def test_a_killed_device_process_resumes_from_its_checkpoint(
     checkpoint = state / "ota" / "firmware" / "checkpoint.json"
     with Platform(mosquitto_broker.url, data_dir=tmp_path / "platform", mqtt=FAST) as platform:
         wait_for("the platform to connect", lambda: platform.runtime.transport.connected)
+        platform.register_device(PRODUCT, "proc-1")
         deployment = platform.deploy_firmware(PRODUCT, ["proc-1"], "2.0", image)
         platform.files.hooks.rate_limit = 2 * 1024 * 1024  # a slow link: about 2 s for the file
 

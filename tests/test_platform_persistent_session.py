@@ -69,6 +69,7 @@ def test_reports_sent_while_the_platform_is_down_reach_it_after_a_restart(
 
     data_dir = tmp_path / "platform"
     platform = Platform(mosquitto_broker.url, data_dir=data_dir, mqtt=options).start()
+    platform.register_device(PRODUCT, "dev-1", PSK)
     device = Device(
         PRODUCT,
         "dev-1",

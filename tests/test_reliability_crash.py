@@ -167,6 +167,7 @@ def test_ota_download_killed_at_twenty_random_points(
     with Platform(mosquitto_broker.url, data_dir=tmp_path / "platform", mqtt=FAST) as platform:
         wait_for("the platform to connect", lambda: platform.runtime.transport.connected)
         platform.files.hooks.rate_limit = RATE
+        platform.register_device(PRODUCT, "ota-dev")
         deployment = platform.deploy_firmware(PRODUCT, ["ota-dev"], "2.0", image)
         offsets = kill_twenty_times(
             forks=forks,
@@ -213,6 +214,7 @@ def test_resource_download_killed_at_twenty_random_points(
     with Platform(mosquitto_broker.url, data_dir=tmp_path / "platform", mqtt=FAST) as platform:
         wait_for("the platform to connect", lambda: platform.runtime.transport.connected)
         platform.files.hooks.rate_limit = RATE
+        platform.register_device(PRODUCT, "res-dev")
         [delivery] = platform.offer_resource(PRODUCT, ["res-dev"], "faces.db", data)
         file_id = f"res-{delivery.md5}"
         kill_twenty_times(
@@ -254,6 +256,8 @@ def test_broker_killed_and_restarted_while_devices_download(
     with Platform(mosquitto_broker.url, data_dir=tmp_path / "platform", mqtt=FAST) as platform:
         wait_for("the platform to connect", lambda: platform.runtime.transport.connected)
         platform.files.hooks.rate_limit = 2 * RATE
+        for name in ("b-ota", "b-res"):
+            platform.register_device(PRODUCT, name)
         deployment = platform.deploy_firmware(PRODUCT, ["b-ota"], "2.0", image)
         [delivery] = platform.offer_resource(PRODUCT, ["b-res"], "faces.db", data)
         pids = [forks.spawn(mosquitto_broker, name, tmp_path / name) for name in ("b-ota", "b-res")]

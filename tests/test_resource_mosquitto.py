@@ -29,6 +29,7 @@ def test_upload_and_delivery_over_mosquitto(mosquitto_broker: Mosquitto, tmp_pat
     got: list[tuple[Path, str]] = []
     with Platform(mosquitto_broker.url, data_dir=tmp_path / "platform", mqtt=FAST) as platform:
         wait_for("the platform to connect", lambda: platform.runtime.transport.connected)
+        platform.register_device(PRODUCT, "mq-1", PSK)
         platform.offer_resource(PRODUCT, ["mq-1"], "faces.db", data_down)  # queued: device offline
         with Device(
             PRODUCT,

@@ -20,9 +20,9 @@ def test_device_and_platform_agree_on_a_level(tmp_path: Path) -> None:
     steps: list[StepRecord] = []
     applied: list[int] = []
     logger = logging.getLogger("tests.roles.app")
-    with (
-        Platform(broker, clock=clock) as platform,
-        Device(
+    with Platform(broker, clock=clock) as platform:
+        platform.register_device("P1", "d1")
+        with Device(
             "P1",
             "d1",
             broker=broker,
@@ -31,19 +31,18 @@ def test_device_and_platform_agree_on_a_level(tmp_path: Path) -> None:
             on_log_level=applied.append,
             on_step=steps.append,
             clock=clock,
-        ) as device,
-    ):
-        assert device.connected
-        assert device.state("log_level") == "listening"
-        platform.set_log_level("P1", "d1", 3)
-        assert (device.log_level, logger.level, applied) == (3, logging.INFO, [0, 3])
-        assert platform.log_level("P1", "d1") == 3
-        assert SessionStatus("log_level", "P1", "d1", "assigned") in platform.status()
-        assert [s.dest for s in steps if s.machine == "log_level.device"] == [
-            "asking",
-            "listening",
-            "listening",
-        ]
+        ) as device:
+            assert device.connected
+            assert device.state("log_level") == "listening"
+            platform.set_log_level("P1", "d1", 3)
+            assert (device.log_level, logger.level, applied) == (3, logging.INFO, [0, 3])
+            assert platform.log_level("P1", "d1") == 3
+            assert SessionStatus("log_level", "P1", "d1", "assigned") in platform.status()
+            assert [s.dest for s in steps if s.machine == "log_level.device"] == [
+                "asking",
+                "listening",
+                "listening",
+            ]
     assert not device.connected
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from iotfsm.adapters.memory_broker import MemoryBroker
+from iotfsm.adapters.registry import ProductSecrets, Registry
+from iotfsm.adapters.store import MemoryStore
 from iotfsm.device import Device
 from iotfsm.fsm import ManualClock, StepRecord
 from iotfsm.platform import Platform
@@ -18,8 +20,14 @@ def test_two_workers_split_the_asks_without_loss_or_duplicates(tmp_path: Path) -
     clock = ManualClock()
     broker = MemoryBroker(scheduler=clock)
     handled: dict[str, list[StepRecord]] = {"a": [], "b": []}
+    # workers of one pool share one registry (here in memory; in a pool, the shared store)
+    registry = Registry(MemoryStore(), ProductSecrets(tmp_path / "secrets"), clock=clock)
+    for i in range(40):
+        registry.add("P1", f"d{i}")
     workers = [
-        Platform(broker, share_group="g", clock=clock, on_step=handled[name].append).start()
+        Platform(
+            broker, share_group="g", clock=clock, on_step=handled[name].append, registry=registry
+        ).start()
         for name in ("a", "b")
     ]
     devices = [

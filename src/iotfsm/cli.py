@@ -152,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     broker_config.add_arguments(brokers)
     brokers.set_defaults(run=broker_config.run)
+
+    from .commands import registry
+
+    devices = sub.add_parser(
+        "registry",
+        help="register, list, enable, disable and remove the devices a platform admits",
+        description="The devices a platform admits (kept in its data directory; a running "
+        "platform sees changes within a second). " + registry.EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    registry.add_arguments(devices)
+    devices.set_defaults(run=registry.run)
     return parser
 
 

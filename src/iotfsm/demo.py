@@ -97,7 +97,6 @@ def run_demo(
         for name in names:
             app = apps[name]
             app.logger.propagate = False
-            platform.register_device(PRODUCT, name, DEMO_PSK)
             fleet[name] = pair.device(
                 name,
                 version="1.0",

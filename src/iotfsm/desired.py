@@ -1,6 +1,11 @@
 """The platform's desired state, as an operator writes it: a TOML file that `iotfsm platform`
 reconciles every device toward, and reloads when it changes.
 
+    [[devices]]              # the registry: only these devices get sessions and answers
+    product = "P"
+    devices = ["D1", "D2"]
+    auth = "key"             # or "cert"; enabled = false turns them away, keeping the entry
+
     [[firmware]]
     product = "P"
     devices = ["D1", "D2"]   # or ["*"] for every device of the product
@@ -36,6 +41,14 @@ class DesiredStateError(ValueError):
 
 
 @attrs.frozen
+class DevicesEntry:
+    product: str
+    devices: tuple[str, ...]
+    auth: str
+    enabled: bool
+
+
+@attrs.frozen
 class FirmwareEntry:
     product: str
     devices: tuple[str, ...]
@@ -65,11 +78,12 @@ class ResourceEntry:
     file: Path
 
 
-Entry = FirmwareEntry | ConfigEntry | LogLevelEntry | ResourceEntry
+Entry = DevicesEntry | FirmwareEntry | ConfigEntry | LogLevelEntry | ResourceEntry
 
 
 @attrs.frozen
 class DesiredState:
+    devices: tuple[DevicesEntry, ...] = ()
     firmware: tuple[FirmwareEntry, ...] = ()
     config: tuple[ConfigEntry, ...] = ()
     log_level: tuple[LogLevelEntry, ...] = ()
@@ -96,13 +110,18 @@ def load(path: Path) -> DesiredState:
         raise DesiredStateError(f"{path}: cannot read it ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise DesiredStateError(f"{path}: not valid TOML ({exc})") from None
-    unknown = sorted(set(doc) - {"firmware", "config", "log_level", "resource"})
+    unknown = sorted(set(doc) - {"devices", "firmware", "config", "log_level", "resource"})
     if unknown:
         raise DesiredStateError(
-            f"{path}: unknown section(s) {unknown}; use firmware, config, log_level, resource"
+            f"{path}: unknown section(s) {unknown}; use devices, firmware, config, log_level,"
+            " resource"
         )
     base = path.parent
     return DesiredState(
+        devices=tuple(
+            _registered(e, f"{path}: devices[{i}]")
+            for i, e in enumerate(_list(doc, "devices", path))
+        ),
         firmware=tuple(
             _firmware(e, base, f"{path}: firmware[{i}]")
             for i, e in enumerate(_list(doc, "firmware", path))
@@ -171,6 +190,18 @@ def _file(entry: dict[str, Any], base: Path, where: str) -> Path:
     if not file.is_file():
         raise DesiredStateError(f"{where}: file {file} does not exist")
     return file
+
+
+def _registered(entry: dict[str, Any], where: str) -> DevicesEntry:
+    _known_keys(entry, {"product", "devices", "auth", "enabled"}, where)
+    auth = entry.get("auth", "key")
+    if auth not in ("key", "cert"):
+        raise DesiredStateError(f"{where}: 'auth' must be \"key\" or \"cert\", got {auth!r}")
+    enabled = entry.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise DesiredStateError(f"{where}: 'enabled' must be true or false")
+    devices = _devices(entry, where, allow_all=False)
+    return DevicesEntry(_product(entry, where), devices, auth, enabled)
 
 
 def _firmware(entry: dict[str, Any], base: Path, where: str) -> FirmwareEntry:

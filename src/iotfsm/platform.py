@@ -24,8 +24,9 @@ from .adapters.config_store import ConfigError, ConfigRecords, ConfigVersion
 from .adapters.connect import Broker, MqttOptions, transport_for
 from .adapters.file_service import FileRef, FileService, UploadRecord
 from .adapters.http_transfer import file_md5
-from .adapters.log_endpoint import DeviceKeys, LogEndpoint, LogFollower, LogLine
+from .adapters.log_endpoint import LogEndpoint, LogFollower, LogLine
 from .adapters.log_upload import REPORT_LOG_PATH
+from .adapters.registry import AuthKind, ProductSecrets, RegisteredDevice, Registry, RegistryError
 from .adapters.runtime import Runtime
 from .adapters.store import MemoryStore, SessionStore, SqliteStore
 from .adapters.topics import check_key
@@ -143,13 +144,19 @@ class Platform(RoleFacade):
         clock: Clock | None = None,
         mqtt: MqttOptions | None = None,
         share_group: str | None = None,
+        registry: Registry | None = None,
+        open_registry: bool = False,
+        secrets_dir: str | Path | None = None,
     ) -> None:
         """`data_dir` keeps the SQLite store and the served files (default: a temporary folder
         and an in-memory store, gone at `stop`). The file service listens on
         `http_host:http_port` and hands out URLs under `public_base` (default its own address;
         set it when devices reach it through a proxy on port 80/443). `products` limits the
         subscriptions; `share_group` lets workers split one broker's load (MQTT shared
-        subscriptions; Mosquitto does not share `$` topics, so partition by `products` there)."""
+        subscriptions; Mosquitto does not share `$` topics, so partition by `products` there).
+        Only devices in `registry` (default: one kept in the store, with the product secrets in
+        `secrets_dir`, default `data_dir/product-secrets`) get sessions and answers;
+        `open_registry=True` admits any well-formed name, for demos on a trusted network."""
         self._own_dir = data_dir is None
         self.data_dir = Path(
             tempfile.mkdtemp(prefix="iotfsm-platform-") if data_dir is None else data_dir
@@ -160,6 +167,17 @@ class Platform(RoleFacade):
                 MemoryStore() if self._own_dir else SqliteStore(self.data_dir / "platform.sqlite3")
             )
         self.store = store
+        self.registry = registry or Registry(
+            store,
+            ProductSecrets(secrets_dir or self.data_dir / "product-secrets"),
+            open=open_registry,
+            clock=clock,
+        )
+        if self.registry.open:
+            log.warning(
+                "open registry: any client that reaches the broker can act as any device; "
+                "register devices and drop open_registry outside a trusted test network"
+            )
         self.url_ttl = url_ttl
         self._records = threading.Lock()
         """Serializes read-modify-write of upload and delivery records: the file service's
@@ -183,6 +201,7 @@ class Platform(RoleFacade):
             tracer=on_step,
             # an in-memory store would only copy sessions that already live in memory
             store=None if isinstance(store, MemoryStore) else store,
+            admit=self.registry.gate,
             handlers={
                 ota.OfferFirmware: self._offer,
                 ota.OtaFinished: self._finished,
@@ -195,12 +214,13 @@ class Platform(RoleFacade):
             },
         )
         self.runtime.on_session_created = self._session_created
+        self.runtime.restorable = self._restorable
+        self.registry.on_change = self._registry_changed
         self.runtime.contexts["log_level"] = self._log_level_context
         self.files.on_upload(self._upload_stored)
         self.configs = ConfigRecords(store)
         """Each product's remote config: the last five versions and the switch."""
-        self.device_keys = DeviceKeys(store)
-        self.logs = LogEndpoint(store, self.device_keys, clock=self.runtime.clock)
+        self.logs = LogEndpoint(store, self.registry, clock=self.runtime.clock)
         """`POST /device/reportlog` on the file service: devices' uploaded log lines."""
         self.files.add_post_route(REPORT_LOG_PATH, self.logs.handle, max_body=256 * 1024)
 
@@ -252,7 +272,7 @@ class Platform(RoleFacade):
             raise ValueError(f"version {version[:40]!r} must be 1-32 characters")
         names = (EVERY_DEVICE,) if devices == EVERY_DEVICE else tuple(devices)
         keys = (
-            [] if names == (EVERY_DEVICE,) else [check_key(DeviceKey(product_id, n)) for n in names]
+            [] if names == (EVERY_DEVICE,) else [self._device(product_id, n) for n in names]
         )
         check_key(DeviceKey(product_id, "x"))
         ref = self._publish_image(image)
@@ -287,11 +307,11 @@ class Platform(RoleFacade):
 
     def cancel_firmware(self, product_id: str, device_name: str) -> None:
         self.runtime.post(
-            "ota", check_key(DeviceKey(product_id, device_name)), ota.CancelFirmware()
+            "ota", self._device(product_id, device_name), ota.CancelFirmware()
         )
 
     def firmware_status(self, product_id: str, device_name: str) -> FirmwareStatus:
-        session = self.runtime.session("ota", check_key(DeviceKey(product_id, device_name)))
+        session = self.runtime.session("ota", self._device(product_id, device_name))
         c: ota.PlatformContext = session.ctx
         return FirmwareStatus(
             session.state, c.target, c.reported, c.percent, c.result_code, c.result_msg
@@ -336,7 +356,7 @@ class Platform(RoleFacade):
         """Queue the file for these devices under `name`; an online device gets it pushed now,
         an offline one when it next asks (devices ask after every reconnect)."""
         check_name(name, "resource name")
-        keys = [check_key(DeviceKey(product_id, d)) for d in devices]
+        keys = [self._device(product_id, d) for d in devices]
         ref = self._publish_source(source, "res")
         offered = []
         for key in keys:
@@ -445,7 +465,7 @@ class Platform(RoleFacade):
         """Set a device's log level and push it now; an offline device gets it when it asks."""
         if level not in LEVELS:
             raise ValueError(f"log level {level!r} must be 0 (nothing) to 4 (debug)")
-        key = check_key(DeviceKey(product_id, device_name))
+        key = self._device(product_id, device_name)
         self.runtime.post("log_level", key, SetLogLevel(level))
 
     def set_product_log_level(self, product_id: str, level: int) -> None:
@@ -460,7 +480,7 @@ class Platform(RoleFacade):
 
     def log_level(self, product_id: str, device_name: str) -> int:
         """The level this platform answers the device with (0 until set)."""
-        key = check_key(DeviceKey(product_id, device_name))
+        key = self._device(product_id, device_name)
         level: int = self.runtime.session("log_level", key).ctx.level
         return level
 
@@ -486,7 +506,7 @@ class Platform(RoleFacade):
 
     def push_config(self, product_id: str, device_name: str) -> None:
         """Push the product's current config to one device now."""
-        key = check_key(DeviceKey(product_id, device_name))
+        key = self._device(product_id, device_name)
         current = self.configs.current(product_id)
         if not current.enabled:
             raise ConfigError(f"remote config is disabled for {product_id}; enable_config first")
@@ -516,10 +536,40 @@ class Platform(RoleFacade):
 
     # ---- device logs ------------------------------------------------------------------------
 
-    def register_device(self, product_id: str, device_name: str, psk: str) -> None:
-        """Tell the platform a device's key (the base64 device secret): it checks the signature
-        of the device's log uploads with it. Kept in the store, like every platform record."""
-        self.device_keys.register(product_id, device_name, psk)
+    def register_device(
+        self, product_id: str, device_name: str, psk: str | None = None, auth: str = "key"
+    ) -> RegisteredDevice:
+        """Let a device in: it gets sessions and answers from now on. A key device's key is
+        derived from its product's secret (`registry.device_psk` tells it) unless `psk`
+        imports one issued elsewhere; registering a known device again with a `psk` replaces
+        its imported key. Raises RegistryError with what to fix."""
+        if auth not in ("key", "cert"):
+            raise RegistryError(f"auth {auth!r} must be 'key' or 'cert'")
+        known = self.registry.get(product_id, device_name)
+        if known is None:
+            kind: AuthKind = "cert" if auth == "cert" else "key"
+            return self.registry.add(product_id, device_name, kind, psk)
+        if psk is not None:
+            self.registry.secrets.set_imported(product_id, device_name, psk)
+        return known
+
+    def _device(self, product_id: str, device_name: str) -> DeviceKey:
+        """The key of a device that operator calls may address: registered, or any name under
+        an open registry. An unknown name is a typo or an attack, never a new session."""
+        key = check_key(DeviceKey(product_id, device_name))
+        if not self.registry.open and self.registry.get(*key) is None:
+            raise RegistryError(
+                f"{product_id}/{device_name} is not registered; register_device first "
+                "(iotfsm registry add)"
+            )
+        return key
+
+    def _restorable(self, key: DeviceKey) -> bool:
+        return self.registry.open or self.registry.get(*key) is not None
+
+    def _registry_changed(self, device: RegisteredDevice, present: bool) -> None:
+        if not present:
+            self.runtime.forget(device.key)
 
     @property
     def log_url(self) -> str:

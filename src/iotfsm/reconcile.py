@@ -14,6 +14,7 @@ from .desired import (
     ConfigEntry,
     DesiredState,
     DesiredStateError,
+    DevicesEntry,
     Entry,
     FirmwareEntry,
     LogLevelEntry,
@@ -69,7 +70,16 @@ class Reconciler:
 
     def _apply_one(self, entry: Entry) -> None:
         p = self.platform
-        if isinstance(entry, FirmwareEntry):
+        if isinstance(entry, DevicesEntry):
+            for device in entry.devices:
+                known = p.registry.get(entry.product, device)
+                if known is None:
+                    p.register_device(entry.product, device, auth=entry.auth)
+                if entry.enabled:
+                    p.registry.enable(entry.product, device)
+                else:
+                    p.registry.disable(entry.product, device)
+        elif isinstance(entry, FirmwareEntry):
             devices = EVERY_DEVICE if entry.devices == ("*",) else list(entry.devices)
             p.deploy_firmware(entry.product, devices, entry.version, entry.file)
         elif isinstance(entry, ConfigEntry):
@@ -87,10 +97,13 @@ class Reconciler:
 
 
 def _entries(state: DesiredState) -> list[Entry]:
-    return [*state.firmware, *state.config, *state.log_level, *state.resource]
+    return [*state.devices, *state.firmware, *state.config, *state.log_level, *state.resource]
 
 
 def _describe(entry: Entry) -> str:
+    if isinstance(entry, DevicesEntry):
+        state = "enabled" if entry.enabled else "disabled"
+        return f"devices {entry.product}/{','.join(entry.devices)} ({entry.auth}, {state})"
     if isinstance(entry, FirmwareEntry):
         return f"firmware {entry.version} for {entry.product}/{','.join(entry.devices)}"
     if isinstance(entry, ConfigEntry):

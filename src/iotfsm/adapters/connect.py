@@ -31,6 +31,11 @@ class MqttOptions:
     keepalive: int = 60
     backoff_min: float = 1.0
     backoff_max: float = 60.0
+    username: str | None = None
+    """The platform's own broker login (a device logs in with its key or certificate)."""
+    password: str | None = attrs.field(default=None, repr=False)
+    client_id: str | None = None
+    """A platform's client id when the broker ties it to the login (RabbitMQ, ACLs on %c)."""
 
 
 def transport_for(
@@ -53,15 +58,19 @@ def transport_for(
         raise ValueError("session_id is for a platform; a device's client id is its own name")
     own_id = f"{key.product}{key.device}" if key else f"iotfsm-platform-{secrets.token_hex(4)}"
     own_id = session_id or own_id
+    opts = options or MqttOptions()
+    if key is None and opts.client_id is not None:
+        own_id = opts.client_id
     if isinstance(broker, MemoryBroker):
         return broker.connect(own_id)
     if not isinstance(broker, str):
         return broker
-    opts = options or MqttOptions()
     device = DeviceCredentials(key.product, key.device, psk) if key is not None and psk else None
     settings = settings_from_url(
         broker,
         client_id=None if device is not None else own_id,
+        username=None if device is not None else opts.username,
+        password=None if device is not None else opts.password,
         device=device,
         ca_file=opts.ca_file,
         certfile=opts.certfile,

@@ -18,6 +18,7 @@ import hmac
 import re
 import secrets
 import string
+import time
 from typing import Literal
 
 import attrs
@@ -231,11 +232,22 @@ class DeviceCredentials:
             password=self.password(username, algorithm),
         )
 
-    def verify_password(self, username: str, password: str) -> bool:
-        """Platform side: does `password` sign `username` with this device's key?
+    def verify_password(self, username: str, password: str, *, now: float | None = None) -> bool:
+        """Platform side: does `password` sign `username` with this device's key, and is the
+        username's expiry still ahead of `now` (default: the wall clock)?
 
-        Accepts either algorithm, as real devices use both. Compared in constant time.
+        Accepts either algorithm, as real devices use both. Compared in constant time. A
+        username that does not parse, names another device, or has expired is refused: a
+        captured login must stop working when its expiry passes.
         """
+        try:
+            parsed = parse_username(username)
+        except ValueError:
+            return False
+        if parsed.client_id != self.client_id():
+            return False
+        if int(parsed.expiry) < (time.time() if now is None else now):
+            return False
         _, _, suffix = password.rpartition(";")
         algorithm: Algorithm
         if suffix == "hmacsha256":

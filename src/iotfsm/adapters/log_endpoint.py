@@ -35,13 +35,12 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
 from ..fsm.clock import Clock, RealClock
 from ..machines.feature import DeviceKey
-from .credentials import DeviceCredentials
 from .file_service import PostRequest, PostResponse
 from .log_upload import ALGORITHMS, TENCENT_LOG_HOST, signature
 from .store import SessionStore
@@ -49,7 +48,6 @@ from .topics import TopicError, check_key
 
 log = logging.getLogger(__name__)
 
-KEYS_TABLE = "device_keys"
 LOGS_TABLE = "device_logs"
 MAX_SKEW = 300.0
 """Seconds a request's timestamp may be off the platform's clock (Tencent's API allows 5 min)."""
@@ -81,27 +79,11 @@ def _record_key(key: DeviceKey) -> str:
     return f"{key.product}/{key.device}"
 
 
-class DeviceKeys:
-    """Device keys (PSKs) the platform verifies signatures with, kept in the store's records.
+class KeyLookup(Protocol):
+    """Where the endpoint finds a device's key: the platform's registry, which answers only
+    for devices that are registered and enabled (keys are secrets: never logged)."""
 
-    Server code registers them (it provisions the devices); the log endpoint reads them. They are
-    secrets: never logged, never in a repr."""
-
-    def __init__(self, store: SessionStore) -> None:
-        self._store = store
-
-    def register(self, product: str, device: str, psk: str) -> None:
-        key = check_key(DeviceKey(product, device))
-        DeviceCredentials(product, device, psk)  # raises with the naming or key rule broken
-        self._store.put(KEYS_TABLE, _record_key(key), {"psk": psk})
-
-    def forget(self, product: str, device: str) -> None:
-        self._store.delete(KEYS_TABLE, _record_key(DeviceKey(product, device)))
-
-    def psk(self, key: DeviceKey) -> str | None:
-        doc = self._store.get(KEYS_TABLE, _record_key(key))
-        psk = doc.get("psk") if isinstance(doc, dict) else None
-        return psk if isinstance(psk, str) else None
+    def psk(self, key: DeviceKey) -> str | None: ...
 
 
 class _RefusedError(Exception):
@@ -118,7 +100,7 @@ class LogEndpoint:
     def __init__(
         self,
         store: SessionStore,
-        keys: DeviceKeys,
+        keys: KeyLookup,
         *,
         clock: Clock | None = None,
         max_skew: float = MAX_SKEW,
@@ -331,4 +313,4 @@ def _answer(status: int, response: dict[str, Any]) -> PostResponse:
     return PostResponse(status, body)
 
 
-__all__ = ["KEYS_TABLE", "LOGS_TABLE", "DeviceKeys", "LogEndpoint", "LogFollower", "LogLine"]
+__all__ = ["LOGS_TABLE", "KeyLookup", "LogEndpoint", "LogFollower", "LogLine"]

@@ -58,7 +58,11 @@ class Runtime:
         handlers: Mapping[type[Effect] | tuple[str, type[Effect]], EffectHandler] | None = None,
         tracer: Tracer | None = None,
         store: SessionStore | None = None,
+        admit: Callable[[DeviceKey], bool] | None = None,
     ) -> None:
+        """`admit(key)` (a platform's registry) decides whether a device's message is stepped
+        at all: one it refuses is dropped before it is decoded, so it gets no session, no
+        answer and no URL, and invented names cannot grow the session table."""
         if role == "device":
             if identity is None:
                 raise ValueError("a device runtime needs its identity (DeviceKey)")
@@ -87,14 +91,12 @@ class Runtime:
         }
         self._feature_handlers: dict[tuple[str, type[Effect]], Callable[[str, Session, Any], None]]
         self._feature_handlers = {}
-        for kind, handler in (handlers or {}).items():
-            # a (feature, effect type) key serves only that feature: two features may share an
-            # effect type (CancelTransfer) yet need different executors
-            if isinstance(kind, tuple):
-                self._feature_handlers[kind] = partial(_call_with_key, handler)
-            else:
-                self._handlers[kind] = partial(_call_with_key, handler)
+        self._install(handlers or {})
         self.store = store
+        self._admit = admit
+        self.restorable: Callable[[DeviceKey], bool] | None = admit
+        """Which stored sessions `start` restores (default: those `admit` admits); one it
+        refuses is deleted from the store, so sessions of invented names do not come back."""
         self._converter = cattrs.Converter()
         self.contexts: dict[str, Callable[[DeviceKey], Any]] = {}
         """Per feature, a context factory that replaces the declaration's for new sessions
@@ -113,10 +115,23 @@ class Runtime:
         report; a stopped role must not step, publish, start transfers or write its store."""
         self.rejected = 0
         """Inbound messages dropped as malformed, misrouted or not ours."""
+        self.refused = 0
+        """Inbound messages dropped because `admit` refused their device."""
         self.ignored = 0
         """Events that no transition accepted in the session's state."""
         self.steps = 0
         """Events stepped so far (a cheap sign of activity for drivers that wait for quiet)."""
+
+    def _install(
+        self, handlers: Mapping[type[Effect] | tuple[str, type[Effect]], EffectHandler]
+    ) -> None:
+        for kind, handler in handlers.items():
+            # a (feature, effect type) key serves only that feature: two features may share an
+            # effect type (CancelTransfer) yet need different executors
+            if isinstance(kind, tuple):
+                self._feature_handlers[kind] = partial(_call_with_key, handler)
+            else:
+                self._handlers[kind] = partial(_call_with_key, handler)
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -140,7 +155,12 @@ class Runtime:
         self.transport.start()
 
     def _restore_all(self, store: SessionStore) -> None:
+        dropped = 0
         for feature, key, doc in store.load():
+            if self.restorable is not None and not self.restorable(key):
+                store.delete_session(feature, key)
+                dropped += 1
+                continue
             if feature not in self.machines:
                 log.warning("stored session of unknown feature %r skipped", feature)
                 continue
@@ -150,6 +170,9 @@ class Runtime:
                 log.warning("stored %s session of %s/%s skipped: %s", feature, *key, exc)
                 continue
             self.adopt(feature, session)
+        if dropped:
+            store.commit()
+            log.warning("dropped %d stored sessions of devices not in the registry", dropped)
 
     def stop(self) -> None:
         with self._lock:
@@ -181,6 +204,17 @@ class Runtime:
         for feature, sessions in list(self.sessions.items()):
             for session in list(sessions.values()):
                 yield feature, session
+
+    def forget(self, key: DeviceKey) -> None:
+        """Drop every session of a device, in memory and in the store (it left the registry);
+        a timer still pending for it finds no session and does nothing."""
+        with self._lock:
+            self._queue = deque(item for item in self._queue if item[1] != key)
+        for feature, sessions in self.sessions.items():
+            if sessions.pop(key, None) is not None and self.store is not None:
+                self.store.delete_session(feature, key)
+        if self.store is not None:
+            self.store.commit()
 
     def adopt(self, feature: str, session: Session) -> None:
         """Install a restored session and re-arm its timers (past deadlines fire at once)."""
@@ -264,6 +298,9 @@ class Runtime:
                 raise TopicError(f"a {self.role} does not receive {route.direction} topics")
             if self.identity is not None and route.key != self.identity:
                 raise TopicError(f"not a topic of this device ({'/'.join(self.identity)})")
+            if self._admit is not None and not self._admit(route.key):
+                self.refused += 1
+                return
             feature, message = self.codec.decode_any(
                 [f.name for f in route.features], route.direction, payload
             )

@@ -27,6 +27,9 @@ class SessionStore(Protocol):
     def commit(self) -> None:
         """Make what was saved durable; called once per batch of steps, not per step."""
 
+    def delete_session(self, feature: str, key: DeviceKey) -> None:
+        """Forget a session (its device left the registry); durable with the next `commit`."""
+
     def put(self, table: str, key: str, value: Any) -> None:
         """Keep a JSON-ready record (deployments, files, uploads) under a name."""
 
@@ -56,6 +59,9 @@ class MemoryStore:
     def commit(self) -> None:
         pass
 
+    def delete_session(self, feature: str, key: DeviceKey) -> None:
+        self.sessions.pop((feature, key), None)
+
     def put(self, table: str, key: str, value: Any) -> None:
         self.records.setdefault(table, {})[key] = value
 
@@ -79,6 +85,10 @@ class SqliteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        # the store holds device records and upload paths: readable by its owner only, the
+        # WAL and shared-memory files too (SQLite gives them the database file's mode)
+        self.path.touch(mode=0o600, exist_ok=True)
+        self.path.chmod(0o600)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -117,6 +127,20 @@ class SqliteStore:
             if self._in_tx:
                 self._db.execute("COMMIT")
                 self._in_tx = False
+
+    def delete_session(self, feature: str, key: DeviceKey) -> None:
+        with self._lock:
+            self._begin()
+            self._db.execute(
+                "DELETE FROM sessions WHERE feature = ? AND product = ? AND device = ?",
+                (feature, key.product, key.device),
+            )
+
+    def data_version(self) -> int:
+        """Changes whenever another connection (another process: `iotfsm registry`) commits."""
+        with self._lock:
+            row = self._db.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
 
     def put(self, table: str, key: str, value: Any) -> None:
         with self._lock:

@@ -7,6 +7,7 @@ losing a task; the desired-state file is applied at start and again whenever it 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..desired import DesiredStateError
@@ -31,6 +32,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--events", choices=["jsonl"], help="print one JSON object per state change"
     )
     parser.add_argument("--connect-timeout", type=float, default=15.0)
+    parser.add_argument(
+        "--secrets-dir",
+        type=Path,
+        help="product secrets that device keys derive from (default: DATA_DIR/product-secrets)",
+    )
+    parser.add_argument(
+        "--open-registry",
+        action="store_true",
+        help="answer ANY device name, registered or not (demos on a trusted network only)",
+    )
 
 
 def _http(value: str) -> tuple[str, int]:
@@ -53,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
             public_base=args.public_base,
             on_step=events.step if events else None,
             mqtt=mqtt,
+            open_registry=args.open_registry,
+            secrets_dir=args.secrets_dir,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
@@ -65,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
         except DesiredStateError as exc:
             platform.store.close()
             raise CommandError(str(exc)) from None
+    if args.open_registry:
+        print(
+            "iotfsm platform: WARNING --open-registry: every device name is answered, registered "
+            "or not; anyone who reaches the broker can act as any device",
+            file=sys.stderr,
+        )
     stop = stop_on_signals()
     try:
         platform.start()

@@ -65,7 +65,10 @@ class Pair:
 
     def device(self, name: str, version: str = "1.0", **options: Any) -> Device:
         """A device of `product` on the same broker and clock (not started yet); `options` go
-        to `Device` (e.g. `burn`, `logger`, `on_resource`, `on_config`)."""
+        to `Device` (e.g. `burn`, `logger`, `on_resource`, `on_config`). The device is
+        registered on the platform (with its `psk` if one is given), as a real one would be."""
+        psk = options.get("psk")
+        self.platform.register_device(self.product, name, psk if isinstance(psk, str) else None)
         device = Device(
             self.product,
             name,
