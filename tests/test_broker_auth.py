@@ -15,15 +15,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from test_broker_auth_rabbitmq import (
-    ACCOUNT,
-    DEV_A,
-    DEV_B,
-    PSK_A,
-    PSK_B,
-    KeyDirectory,
-    _device_topics,
-)
+from test_broker_auth_rabbitmq import ACCOUNT, DEV_A, make_registry
 
 from iotfsm.adapters.amqp_routing import routing_key
 from iotfsm.adapters.broker_account import (
@@ -34,8 +26,8 @@ from iotfsm.adapters.broker_account import (
 )
 from iotfsm.adapters.broker_auth import MAX_BODY, BrokerAuthServer, parse_form
 from iotfsm.adapters.broker_policy import BrokerPolicy
-from iotfsm.adapters.credentials import DeviceCredentials
 from iotfsm.adapters.rabbitmq_config import BrokerConfigError, RabbitConfig
+from iotfsm.adapters.registry import Registry, device_topics
 from iotfsm.cli import main
 from iotfsm.machines import all_features
 from iotfsm.machines.feature import DeviceKey
@@ -45,14 +37,17 @@ A_ID = f"{PRODUCT}{DEV_A.device}"
 
 
 @pytest.fixture
-def policy() -> BrokerPolicy:
-    return BrokerPolicy(
-        KeyDirectory({DEV_A: PSK_A, DEV_B: PSK_B}), ACCOUNT, all_features(), _device_topics
-    )
+def registry(tmp_path: Path) -> Registry:
+    return make_registry(tmp_path)
 
 
-def _login(policy: BrokerPolicy, key: DeviceKey = DEV_A, psk: str = PSK_A) -> str:
-    creds = DeviceCredentials(key.product, key.device, psk)
+@pytest.fixture
+def policy(registry: Registry) -> BrokerPolicy:
+    return BrokerPolicy(registry, ACCOUNT, all_features(), device_topics)
+
+
+def _login(policy: BrokerPolicy, registry: Registry, key: DeviceKey = DEV_A) -> str:
+    creds = registry.credentials(*key)
     username = creds.username()
     form = {"username": username, "password": creds.password(username), "vhost": "/",
             "client_id": creds.client_id()}  # fmt: skip
@@ -73,8 +68,8 @@ def test_routing_keys_are_what_rabbitmq_checks() -> None:
     assert routing_key("$log/operation/#") == "$log.operation.#"
 
 
-def test_a_device_gets_its_own_topics_only(policy: BrokerPolicy) -> None:
-    user = _login(policy)
+def test_a_device_gets_its_own_topics_only(policy: BrokerPolicy, registry: Registry) -> None:
+    user = _login(policy, registry)
     own_up, own_down = f"$ota.report.{PRODUCT}.dev:a_1-x", f"$ota.update.{PRODUCT}.dev:a_1-x"
     assert policy.decide("topic", _topic(user, "write", own_up))
     assert policy.decide("topic", _topic(user, "read", own_down))
@@ -92,8 +87,10 @@ def test_a_device_gets_its_own_topics_only(policy: BrokerPolicy) -> None:
     assert [policy.decide("topic", _topic(user, p, k)) for p, k in refused] == [False] * len(refused)
 
 
-def test_a_device_gets_its_session_queues_and_the_topic_exchange_only(policy: BrokerPolicy) -> None:
-    user = _login(policy)
+def test_a_device_gets_its_session_queues_and_the_topic_exchange_only(
+    policy: BrokerPolicy, registry: Registry
+) -> None:
+    user = _login(policy, registry)
     base = {"username": user, "vhost": "/", "tags": "", "client_id": A_ID}
 
     def resource(kind: str, name: str, permission: str, **extra: str) -> bool:
@@ -171,9 +168,9 @@ def _post(server: BrokerAuthServer, path: str, body: bytes, **headers: str) -> t
 
 
 def test_the_endpoint_answers_allow_and_deny_and_survives_hostile_input(
-    server: BrokerAuthServer,
+    server: BrokerAuthServer, registry: Registry
 ) -> None:
-    creds = DeviceCredentials(DEV_A.product, DEV_A.device, PSK_A)
+    creds = registry.credentials(*DEV_A)
     username = creds.username()
     good = urlencode({"username": username, "password": creds.password(username), "vhost": "/",
                       "client_id": A_ID}).encode()  # fmt: skip

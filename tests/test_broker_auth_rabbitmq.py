@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -23,52 +24,18 @@ from iotfsm.adapters.broker_account import BrokerAccount
 from iotfsm.adapters.broker_auth import BrokerAuthServer
 from iotfsm.adapters.broker_policy import BrokerPolicy
 from iotfsm.adapters.credentials import DeviceCredentials
-from iotfsm.adapters.topics import Topics
+from iotfsm.adapters.registry import ProductSecrets, Registry, device_topics
+from iotfsm.adapters.store import MemoryStore
 from iotfsm.machines import all_features
 from iotfsm.machines.feature import DeviceKey
 
 __all__ = ["rabbitmq_node"]
 
 WAIT = 20.0
-PSK_A = "MTIzNDU2Nzg5MGFiY2RlZg=="
-PSK_B = "YWJjZGVmMTIzNDU2Nzg5MA=="
 PRODUCT = "PROD1"
 DEV_A = DeviceKey(PRODUCT, "dev:a_1-x")
 DEV_B = DeviceKey(PRODUCT, "dev-b")
 ACCOUNT = BrokerAccount("iotfsm-platform", "platform-secret-password")
-
-
-class KeyDirectory:
-    """Registered key devices with their psk, checked the way Tencent's cloud does."""
-
-    def __init__(self, devices: dict[DeviceKey, str]) -> None:
-        self.devices = dict(devices)
-        self.disabled: set[DeviceKey] = set()
-
-    def check_login(
-        self, username: str, password: str, client_id: str | None = None
-    ) -> DeviceKey | None:
-        for key, psk in self.devices.items():
-            credentials = DeviceCredentials(key.product, key.device, psk)
-            if not username.startswith(credentials.client_id() + ";"):
-                continue
-            if client_id is not None and client_id != credentials.client_id():
-                return None
-            if int(username.rsplit(";", 1)[1]) < time.time():
-                return None
-            if key in self.disabled or not credentials.verify_password(username, password):
-                return None
-            return key
-        return None
-
-    def admits(self, key: DeviceKey) -> bool:
-        return key in self.devices and key not in self.disabled
-
-
-def _device_topics(key: DeviceKey) -> tuple[list[str], list[str]]:
-    topics = Topics(all_features())
-    publish = [topics.topic(f.name, "up", key) for f in all_features()]
-    return list(dict.fromkeys(publish)), topics.filters("device", device=key)
 
 
 class Probe:
@@ -118,14 +85,23 @@ class Probe:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def directory() -> KeyDirectory:
-    return KeyDirectory({DEV_A: PSK_A, DEV_B: PSK_B})
+def make_registry(directory: Path) -> Registry:
+    """A registry with DEV_A and DEV_B (key devices, keys derived from the product secret)."""
+    registry = Registry(MemoryStore(), ProductSecrets(directory))
+    registry.secrets.ensure(PRODUCT)
+    registry.add(*DEV_A)
+    registry.add(*DEV_B)
+    return registry
 
 
 @pytest.fixture
-def auth(rabbitmq_node: RabbitNode, directory: KeyDirectory) -> Iterator[BrokerAuthServer]:
-    policy = BrokerPolicy(directory, ACCOUNT, all_features(), _device_topics)
+def directory(tmp_path: Path) -> Registry:
+    return make_registry(tmp_path / "secrets")
+
+
+@pytest.fixture
+def auth(rabbitmq_node: RabbitNode, directory: Registry) -> Iterator[BrokerAuthServer]:
+    policy = BrokerPolicy(directory, ACCOUNT, all_features(), device_topics)
     host, port = rabbitmq_node.auth_address
     with BrokerAuthServer(policy, host, port) as server:
         yield server
@@ -145,7 +121,14 @@ def probes(rabbitmq_node: RabbitNode) -> Iterator[Callable[..., Probe]]:
         probe.stop()
 
 
-def _device(probes: Callable[..., Probe], key: DeviceKey, psk: str, **login: object) -> Probe:
+def _device(
+    probes: Callable[..., Probe], registry: Registry, key: DeviceKey, psk_of: DeviceKey | None = None,
+    **login: object,
+) -> Probe:
+    """A device logging in with Tencent key credentials made with the key of `psk_of` (its own
+    by default; any key for a device the registry does not know)."""
+    signer = psk_of or key
+    psk = registry.device_psk(*signer) if registry.get(*signer) else "c2VjcmV0LWtleS0xMjM0NQ=="
     creds = DeviceCredentials(key.product, key.device, psk)
     username = creds.username(expiry=login.get("expiry"))  # type: ignore[arg-type]
     password = creds.password(username, login.get("algorithm", "hmacsha256"))  # type: ignore[arg-type]
@@ -161,10 +144,10 @@ def _platform(probes: Callable[..., Probe]) -> Probe:
 
 
 def test_own_topics_pass_and_others_are_refused_by_the_node(
-    auth: BrokerAuthServer, probes: Callable[..., Probe]
+    auth: BrokerAuthServer, probes: Callable[..., Probe], directory: Registry
 ) -> None:
     platform = _platform(probes)
-    device = _device(probes, DEV_A, PSK_A)
+    device = _device(probes, directory, DEV_A)
     assert device.first("connack") == ("connack", 0)
     device.client.subscribe(f"$ota/update/{PRODUCT}/{DEV_A.device}", 1)
     assert device.first("suback") == ("suback", (1,))
@@ -181,13 +164,13 @@ def test_own_topics_pass_and_others_are_refused_by_the_node(
         "the platform's downlink",
     )
 
-    forger = _device(probes, DEV_B, PSK_B)
+    forger = _device(probes, directory, DEV_B)
     assert forger.first("connack") == ("connack", 0)
     forger.client.publish(f"$ota/report/{PRODUCT}/{DEV_A.device}", b"forged", qos=1)
     forger.first("closed")  # 3.10 closes the connection on a refused publish
     assert ("puback",) not in [e[:1] for e in forger.events]
 
-    spy = _device(probes, DEV_B, PSK_B)
+    spy = _device(probes, directory, DEV_B)
     spy.first("connack")
     spy.client.subscribe(f"$ota/update/{PRODUCT}/{DEV_A.device}", 1)
     spy.first("closed")  # ... and on a refused subscription
@@ -204,16 +187,16 @@ def test_own_topics_pass_and_others_are_refused_by_the_node(
 
 
 def test_logins_the_node_refuses_and_a_re_enabled_device_back_in(
-    auth: BrokerAuthServer, probes: Callable[..., Probe], directory: KeyDirectory
+    auth: BrokerAuthServer, probes: Callable[..., Probe], directory: Registry
 ) -> None:
     refused = {
         "no username": probes(f"{PRODUCT}{DEV_A.device}"),
-        "expired": _device(probes, DEV_A, PSK_A, expiry=int(time.time()) - 60),
-        "another device's key": _device(probes, DEV_A, PSK_B),
+        "expired": _device(probes, directory, DEV_A, None, expiry=int(time.time()) - 60),
+        "another device's key": _device(probes, directory, DEV_A, DEV_B),
         "another device's client id": _device(
-            probes, DEV_A, PSK_A, client_id=f"{PRODUCT}{DEV_B.device}"
+            probes, directory, DEV_A, None, client_id=f"{PRODUCT}{DEV_B.device}"
         ),
-        "unregistered": _device(probes, DeviceKey(PRODUCT, "ghost"), PSK_A),
+        "unregistered": _device(probes, directory, DeviceKey(PRODUCT, "ghost")),
         "platform, wrong password": probes("iotfsm-platform-x", ACCOUNT.username, "guess"),
         "guest": probes("guest-client", "guest", "guest"),
     }
@@ -221,28 +204,28 @@ def test_logins_the_node_refuses_and_a_re_enabled_device_back_in(
     assert {what: probe.first("connack")[1] for what, probe in refused.items()} == dict.fromkeys(
         refused, 134
     )
-    sha1 = _device(probes, DEV_A, PSK_A, algorithm="hmacsha1")
+    sha1 = _device(probes, directory, DEV_A, None, algorithm="hmacsha1")
     assert sha1.first("connack") == ("connack", 0)
     sha1.stop()
 
-    directory.disabled.add(DEV_A)
-    assert _device(probes, DEV_A, PSK_A).first("connack") == ("connack", 134)
-    directory.disabled.discard(DEV_A)  # no restart of the node or the endpoint
-    back = _device(probes, DEV_A, PSK_A)
+    directory.disable(*DEV_A)
+    assert _device(probes, directory, DEV_A).first("connack") == ("connack", 134)
+    directory.enable(*DEV_A)  # no restart of the node or the endpoint
+    back = _device(probes, directory, DEV_A)
     assert back.first("connack") == ("connack", 0)
     back.client.subscribe(f"$ota/update/{PRODUCT}/{DEV_A.device}", 1)
     assert back.first("suback") == ("suback", (1,))
 
-    del directory.devices[DEV_B]  # deleted
-    assert _device(probes, DEV_B, PSK_B).first("connack") == ("connack", 134)
+    directory.remove(*DEV_B)  # deleted
+    assert _device(probes, directory, DEV_B).first("connack") == ("connack", 134)
 
 
 def test_a_device_disabled_while_connected_loses_its_next_subscription(
-    auth: BrokerAuthServer, probes: Callable[..., Probe], directory: KeyDirectory
+    auth: BrokerAuthServer, probes: Callable[..., Probe], directory: Registry
 ) -> None:
-    device = _device(probes, DEV_A, PSK_A)
+    device = _device(probes, directory, DEV_A)
     assert device.first("connack") == ("connack", 0)
-    directory.disabled.add(DEV_A)
+    directory.disable(*DEV_A)
     device.client.subscribe(f"$ota/update/{PRODUCT}/{DEV_A.device}", 1)
     device.first("closed")
     assert not any(e[0] == "suback" for e in device.events)

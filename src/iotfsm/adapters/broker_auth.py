@@ -28,8 +28,14 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from .broker_policy import KINDS, BrokerPolicy
+import attrs
+
+from ..machines import all_features
+from .broker_account import BrokerAccount
+from .broker_policy import KINDS, BrokerPolicy, DeviceDirectory
+from .connect import MqttOptions
 from .rabbitmq_config import AUTH_PATH_PREFIX
+from .registry import device_topics
 
 log = logging.getLogger(__name__)
 
@@ -196,3 +202,20 @@ class BrokerAuthServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def platform_broker_auth(
+    registry: DeviceDirectory,
+    address: tuple[str, int],
+    account: BrokerAccount,
+    mqtt: MqttOptions | None,
+) -> tuple[BrokerAuthServer, MqttOptions]:
+    """The listener a platform serves for its broker, and its MQTT options with the platform's
+    own login filled in (unless the caller gave one: an operator may use another account)."""
+    server = BrokerAuthServer(
+        BrokerPolicy(registry, account, all_features(), device_topics), *address
+    )
+    options = mqtt or MqttOptions()
+    if options.username is None:
+        options = attrs.evolve(options, username=account.username, password=account.password)
+    return server, options
