@@ -18,7 +18,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from rabbitmq_fixtures import RabbitNode, rabbitmq_node
+from rabbitmq_fixtures import RabbitNode
 
 from iotfsm.adapters.broker_account import BrokerAccount
 from iotfsm.adapters.broker_auth import BrokerAuthServer
@@ -28,8 +28,6 @@ from iotfsm.adapters.registry import ProductSecrets, Registry, device_topics
 from iotfsm.adapters.store import MemoryStore
 from iotfsm.machines import all_features
 from iotfsm.machines.feature import DeviceKey
-
-__all__ = ["rabbitmq_node"]
 
 WAIT = 20.0
 PRODUCT = "PROD1"

@@ -19,15 +19,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from rabbitmq_fixtures import RabbitNode, rabbitmq_node
+from rabbitmq_fixtures import RabbitNode
 from test_broker_auth_rabbitmq import Probe
 
 from iotfsm.adapters.connect import MqttOptions
 from iotfsm.device import Device
 from iotfsm.platform import Platform
 from iotfsm.testing.waiting import wait_for
-
-__all__ = ["rabbitmq_node"]
 
 FAST = MqttOptions(backoff_min=0.05, backoff_max=0.5)
 PRODUCT = "RABBIT0001"
