@@ -9,6 +9,7 @@ need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v dot >/dev/null 2>&1 || need+=(graphviz)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || need+=(rabbitmq-server)  # [rabbitmq helper] test-only: private node of testing/rabbitmq.py
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   for candidate in python3.11 python3.12 python3.13 python3.10 python3; do
