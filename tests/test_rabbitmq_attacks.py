@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import attrs
 import pytest
 from rabbitmq_fixtures import RabbitNode
 from test_broker_auth_rabbitmq import Probe
@@ -25,6 +29,7 @@ from test_broker_auth_rabbitmq import Probe
 from iotfsm.adapters.connect import MqttOptions
 from iotfsm.device import Device
 from iotfsm.platform import Platform
+from iotfsm.testing.mosquitto import free_port
 from iotfsm.testing.waiting import wait_for
 
 FAST = MqttOptions(backoff_min=0.05, backoff_max=0.5)
@@ -150,23 +155,57 @@ def test_forgeries_are_refused_at_the_broker_and_a_valid_device_works(
         victim.stop()
 
 
-def test_the_platform_command_serves_broker_auth(
+def test_the_platform_logs_in_with_a_generated_or_the_operators_account(
     rabbitmq_node: RabbitNode, tmp_path: Path
 ) -> None:
-    """`Platform(broker_auth=)` without an account: the password is generated (0600) and the
-    platform's own login through the node works with it."""
-    platform = Platform(
-        rabbitmq_node.broker.url, data_dir=tmp_path / "p", broker_auth=rabbitmq_node.auth_address,
-        mqtt=FAST,
-    ).start()  # fmt: skip
+    """Without an account the password is generated (0600) and the node lets the platform in
+    with it; with an MQTT login of the operator's, that login is the one the endpoint admits."""
+    for name, mqtt in [
+        ("generated", FAST),
+        ("operator", attrs.evolve(FAST, username="ops-platform", password="from-a-file-0600")),
+    ]:
+        platform = Platform(
+            rabbitmq_node.broker.url, data_dir=tmp_path / name, mqtt=mqtt,
+            broker_auth=rabbitmq_node.auth_address,
+        ).start()  # fmt: skip
+        try:
+            wait_for(f"the {name} login", _connected(platform))
+            assert platform.broker_auth is not None
+            assert platform.broker_auth.policy.decisions[("user", True)] >= 1
+            generated = tmp_path / name / "broker-password"
+            assert generated.exists() == (name == "generated")
+            if generated.exists():
+                assert generated.stat().st_mode & 0o777 == 0o600
+        finally:
+            platform.stop()
+
+
+def test_iotfsm_platform_broker_auth_on_the_command_line(
+    rabbitmq_node: RabbitNode, tmp_path: Path
+) -> None:
+    """`iotfsm platform --broker-auth HOST:PORT`: a started event means the platform's own
+    login went through the endpoint it serves."""
+    host, port = rabbitmq_node.auth_address
+    args = ["platform", "--broker", rabbitmq_node.broker.url, "--data-dir", str(tmp_path / "p"),
+            "--http", f"127.0.0.1:{free_port()}", "--broker-auth", f"{host}:{port}",
+            "--events", "jsonl"]  # fmt: skip
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "iotfsm", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
     try:
-        wait_for("the platform's login", lambda: platform.runtime.transport.connected)
-        password_file = tmp_path / "p" / "broker-password"
-        assert password_file.stat().st_mode & 0o777 == 0o600
-        assert platform.broker_auth is not None
-        assert platform.broker_auth.policy.decisions[("user", True)] >= 1
+        assert agent.stdout is not None
+        first = json.loads(agent.stdout.readline() or "{}")
+        assert first.get("event") == "started", agent.stderr.read() if agent.stderr else ""
     finally:
-        platform.stop()
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=60)
+    assert agent.returncode == 0, err
+    assert "password" not in " ".join(args)
+
+
+def _connected(platform: Platform) -> Callable[[], bool]:
+    return lambda: platform.runtime.transport.connected
 
 
 def _forge(attacker: Callable[[str | None], Probe], evil_server: str) -> None:

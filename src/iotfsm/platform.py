@@ -20,7 +20,7 @@ from typing import Any, Literal
 import attrs
 
 from ._role import RoleFacade
-from .adapters.broker_account import BrokerAccount, platform_account
+from .adapters.broker_account import BrokerAccount
 from .adapters.broker_auth import BrokerAuthServer, platform_broker_auth
 from .adapters.config_store import ConfigError, ConfigRecords, ConfigVersion
 from .adapters.connect import Broker, MqttOptions, transport_for
@@ -162,8 +162,8 @@ class Platform(RoleFacade):
         `secrets_dir`, default `data_dir/product-secrets`) get sessions and answers;
         `open_registry=True` admits any well-formed name, for demos on a trusted network.
         `broker_auth=(host, port)` serves RabbitMQ's HTTP auth backend from the registry there,
-        and logs in to the broker as `broker_account` (default: `iotfsm-platform` with a
-        password generated into `data_dir/broker-password`)."""
+        and logs in to the broker as `broker_account` (default: the `mqtt` login if it has one,
+        else `iotfsm-platform` with a password generated into `data_dir/broker-password`)."""
         self._own_dir = data_dir is None
         self.data_dir = Path(
             tempfile.mkdtemp(prefix="iotfsm-platform-") if data_dir is None else data_dir
@@ -200,8 +200,9 @@ class Platform(RoleFacade):
         )
         self.broker_auth: BrokerAuthServer | None = None
         if broker_auth is not None:
-            account = broker_account or platform_account(self.data_dir)
-            self.broker_auth, mqtt = platform_broker_auth(self.registry, broker_auth, account, mqtt)
+            self.broker_auth, mqtt = platform_broker_auth(
+                self.registry, broker_auth, self.data_dir, broker_account, mqtt
+            )
         self.runtime = Runtime(
             "platform",
             transport_for(broker, None, None, mqtt, session_id=self._session_id()),

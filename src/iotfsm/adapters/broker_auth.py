@@ -24,6 +24,7 @@ import socket
 import socketserver
 import threading
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -31,7 +32,7 @@ from urllib.parse import parse_qsl, urlsplit
 import attrs
 
 from ..machines import all_features
-from .broker_account import BrokerAccount
+from .broker_account import BrokerAccount, platform_account
 from .broker_policy import KINDS, BrokerPolicy, DeviceDirectory
 from .connect import MqttOptions
 from .rabbitmq_config import AUTH_PATH_PREFIX
@@ -207,15 +208,19 @@ class BrokerAuthServer:
 def platform_broker_auth(
     registry: DeviceDirectory,
     address: tuple[str, int],
-    account: BrokerAccount,
+    data_dir: Path,
+    account: BrokerAccount | None,
     mqtt: MqttOptions | None,
 ) -> tuple[BrokerAuthServer, MqttOptions]:
-    """The listener a platform serves for its broker, and its MQTT options with the platform's
-    own login filled in (unless the caller gave one: an operator may use another account)."""
+    """The listener a platform serves for its broker, and its MQTT options with the login the
+    listener lets in: `account`, else the operator's own MQTT login (`mqtt.username` and
+    password), else `iotfsm-platform` with a password generated into `data_dir`."""
+    options = mqtt or MqttOptions()
+    if account is None and options.username is not None and options.password is not None:
+        account = BrokerAccount(options.username, options.password)
+    account = account or platform_account(data_dir)
+    options = attrs.evolve(options, username=account.username, password=account.password)
     server = BrokerAuthServer(
         BrokerPolicy(registry, account, all_features(), device_topics), *address
     )
-    options = mqtt or MqttOptions()
-    if options.username is None:
-        options = attrs.evolve(options, username=account.username, password=account.password)
     return server, options
