@@ -174,6 +174,12 @@ def test_own_topics_pass_and_others_are_refused_by_the_node(
     spy.first("closed")  # ... and on a refused subscription
     assert not any(e[0] == "suback" for e in spy.events)
 
+    # a topic spelled with dots has dev-b's uplink as its routing key: refused just the same
+    dotted = _device(probes, directory, DEV_A)
+    dotted.first("connack")
+    dotted.client.publish(f"$ota.report.{PRODUCT}.{DEV_B.device}", b"dots", qos=1)
+    dotted.first("closed")
+
     # a marker after the forgeries: had a forged report got through, it would be seen first
     device.client.publish(f"$ota/report/{PRODUCT}/{DEV_A.device}", b"marker", qos=1)
     platform.wait(

@@ -27,6 +27,7 @@ from rabbitmq_fixtures import RabbitNode
 from test_broker_auth_rabbitmq import Probe
 
 from iotfsm.adapters.connect import MqttOptions
+from iotfsm.cli import main
 from iotfsm.device import Device
 from iotfsm.platform import Platform
 from iotfsm.testing.mosquitto import free_port
@@ -242,3 +243,27 @@ def _forge(attacker: Callable[[str | None], Probe], evil_server: str) -> None:
     spy.client.subscribe(f"$ota/update/{PRODUCT}/{VICTIM}", 1)
     spy.first("closed")
     spy.stop()
+
+
+def test_iotfsm_registry_disable_and_enable_take_effect_at_the_broker_without_a_restart(
+    rabbitmq_node: RabbitNode, platform: Platform
+) -> None:
+    """Another process (`iotfsm registry`) changes the registry; the running platform's endpoint
+    refuses the device's next login within a second, and lets it in again once enabled."""
+    login = platform.registry.credentials(PRODUCT, VICTIM).login()
+
+    def connack() -> object:
+        probe = Probe(rabbitmq_node, login.client_id, login.username, login.password)
+        try:
+            return probe.first("connack")[1]
+        finally:
+            probe.stop()
+
+    assert connack() == 0
+    where = ["--data-dir", str(platform.data_dir), "--product-id", PRODUCT, "--device-name", VICTIM]
+    assert main(["registry", "disable", *where]) == 0
+    wait_for("the disabled device refused", lambda: connack() == 134)
+    assert main(["registry", "enable", *where]) == 0
+    wait_for("the enabled device back in", lambda: connack() == 0)
+    assert main(["registry", "remove", *where]) == 0
+    wait_for("the removed device refused", lambda: connack() == 134)
