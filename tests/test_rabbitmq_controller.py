@@ -45,7 +45,7 @@ def test_the_session_node_shares_nothing_with_a_system_node(rabbitmq_node: Rabbi
 def test_close_removes_every_file(tmp_path: Path) -> None:
     broker = RabbitMQ(auth_url="http://127.0.0.1:9")
     directory = broker.directory
-    assert (directory / "rabbitmq.conf").read_text().count("auth_http.") == 5
+    assert (directory / "rabbitmq.conf").read_text().count("auth_http.") == 7
     assert "ignore_colons_in_username" in (directory / "advanced.config").read_text()
     broker.close()
     broker.close()  # twice is fine

@@ -103,6 +103,8 @@ class RabbitConfig:
         ]
         if self.auth_url is not None:
             lines += ["", "auth_backends.1 = http", "auth_http.http_method = post"]
+            # without these a hung platform would hang every login (httpc waits forever)
+            lines += ["auth_http.connection_timeout = 5000", "auth_http.request_timeout = 15000"]
             lines += [
                 f"auth_http.{kind}_path = {auth_endpoint(self.auth_url, kind)}"
                 for kind in AUTH_KINDS
