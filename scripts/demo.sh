@@ -3,5 +3,5 @@
 # `iotfsm demo` (try --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh --for demo
 exec .venv/bin/iotfsm demo "$@"

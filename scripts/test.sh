@@ -3,7 +3,7 @@
 # real Mosquitto and real HTTP servers on 127.0.0.1). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh --for test
 export CI=${CI:-}
 echo "== ruff"; .venv/bin/ruff check src tests bench
 echo "== mypy --strict"; .venv/bin/mypy --strict

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ PSK = "vX6PQqazsGsMyf5SMfs6OA6y"
 def iotfsm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "iotfsm", *args],
+        env={**os.environ, "IOTFSM_PSK": PSK},  # the device key, kept out of argv
         capture_output=True,
         text=True,
         timeout=60,
@@ -32,8 +34,6 @@ def device_args(tmp_path: Path, broker: str, product: str = "P1", device: str = 
         product,
         "--device-name",
         device,
-        "--psk",
-        PSK,
         "--version",
         "1.0",
         "--state-dir",

@@ -18,6 +18,7 @@ from iotfsm.machines.config import (
     ConfigLoaded,
     ConfigPush,
     ConfigReply,
+    ConfigSaved,
     DeviceContext,
     LoadProductConfig,
     ProductConfig,
@@ -50,7 +51,8 @@ def test_device_asks_on_connect_applies_and_persists_the_reply() -> None:
     assert s.state == "offline"
     assert s.step(Connected()) == GET
     assert s.state == "asking"
-    assert s.step(ConfigReply(0, A)) == [CancelTimer("reply"), ApplyConfig(A), SaveConfig(A)]
+    assert s.step(ConfigReply(0, A)) == [CancelTimer("reply"), SaveConfig(A)]
+    assert s.step(ConfigSaved(A)) == [ApplyConfig(A)]
     assert (s.state, s.ctx.config, s.ctx.result, s.ctx.note) == ("listening", A, 0, "applied")
     assert s.advance(60.0) == []  # the cancelled reply timer is stale when it comes due
 
@@ -59,7 +61,8 @@ def test_device_applies_a_push_once_and_ignores_duplicates() -> None:
     s = device()
     s.step(Connected())
     s.step(ConfigReply(0, A))
-    assert s.step(ConfigPush(0, B)) == [ApplyConfig(B), SaveConfig(B)]
+    assert s.step(ConfigPush(0, B)) == [SaveConfig(B)]
+    assert s.step(ConfigSaved(B)) == [ApplyConfig(B)]
     # a duplicate delivery of the same push, and a reply repeating it, apply nothing
     assert s.step(ConfigPush(0, dict(B))) == []
     assert s.step(ConfigReply(0, B)) == []
@@ -70,7 +73,8 @@ def test_a_restarted_device_starts_from_its_saved_config_and_only_a_change_appli
     s = device(config=A)
     assert s.step(Connected()) == GET
     assert s.step(ConfigReply(0, A)) == [CancelTimer("reply")]  # already running A
-    assert s.step(ConfigPush(0, B)) == [ApplyConfig(B), SaveConfig(B)]
+    assert s.step(ConfigPush(0, B)) == [SaveConfig(B)]
+    assert s.step(ConfigSaved(B)) == [ApplyConfig(B)]
 
 
 def test_device_retries_with_backoff_then_listens_for_pushes() -> None:
@@ -81,7 +85,8 @@ def test_device_retries_with_backoff_then_listens_for_pushes() -> None:
     text = "no reply after 3 gets; keeping the current config, listening for pushes"
     assert s.advance(20.0) == [Log.warning(text)]
     assert (s.state, s.ctx.result, s.ctx.note) == ("listening", None, text)
-    assert s.step(ConfigPush(0, B)) == [ApplyConfig(B), SaveConfig(B)]
+    assert s.step(ConfigPush(0, B)) == [SaveConfig(B)]
+    assert s.step(ConfigSaved(B)) == [ApplyConfig(B)]
 
 
 def test_disabled_and_missing_config_keep_the_current_one_and_say_why() -> None:

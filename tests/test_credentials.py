@@ -164,3 +164,12 @@ def test_secrets_stay_out_of_reprs(device: DeviceCredentials) -> None:
 def test_credentials_are_frozen(device: DeviceCredentials) -> None:
     with pytest.raises(AttributeError):
         device.psk = "x"  # type: ignore[misc]
+
+
+def test_verify_password_refuses_an_expired_username_and_another_devices_username() -> None:
+    device = DeviceCredentials("S3EUVBRJLB", "test_device", "vX6PQqazsGsMyf5SMfs6OA6y")
+    past = device.login(expiry=1_000)
+    assert not device.verify_password(past.username, past.password)
+    assert device.verify_password(past.username, past.password, now=999)
+    other = DeviceCredentials("S3EUVBRJLB", "other", "vX6PQqazsGsMyf5SMfs6OA6y").login()
+    assert not device.verify_password(other.username, other.password)

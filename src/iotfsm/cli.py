@@ -128,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the platform role, reconciled toward a desired-state file",
         description="Run the platform role (OTA, resources, config, log level) against a "
         "broker, with the HTTP file service and a SQLite store. " + platform.EXAMPLE,
+        epilog=status.EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     platform.add_arguments(server)
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         help="devices by feature, from a platform's data directory",
         description="Show every device's state per feature. " + status.EXAMPLE,
+        epilog=status.EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     status.add_arguments(report)
@@ -164,6 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     registry.add_arguments(devices)
     devices.set_defaults(run=registry.run)
+
+    from .commands import mosquitto_broker
+
+    broker_config = sub.add_parser(
+        "broker-config", help="write a ready broker configuration for a platform's registry"
+    )
+    flavours = broker_config.add_subparsers(dest="broker_flavour", required=True)
+    mosquitto = flavours.add_parser(
+        "mosquitto",
+        help="Mosquitto: certificate devices, per-device ACL, the platform's password",
+        description=(mosquitto_broker.__doc__ or "") + mosquitto_broker.EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mosquitto_broker.add_arguments(mosquitto)
+    mosquitto.set_defaults(run=mosquitto_broker.run)
     return parser
 
 
@@ -183,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.run(args)
     except CommandError as exc:
         print(f"iotfsm: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     return code
 
 

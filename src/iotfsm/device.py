@@ -34,7 +34,14 @@ from .fsm.clock import Clock
 from .fsm.events import Event
 from .fsm.trace import Tracer
 from .machines import DeviceKey, all_features, ota, resources
-from .machines.config import ApplyConfig, ConfigStatus, RequestConfig, SaveConfig
+from .machines.config import (
+    ApplyConfig,
+    ConfigNotSaved,
+    ConfigSaved,
+    ConfigStatus,
+    RequestConfig,
+    SaveConfig,
+)
 from .machines.config import DeviceContext as ConfigContext
 from .machines.log_level import ApplyLogLevel, python_level
 from .machines.names import check_name
@@ -134,7 +141,7 @@ class Device(RoleFacade):
             },
             tracer=on_step,
         )
-        running = self._adopted_version() or version
+        running = self._adopted_version(version)
         machine = self.runtime.machines["ota"]
         self.runtime.adopt("ota", machine.new_session(self.key, ota.DeviceContext(version=running)))
         saved = read_json(self._config_file)
@@ -238,7 +245,15 @@ class Device(RoleFacade):
             self._on_config(copy.deepcopy(effect.payload))
 
     def _save_config(self, key: DeviceKey, effect: SaveConfig) -> None:
-        write_json_atomic(self._config_file, {"payload": effect.payload})
+        """Save, then let the machine apply: never a config applied in memory but lost on
+        reboot (a full state directory refuses the write; the config is then not applied)."""
+        try:
+            write_json_atomic(self._config_file, {"payload": effect.payload})
+        except OSError as exc:
+            reason = f"{self._config_file}: {exc.strerror or exc}"
+            self.runtime.post("config", key, ConfigNotSaved(effect.payload, reason))
+        else:
+            self.runtime.post("config", key, ConfigSaved(effect.payload))
 
     def _start_download(self, key: DeviceKey, effect: StartDownload) -> None:
         self.transfers.start_download(effect, self._post("ota"))
@@ -293,13 +308,30 @@ class Device(RoleFacade):
     def _version_file(self) -> Path:
         return self._ota_dir / "version.json"
 
-    def _adopted_version(self) -> str | None:
+    def _adopted_version(self, given: str) -> str:
+        """The version adopted by an earlier burn, or `given` when there was none. A damaged
+        file falls back to `given` too, but says so: the device may then report a version it
+        no longer runs, and the platform would offer (or not offer) the wrong firmware."""
+        path = self._version_file()
         try:
-            doc: Any = json.loads(self._version_file().read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return None
-        version = doc.get("version") if isinstance(doc, dict) else None
-        return version if isinstance(version, str) and 1 <= len(version) <= 32 else None
+            doc: Any = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return given
+        except (OSError, ValueError) as exc:
+            problem = f"unreadable ({exc})"
+        else:
+            version = doc.get("version") if isinstance(doc, dict) else None
+            if isinstance(version, str) and 1 <= len(version) <= 32:
+                return version
+            problem = "not a {\"version\": \"1-32 characters\"} document"
+        log.warning(
+            "%s is %s: reporting version %r, the one given at start (--version); if the device"
+            " runs another, fix or remove the file",
+            path,
+            problem,
+            given,
+        )
+        return given
 
     def _adopt_version(self, key: DeviceKey, effect: ota.FirmwareAdopted) -> None:
         path = self._version_file()

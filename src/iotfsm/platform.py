@@ -71,6 +71,9 @@ class FirmwareStatus:
     percent: int
     result_code: int
     result_msg: str
+    drift: str = ""
+    """The version the device reported after it had reached the target ("" when it has not
+    left it): the target is being offered again."""
 
 
 @attrs.frozen
@@ -330,7 +333,7 @@ class Platform(RoleFacade):
         session = self.runtime.session("ota", self._device(product_id, device_name))
         c: ota.PlatformContext = session.ctx
         return FirmwareStatus(
-            session.state, c.target, c.reported, c.percent, c.result_code, c.result_msg
+            session.state, c.target, c.reported, c.percent, c.result_code, c.result_msg, c.drift
         )
 
     def _log_level_context(self, key: DeviceKey) -> PlatformLogContext:

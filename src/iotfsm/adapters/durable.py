@@ -24,14 +24,20 @@ def fsync_dir(path: Path) -> None:
 
 def write_json_atomic(path: Path, doc: Any) -> None:
     """Replace `path` with `doc` as JSON so that a power cut leaves the old file or the new one:
-    a temporary file beside it, fsynced, renamed over it, and the rename made durable."""
+    a temporary file beside it, fsynced, renamed over it, and the rename made durable. A write
+    that fails (no space left) removes its temporary file and raises, leaving the old file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(doc, f, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # a half-written temporary file on a full disk would keep the disk full
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 

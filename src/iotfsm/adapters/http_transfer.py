@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import errno
 import hashlib
 import http.client
 import json
@@ -165,8 +166,10 @@ class SignatureRejectedError(_CodedError):
 
 
 class DiskError(_CodedError):
-    """Writing or syncing the partial file failed (disk full, I/O error); the checkpoint still
-    names only bytes that were written, so the next offer resumes once the disk is fixed."""
+    """Writing or syncing the partial file failed. After an I/O error the checkpoint still names
+    only bytes that were written, so the next offer resumes once the disk is fixed; when the
+    disk is full (ENOSPC, EDQUOT) the partial and its checkpoint are removed instead, so the
+    device has room again for everything else it writes."""
 
 
 class Md5MismatchError(_CodedError):
@@ -385,6 +388,17 @@ class _Writeback:
                     self.error = exc
                     return
             self._done = target
+
+
+def _no_space(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised from, is a full disk or an exhausted quota."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def current_boot_id() -> str | None:
@@ -610,9 +624,18 @@ class _Download:
             self._close(save=False)
             self._discard()
             raise
-        except BaseException:
-            self._close(save=True)
-            raise
+        except BaseException as exc:
+            if not _no_space(exc):
+                self._close(save=True)
+                raise
+            # A partial kept on a full disk keeps the disk full: everything else the device
+            # must write (its config, a checkpoint) fails too. Give the room back.
+            self._close(save=False)
+            self._discard()
+            raise DiskError(
+                f"no space left for {self.partial.name} at byte {self.offset} of {self.size}:"
+                " the partial file was removed; the next offer starts over"
+            ) from exc
         self._close(save=False)
         return self._finish(resumed_from)
 
@@ -825,11 +848,13 @@ class _Download:
                 conn.close()
 
     def _disk_error(self, doing: str, exc: OSError) -> DiskError:
-        return DiskError(
+        error = DiskError(
             f"{doing} the partial file {self.partial} failed at byte {self.offset} of {self.size}: "
             f"{exc.strerror or exc}; the checkpoint is kept, the next offer resumes once the disk "
             "has room and works"
         )
+        error.__cause__ = exc  # kept even where raised without `from` (a writeback thread's)
+        return error
 
     def _write(self, data: memoryview) -> None:
         """All of `data` to the partial (a raw file may take less per call), or a DiskError."""

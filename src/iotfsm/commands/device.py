@@ -13,12 +13,20 @@ import subprocess
 from pathlib import Path
 
 from ..device import Device
-from .common import CommandError, JsonLines, check_ca, stop_on_signals, wait_connected
+from .common import (
+    CommandError,
+    JsonLines,
+    add_login_arguments,
+    login_options,
+    stop_on_signals,
+    wait_connected,
+)
 
 EXAMPLE = """example:
   iotfsm device --broker mqtt://127.0.0.1:1883 --product-id S3EUVBRJLB \\
-      --device-name dev-1 --psk vX6PQqazsGsMyf5SMfs6OA6y --version 1.0 \\
+      --device-name dev-1 --psk-file dev-1.psk --version 1.0 \\
       --state-dir ./dev-1 --events jsonl
+  (or IOTFSM_PSK in the environment; a certificate device gives --cert and --key instead)
 """
 
 
@@ -26,10 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     parser.add_argument("--product-id", required=True)
     parser.add_argument("--device-name", required=True)
-    parser.add_argument("--psk", required=True, help="the device key (base64), for the login")
     parser.add_argument("--version", required=True, help="the firmware version running now")
     parser.add_argument("--state-dir", required=True, type=Path)
     parser.add_argument("--tls-ca", type=Path, help="CA file that signed the broker's certificate")
+    add_login_arguments(parser, device=True)
     parser.add_argument(
         "--burn-command",
         help="installs a verified image: run with the image path and version appended (and in "
@@ -58,13 +66,13 @@ def _burn_with(command: str) -> object:
 
 
 def run(args: argparse.Namespace) -> int:
-    mqtt = check_ca(args.tls_ca)
+    mqtt, psk = login_options(args, device=True)
     events = JsonLines() if args.events == "jsonl" else None
     try:
         device = Device(
             args.product_id,
             args.device_name,
-            args.psk,
+            psk,
             broker=args.broker,
             state_dir=args.state_dir,
             version=args.version,

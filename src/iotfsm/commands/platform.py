@@ -10,10 +10,19 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..adapters.store import StoreCorruptError, reset_if_damaged
 from ..desired import DesiredStateError
 from ..platform import Platform
 from ..reconcile import Reconciler
-from .common import CommandError, JsonLines, check_ca, stop_on_signals, wait_connected
+from .common import (
+    STORE_DAMAGED,
+    CommandError,
+    JsonLines,
+    add_login_arguments,
+    login_options,
+    stop_on_signals,
+    wait_connected,
+)
 
 EXAMPLE = """example:
   iotfsm platform --broker mqtt://127.0.0.1:1883 --data-dir ./platform \\
@@ -28,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-base", help="base URL devices use to reach the file service")
     parser.add_argument("--desired", type=Path, help="desired-state TOML file, reloaded on change")
     parser.add_argument("--tls-ca", type=Path, help="CA file that signed the broker's certificate")
+    add_login_arguments(parser, device=False)
     parser.add_argument(
         "--events", choices=["jsonl"], help="print one JSON object per state change"
     )
@@ -48,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="answer ANY device name, registered or not (demos on a trusted network only)",
     )
+    parser.add_argument(
+        "--reset-store",
+        action="store_true",
+        help="if platform.sqlite3 is damaged, move it aside (kept as platform.sqlite3.corrupt-"
+        "<time>) and start with an empty store; a healthy store is kept as it is",
+    )
 
 
 def _http(value: str, option: str = "--http") -> tuple[str, int]:
@@ -57,10 +73,18 @@ def _http(value: str, option: str = "--http") -> tuple[str, int]:
     return host, int(port)
 
 
+def _reset_store(path: Path) -> None:
+    aside = reset_if_damaged(path)
+    if aside is not None:
+        print(f"iotfsm: moved the damaged store {path} aside to {aside.name}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     host, port = _http(args.http)
-    mqtt = check_ca(args.tls_ca)
+    mqtt, _ = login_options(args, device=False)
     events = JsonLines() if args.events == "jsonl" else None
+    if args.reset_store:
+        _reset_store(args.data_dir / "platform.sqlite3")
     try:
         platform = Platform(
             args.broker,
@@ -74,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
             secrets_dir=args.secrets_dir,
             broker_auth=_http(args.broker_auth, "--broker-auth") if args.broker_auth else None,
         )
+    except StoreCorruptError as exc:
+        raise CommandError(str(exc), STORE_DAMAGED) from None
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:

@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             cmd.add_argument(
                 "--key-out", type=Path, required=name == "key", help="write the key here (0600)"
             )
+    from . import issue_cert
+
+    text = "sign a certificate device's client certificate with the platform CA"
+    issue_cert.add_arguments(sub.add_parser("issue-cert", help=text, description=text))
 
 
 def open_registry(data_dir: Path, secrets_dir: Path | None) -> tuple[Registry, SqliteStore]:
@@ -91,6 +95,10 @@ def _read_psk(path: Path) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.registry_command == "issue-cert":
+        from . import issue_cert
+
+        return issue_cert.run(args)
     registry, store = open_registry(args.data_dir, args.secrets_dir)
     # a removed device's sessions go too (a running platform holds them in memory, unused,
     # until it restarts: it admits nothing of that device any more)

@@ -8,11 +8,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..adapters.store import SqliteStore
-from .common import CommandError
+from ..adapters.store import SqliteStore, StoreCorruptError
+from .common import STORE_DAMAGED, CommandError
 
 EXAMPLE = """example:
   iotfsm status --data-dir ./platform --json
+"""
+
+EXIT_CODES = f"""exit codes:
+  0  done
+  1  a problem the message names (a broker out of reach, a missing file, a bad value)
+  2  a usage error (an unknown or missing option)
+  {STORE_DAMAGED}  the platform store (platform.sqlite3) is damaged: restore it from a backup, or
+     start once with `iotfsm platform --reset-store` (moves it aside, keeping it)
 """
 
 
@@ -36,6 +44,7 @@ def _row(feature: str, product: str, device: str, doc: dict[str, Any]) -> dict[s
             percent=ctx.get("percent"),
             result_code=ctx.get("result_code"),
             result_msg=ctx.get("result_msg"),
+            drift=ctx.get("drift") or None,
         )
     elif feature == "log_level":
         row.update(level=ctx.get("level"))
@@ -56,7 +65,10 @@ def rows(data_dir: Path) -> list[dict[str, Any]]:
     path = data_dir / "platform.sqlite3"
     if not path.is_file():
         raise CommandError(f"{data_dir} holds no platform store (no platform.sqlite3)")
-    store = SqliteStore(path)
+    try:
+        store = SqliteStore(path)
+    except StoreCorruptError as exc:
+        raise CommandError(str(exc), STORE_DAMAGED) from None
     try:
         found = [_row(f, k.product, k.device, doc) for f, k, doc in store.load()]
         deliveries = store.items("deliveries")

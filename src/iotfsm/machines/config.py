@@ -4,13 +4,16 @@ The platform hands each device the product's current config (PROTOCOL.md "Remote
 object the device's application applies.
 
 Device: asks with `get` after every (re)connect (one ask outstanding at a time, because there is
-no request id to tell answers apart), applies the `reply` and any `push` through `ApplyConfig`, and
-asks the facade to persist what it applied (`SaveConfig`) so that after a reboot it knows its
-config before it is online. It applies a config only when it differs from the one it holds: a
-duplicate delivery (QoS 1 redelivery, a push crossing the reply to its own `get`) reaches the
-application once. On result 1001 (disabled), 1002 (no config) or 1003 (invalid) it keeps what it
-has and says why, in the log and in its status. A reply that arrives after a push the device
-applied since its get went out is older news than that push, and is ignored.
+no request id to tell answers apart), has the facade persist a new config (`SaveConfig`) so that
+after a reboot it knows its config before it is online, and applies it (`ApplyConfig`) once the
+facade says it is saved (`ConfigSaved`). A config that cannot be saved (`ConfigNotSaved`: a full
+disk) is not applied, so what the application runs and what the device finds after a reboot never
+differ; the next reply or push of it tries again. It applies a config only when it differs from
+the one it holds: a duplicate delivery (QoS 1 redelivery, a push crossing the reply to its own
+`get`) reaches the application once. On result 1001 (disabled), 1002 (no config) or 1003
+(invalid) it keeps what it has and says why, in the log and in its status. A reply that arrives
+after a push the device applied since its get went out is older news than that push, and is
+ignored.
 
 A `push` whose `result` is not 0 is not applied. Tencent's C SDK ignores `result` on a push and
 applies the payload anyway; we do not, because a payload the platform itself marks as failed is
@@ -135,9 +138,25 @@ class ApplyConfig(Effect):
 
 @attrs.frozen
 class SaveConfig(Effect):
-    """Persist `payload` as the last applied config, so a rebooted device knows it offline."""
+    """Persist `payload` as the device's config, so a rebooted device knows it offline; answer
+    with `ConfigSaved` or `ConfigNotSaved`. It is applied only once saved."""
 
     payload: dict[str, Any] = attrs.field(hash=False)
+
+
+@attrs.frozen
+class ConfigSaved(Event):
+    """`SaveConfig` of `payload` is durable: now it may be applied."""
+
+    payload: dict[str, Any] = attrs.field(hash=False)
+
+
+@attrs.frozen
+class ConfigNotSaved(Event):
+    """`SaveConfig` of `payload` failed (`reason`, e.g. no space left): it is not applied."""
+
+    payload: dict[str, Any] = attrs.field(hash=False)
+    reason: str
 
 
 @attrs.frozen
@@ -213,9 +232,21 @@ def _apply(ctx: DeviceContext, event: ConfigReply | ConfigPush, now: float) -> I
     if payload == ctx.config:
         ctx.note = "up to date"
         return ()
-    ctx.config = payload
+    ctx.note = "saving"
+    return (SaveConfig(payload),)
+
+
+def _saved(ctx: DeviceContext, event: ConfigSaved, now: float) -> Iterable[Effect]:
+    if event.payload == ctx.config:
+        return ()  # a duplicate push saved twice: applied once
+    ctx.config = event.payload
     ctx.note = "applied"
-    return (ApplyConfig(payload), SaveConfig(payload))
+    return (ApplyConfig(event.payload),)
+
+
+def _not_saved(ctx: DeviceContext, event: ConfigNotSaved, now: float) -> Iterable[Effect]:
+    ctx.note = f"could not save the new config ({event.reason}), so it is not applied; {_kept(ctx)}"
+    return (Log.warning(ctx.note),)
 
 
 def _decline(ctx: DeviceContext, event: ConfigReply | ConfigPush, now: float) -> Iterable[Effect]:
@@ -255,6 +286,8 @@ DEVICE = MachineSpec(
         On(ConfigReply, ("offline", "listening"), None, action=_decline),
         On(ConfigPush, ANY_STATE, None, guard=_usable, action=_apply),
         On(ConfigPush, ANY_STATE, None, action=_decline),
+        On(ConfigSaved, ANY_STATE, None, action=_saved),
+        On(ConfigNotSaved, ANY_STATE, None, action=_not_saved),
     ],
     context=lambda key: DeviceContext(),
     context_type=DeviceContext,
@@ -446,8 +479,10 @@ __all__ = [
     "ConfigChanged",
     "ConfigGet",
     "ConfigLoaded",
+    "ConfigNotSaved",
     "ConfigPush",
     "ConfigReply",
+    "ConfigSaved",
     "ConfigStatus",
     "DeviceContext",
     "LoadProductConfig",

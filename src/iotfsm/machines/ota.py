@@ -5,6 +5,8 @@ download of the very same firmware), reports progress, hands the verified image 
 application's burn step, and reports done and its new version, or fail with Tencent's code.
 Platform: one session per device; a task names the target firmware; every report_version is
 answered, a device reporting the target has succeeded, any other version gets a fresh offer.
+A task stays active until cancelled: a device that reports another version after its success
+(`drift`) is offered the target again.
 Failed attempts are retried with backoff, and an attempt counts as failed only when it made no
 progress, because real devices on weak links fail often but resume each time.
 """
@@ -468,6 +470,9 @@ class PlatformContext:
     progressed: bool = False
     """The device reported progress since the last offer."""
     offers: int = 0
+    drift: str = ""
+    """The version a device reported after it had reached the target (rolled back, reflashed
+    by hand): it is offered the target again; cleared when it reports the target once more."""
 
 
 def _valid_version(ctx: PlatformContext, event: ReportVersion) -> bool:
@@ -502,7 +507,38 @@ def _answer_and_offer(ctx: PlatformContext, event: ReportVersion, now: float) ->
 
 def _succeeded(ctx: PlatformContext, event: ReportVersion, now: float) -> Iterable[Effect]:
     ctx.percent, ctx.result_code, ctx.result_msg = 100, 0, "success"
+    ctx.drift = ""
     return (_rsp(ctx, event), OtaFinished(True, ctx.target, 0, "success"))
+
+
+def _left_target(ctx: PlatformContext, event: ReportVersion) -> bool:
+    return bool(ctx.target) and _valid_version(ctx, event) and not _reports_target(ctx, event)
+
+
+def _drifted(ctx: PlatformContext, event: ReportVersion, now: float) -> Iterable[Effect]:
+    """A task stays active after success until it is cancelled: a device that later runs another
+    version (a rollback, a manual flash) is what server code wants to hear about and repair,
+    not a success to keep showing."""
+    ctx.drift = event.report.version
+    ctx.percent, ctx.result_code, ctx.result_msg, ctx.attempts = 0, 0, "", 0
+    text = (
+        f"reports {ctx.drift} after it reached its target {ctx.target} (flashed back, or a late"
+        f" report): offering {ctx.target} again"
+    )
+    return [_rsp(ctx, event), Log.warning(text), *_offer(ctx)]
+
+
+def _drift_undone(ctx: PlatformContext, event: ReportVersion) -> bool:
+    """The device answers the re-offer with the target version at once, with no download: it
+    never left the target (the drift was a report delayed past the success) or went back by
+    itself. The success it had stands; telling server code again would count one update twice."""
+    return bool(ctx.drift) and _reports_target(ctx, event) and not ctx.progressed
+
+
+def _back_on_target(ctx: PlatformContext, event: ReportVersion, now: float) -> Iterable[Effect]:
+    ctx.drift = ""
+    ctx.percent, ctx.result_code, ctx.result_msg = 100, 0, "success"
+    return (_rsp(ctx, event), Log.info(f"reports its target {ctx.target} again: no drift"))
 
 
 def _refuse_version(ctx: PlatformContext, event: ReportVersion, now: float) -> Iterable[Effect]:
@@ -633,12 +669,14 @@ PLATFORM = MachineSpec(
         State("burning", doc="the device installs the image"),
         State("confirming", doc="the device said done; success needs its new version"),
         State("retrying", doc="an attempt failed; a re-offer is due (or comes on its next report)"),
-        State("succeeded", doc="the device reported the target version"),
+        State("succeeded", doc="the device reported the target version (a later other: re-offer)"),
         State("failed", doc="too many attempts without progress, or the device went silent"),
     ],
     transitions=[
+        On(ReportVersion, "offered", "succeeded", guard=_drift_undone, action=_back_on_target),
         On(ReportVersion, ACTIVE, "succeeded", guard=_reports_target, action=_succeeded),
         On(ReportVersion, ACTIVE, "offered", guard=_valid_version, action=_answer_and_offer),
+        On(ReportVersion, "succeeded", "offered", guard=_left_target, action=_drifted),
         On(
             ReportVersion,
             ("idle", "succeeded", "failed"),

@@ -25,11 +25,15 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import attrs
+
+from ..adapters.certificates import PlatformCA
+from ..adapters.mosquitto_config import MosquittoFiles, MosquittoSetup, write_access, write_config
+from ..machines.feature import DeviceKey
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +297,8 @@ class Mosquitto:
                 self.server_certificate = issue_server_certificate(
                     self.ca, self.directory / "server"
                 )
-            self.port = free_port(self.host)
-            self.tls_port: int | None = free_port(self.host) if tls else None
+            self.tls_port: int | None = None
+            self._allocate_ports(tls)
             self._ever_started = False
             self._write_config()
         except BaseException:
@@ -354,9 +358,7 @@ class Mosquitto:
                 self._start_once()
             except MosquittoStartError:
                 if attempt + 1 < attempts and "Address already in use" in self.log_text():
-                    self.port = free_port(self.host)
-                    if self.tls_port is not None:
-                        self.tls_port = free_port(self.host)
+                    self._allocate_ports(self.tls_port is not None)
                     self._write_config()
                     continue
                 raise
@@ -402,7 +404,25 @@ class Mosquitto:
                 continue
         return "".join(parts)
 
+    def reload(self, timeout: float = 10.0) -> None:
+        """SIGHUP, as an operator would after a registry change, and wait until the broker says
+        it reloaded (Mosquitto re-reads ACL, password file and CRL on SIGHUP)."""
+        popen = self._process.popen
+        if popen is None or popen.poll() is not None:
+            raise RuntimeError("mosquitto is not running: start() it before reload()")
+        before = self.log_text().count("Reloading config")
+        popen.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self.log_text().count("Reloading config") <= before:
+            if time.monotonic() > deadline:
+                raise MosquittoStartError(f"mosquitto did not reload; log:\n{self._log_tail()}")
+            time.sleep(0.01)
+
     # --- internals ---
+
+    def _allocate_ports(self, tls: bool) -> None:
+        self.port = free_port(self.host)
+        self.tls_port = free_port(self.host) if tls else None
 
     def _write_config(self) -> None:
         lines = [
@@ -476,3 +496,71 @@ class Mosquitto:
 
     def _log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
+
+
+class SecureMosquitto(Mosquitto):
+    """A broker configured exactly as `iotfsm broker-config mosquitto` configures one.
+
+    The configuration comes from the same generator (adapters/mosquitto_config.py) for the
+    platform data directory `data_dir` and the certificate devices `devices`, so the tests of
+    the broker's enforcement test the configuration operators deploy. `port` is the device
+    (mutual TLS) listener, `platform_port` the platform's password listener. After a registry
+    change, `update_access(devices)` rewrites ACL and CRL and reloads the broker.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        devices: Iterable[DeviceKey] = (),
+        *,
+        binary: str | None = None,
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self.data_dir = data_dir
+        self.devices = list(devices)
+        self.platform_port = 0
+        self.files: MosquittoFiles | None = None
+        super().__init__(binary=binary, startup_timeout=startup_timeout)
+
+    @property
+    def url(self) -> str:
+        return f"mqtts://{self.host}:{self.port}"
+
+    @property
+    def platform_url(self) -> str:
+        return f"mqtts://{self.host}:{self.platform_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return PlatformCA.in_data_dir(self.data_dir).cert_file
+
+    def __enter__(self) -> SecureMosquitto:
+        self.start()
+        return self
+
+    def update_access(self, devices: Iterable[DeviceKey]) -> None:
+        """The registry changed: rewrite ACL and CRL from `devices`, then SIGHUP."""
+        assert self.files is not None
+        self.devices = list(devices)
+        write_access(self.files, self.data_dir, self.devices)
+        self.reload()
+
+    def _allocate_ports(self, tls: bool) -> None:
+        self.port = free_port(self.host)
+        self.platform_port = free_port(self.host)
+
+    def _ports(self) -> list[int]:
+        return [self.port, self.platform_port]
+
+    def _write_config(self) -> None:
+        setup = MosquittoSetup(
+            bind=self.host,
+            device_port=self.port,
+            platform_port=self.platform_port,
+            server_names=(self.host, "localhost"),
+            persistence=False,
+            log_file=self.log_file,
+            user="root" if hasattr(os, "geteuid") and os.geteuid() == 0 else None,
+        )
+        self.files = write_config(self.directory / "broker", self.data_dir, self.devices, setup)
+        self.config_file = self.files.config
