@@ -152,8 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write a ready broker configuration. " + broker_config.EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    broker_config.add_arguments(brokers)
-    brokers.set_defaults(run=broker_config.run)
+    broker_config.add_arguments(brokers)  # each flavour sets its own `run`
 
     from .commands import registry
 
@@ -167,20 +166,6 @@ def build_parser() -> argparse.ArgumentParser:
     registry.add_arguments(devices)
     devices.set_defaults(run=registry.run)
 
-    from .commands import mosquitto_broker
-
-    broker_config = sub.add_parser(
-        "broker-config", help="write a ready broker configuration for a platform's registry"
-    )
-    flavours = broker_config.add_subparsers(dest="broker_flavour", required=True)
-    mosquitto = flavours.add_parser(
-        "mosquitto",
-        help="Mosquitto: certificate devices, per-device ACL, the platform's password",
-        description=(mosquitto_broker.__doc__ or "") + mosquitto_broker.EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    mosquitto_broker.add_arguments(mosquitto)
-    mosquitto.set_defaults(run=mosquitto_broker.run)
     return parser
 
 

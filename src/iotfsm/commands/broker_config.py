@@ -4,8 +4,8 @@ One subcommand per broker. `rabbitmq` writes `rabbitmq.conf`, `advanced.config` 
 `enabled_plugins` (the MQTT plugin and the HTTP auth backend pointed at the platform's
 `--broker-auth` listener); the test suite boots its private node from the same generator
 (`iotfsm.adapters.rabbitmq_config`), so what this writes is what the tests ran.
-Other flavours (`mosquitto`: TLS, ACL patterns, the platform's password) add a `_add_FLAVOUR(sub)`
-beside `_add_rabbitmq` below.
+`mosquitto` (certificate devices, per-device ACL, the platform's password) lives in
+`commands/mosquitto_broker.py` and is mounted here; another flavour adds an `_add_FLAVOUR(sub)`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,29 @@ from pathlib import Path
 from ..adapters.rabbitmq_config import BrokerConfigError, RabbitConfig
 from .common import CommandError
 
-EXAMPLE = """example:
+EXAMPLE = """examples:
   iotfsm broker-config rabbitmq --auth-url http://127.0.0.1:8089 --out /etc/rabbitmq
-  RABBITMQ_ENABLED_PLUGINS_FILE=/etc/rabbitmq/enabled_plugins rabbitmq-server
+  iotfsm broker-config mosquitto --data-dir ./platform --out ./mosquitto --host broker.example.com
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="flavour", required=True, metavar="FLAVOUR")
+    sub = parser.add_subparsers(dest="broker_flavour", required=True, metavar="FLAVOUR")
     _add_rabbitmq(sub)
-    # mosquitto: _add_mosquitto(sub), in its own module's functions
+    _add_mosquitto(sub)
+
+
+def _add_mosquitto(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from . import mosquitto_broker
+
+    mosquitto = sub.add_parser(
+        "mosquitto",
+        help="Mosquitto: certificate devices, per-device ACL, the platform's password",
+        description=(mosquitto_broker.__doc__ or "") + mosquitto_broker.EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    mosquitto_broker.add_arguments(mosquitto)
+    mosquitto.set_defaults(run=mosquitto_broker.run)
 
 
 def _add_rabbitmq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,12 +60,7 @@ def _add_rabbitmq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     rabbit.add_argument("--vhost", default="/", help="the MQTT plugin's vhost (/)")
     rabbit.add_argument("--out", type=Path, required=True, help="directory to write into")
     rabbit.add_argument("--force", action="store_true", help="overwrite existing files")
-    rabbit.set_defaults(flavour_run=_rabbitmq)
-
-
-def run(args: argparse.Namespace) -> int:
-    code: int = args.flavour_run(args)
-    return code
+    rabbit.set_defaults(run=_rabbitmq)
 
 
 def _address(option: str, value: str) -> tuple[str, int]:
