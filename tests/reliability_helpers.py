@@ -33,7 +33,7 @@ from iotfsm.fsm import MachineSpec, timer
 from iotfsm.fsm.events import TIMER_PREFIX
 from iotfsm.machines import all_features
 from iotfsm.machines.feature import DeviceKey, Direction
-from iotfsm.machines.ota import BurnDone, OtaFinished
+from iotfsm.machines.ota import BurnDone, FirmwareRejected, FirmwareVerified, OtaFinished
 from iotfsm.machines.transfer import TransferDone, TransferFailed
 from iotfsm.platform import Platform
 from iotfsm.testing import Pair
@@ -61,14 +61,17 @@ RESTING: dict[str, frozenset[str]] = {
 """States that wait for the other side (a message, a command, a connection) by design."""
 
 IN_FLIGHT: dict[str, frozenset[str]] = {
-    "ota.device": frozenset({"downloading", "burning"}),
+    "ota.device": frozenset({"downloading", "verifying", "burning"}),
     "resource_upload.device": frozenset({"uploading"}),
     "resource_download.device": frozenset({"downloading"}),
 }
 """Waiting states that may be left by an effect's outcome (a transfer or a burn on a thread)
 rather than a timer."""
 
-OUTCOMES = frozenset(e.trigger for e in (TransferDone, TransferFailed, BurnDone))
+OUTCOMES = frozenset(
+    e.trigger
+    for e in (TransferDone, TransferFailed, BurnDone, FirmwareVerified, FirmwareRejected)
+)
 
 
 def specs() -> list[MachineSpec[Any]]:

@@ -154,6 +154,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     broker_config.add_arguments(brokers)  # each flavour sets its own `run`
 
+    from .commands import firmware_key
+
+    keys = sub.add_parser(
+        "firmware-key",
+        help="make the key pair that signs firmware (platform) and checks it (devices)",
+        description="Ed25519 firmware signing keys. " + firmware_key.EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    firmware_key.add_arguments(keys)
+    keys.set_defaults(run=firmware_key.run)
+
     from .commands import registry
 
     devices = sub.add_parser(

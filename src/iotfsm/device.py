@@ -18,18 +18,20 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ._role import RoleFacade
 from .adapters.connect import Broker, MqttOptions, transport_for
 from .adapters.durable import fsync_dir, read_json, write_json_atomic
+from .adapters.firmware_signing import FirmwareVerifier, PublicKeySource
 from .adapters.http_transfer import file_md5
 from .adapters.log_upload import LogUploader, LogUploadOptions
 from .adapters.runtime import Runtime
 from .adapters.topics import check_key
 from .adapters.transfer_runner import TransferRunner
+from .adapters.url_policy import UrlPolicy
 from .fsm.clock import Clock
 from .fsm.events import Event
 from .fsm.trace import Tracer
@@ -81,6 +83,8 @@ class Device(RoleFacade):
         on_upload_finished: UploadHook | None = None,
         on_config: ConfigHook | None = None,
         log_upload: str | LogUploadOptions | None = None,
+        firmware_public_key: PublicKeySource | None = None,
+        trusted_url_bases: Sequence[str] = (),
     ) -> None:
         """`version` is the firmware the application runs (a version adopted by an earlier
         burn, remembered in the state directory, takes its place). `burn` installs an image;
@@ -94,7 +98,14 @@ class Device(RoleFacade):
         new remote config (the last one is kept in the state directory: `config` knows it before
         the device is online). `log_upload` (the platform's `log_url`, or options) uploads the
         records of `logger` (the root logger if none) at the platform's log level; it needs
-        `psk` to sign."""
+        `psk` to sign.
+
+        `firmware_public_key` (the platform's `firmware.pub`: a path, PEM bytes or a key) makes
+        the device install only images signed for it: an unsigned or wrongly signed image is
+        deleted before `burn` and reported as fail -4. `trusted_url_bases` (e.g.
+        `["https://fw.example.com/files/"]`) limits every download and upload to URLs under
+        them; link-local addresses are refused with or without them. ValueError (a
+        FirmwareKeyError for the key) when either cannot be used."""
         self.key = check_key(DeviceKey(product_id, device_name))
         self.state_dir = Path(state_dir)
         self._ota_dir = self.state_dir / "ota"
@@ -102,15 +113,27 @@ class Device(RoleFacade):
         self.logger = logger
         self._on_log_level = on_log_level
         self._burn = burn
+        self._verifier = (
+            FirmwareVerifier(firmware_public_key) if firmware_public_key is not None else None
+        )
+        self.url_policy = UrlPolicy(trusted_url_bases)
+        """Which URLs this device fetches from and uploads to."""
         self.log_level: int | None = None
         """The level last applied from the platform; None until it has answered."""
-        self.transfers = TransferRunner(self._ota_dir, chunk_size=chunk_size, timeout=http_timeout)
+        check = self.url_policy.check
+        self.transfers = TransferRunner(
+            self._ota_dir, chunk_size=chunk_size, timeout=http_timeout, url_check=check
+        )
         self.resources_dir = self.state_dir / "resources" / "files"
         self._resource_transfers = TransferRunner(
-            self.state_dir / "resources" / "incoming", chunk_size=chunk_size, timeout=http_timeout
+            self.state_dir / "resources" / "incoming",
+            chunk_size=chunk_size,
+            timeout=http_timeout,
+            url_check=check,
         )
         self._on_resource = on_resource
         self._burning: threading.Thread | None = None
+        """The thread verifying or burning an image, if any."""
         self._on_upload_finished = on_upload_finished
         self._on_config = on_config
         self._config_file = self.state_dir / "config" / "config.json"
@@ -128,6 +151,7 @@ class Device(RoleFacade):
                 ApplyLogLevel: self._apply_log_level,
                 ("ota", StartDownload): self._start_download,
                 ("ota", CancelTransfer): self._cancel_transfer,
+                ota.VerifyFirmware: self._verify_firmware,
                 ota.BurnFirmware: self._burn_firmware,
                 ota.FirmwareAdopted: self._adopt_version,
                 ("resource_download", StartDownload): self._start_resource_download,
@@ -143,11 +167,13 @@ class Device(RoleFacade):
         )
         running = self._adopted_version(version)
         machine = self.runtime.machines["ota"]
-        self.runtime.adopt("ota", machine.new_session(self.key, ota.DeviceContext(version=running)))
+        signed_only = self._verifier is not None
+        context = ota.DeviceContext(version=running, signed_only=signed_only)
+        self.runtime.adopt("ota", machine.new_session(self.key, context))
         saved = read_json(self._config_file)
         known = saved.get("payload") if isinstance(saved, dict) else None
-        context = ConfigContext(config=known if isinstance(known, dict) else None)
-        self.runtime.adopt("config", self.runtime.machines["config"].new_session(self.key, context))
+        config = ConfigContext(config=known if isinstance(known, dict) else None)
+        self.runtime.adopt("config", self.runtime.machines["config"].new_session(self.key, config))
         if log_upload is not None and psk:
             self.log_uploader = LogUploader(
                 log_upload, product_id, device_name, psk, now=self.runtime.clock.now
@@ -283,6 +309,36 @@ class Device(RoleFacade):
         if self._on_upload_finished is not None:
             self._on_upload_finished(effect.name, effect.ok, effect.code, effect.message)
 
+    def _verify_firmware(self, key: DeviceKey, effect: ota.VerifyFirmware) -> None:
+        """Hash and check the image on a thread (it may be large); a rejected one is deleted
+        before the machine hears of it, so nothing can install it afterwards."""
+        post = self._post("ota")
+        verifier = self._verifier
+
+        def verify() -> None:
+            image = Path(effect.path)
+            try:
+                problem = (
+                    "the device has no public key to verify with"
+                    if verifier is None
+                    else verifier.problem(
+                        image, key.product, effect.version, effect.sha256, effect.signature
+                    )
+                )
+            except OSError as exc:
+                problem = f"cannot read the image: {exc.strerror or exc}"
+            except Exception as exc:  # any failure must end in a rejection, never a stuck state
+                problem = f"verification failed: {type(exc).__name__}: {exc}"
+            if problem is None:
+                post(ota.FirmwareVerified(effect.path))
+                return
+            image.unlink(missing_ok=True)
+            post(ota.FirmwareRejected(problem))
+
+        thread = threading.Thread(target=verify, name="iotfsm-verify", daemon=True)
+        self._burning = thread
+        thread.start()
+
     def _burn_firmware(self, key: DeviceKey, effect: ota.BurnFirmware) -> None:
         post = self._post("ota")
 
@@ -300,8 +356,9 @@ class Device(RoleFacade):
         thread.start()
 
     def _keep_image(self, image: Path, version: str) -> None:
-        """The default burn step: keep the verified image in the state directory."""
-        target = self._ota_dir / f"firmware-{version}.bin"
+        """The default burn step: keep the verified image in the state directory (the machine
+        took only a version that is a valid name; checked again as it becomes a file name)."""
+        target = self._ota_dir / f"firmware-{check_name(version, 'firmware version')}.bin"
         shutil.move(image, target)
         fsync_dir(self._ota_dir)
 

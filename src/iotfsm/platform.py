@@ -25,6 +25,7 @@ from .adapters.broker_auth import BrokerAuthServer, platform_broker_auth
 from .adapters.config_store import ConfigError, ConfigRecords, ConfigVersion
 from .adapters.connect import Broker, MqttOptions, transport_for
 from .adapters.file_service import FileRef, FileService, UploadRecord
+from .adapters.firmware_signing import FirmwareSigner, PrivateKeySource, load_private_key
 from .adapters.http_transfer import file_md5
 from .adapters.log_endpoint import LogEndpoint, LogFollower, LogLine
 from .adapters.log_upload import REPORT_LOG_PATH
@@ -149,6 +150,7 @@ class Platform(RoleFacade):
         clock: Clock | None = None,
         mqtt: MqttOptions | None = None,
         share_group: str | None = None,
+        firmware_key: PrivateKeySource | None = None,
         registry: Registry | None = None,
         open_registry: bool = False,
         secrets_dir: str | Path | None = None,
@@ -166,7 +168,11 @@ class Platform(RoleFacade):
         `open_registry=True` admits any well-formed name, for demos on a trusted network.
         `broker_auth=(host, port)` serves RabbitMQ's HTTP auth backend from the registry there,
         and logs in to the broker as `broker_account` (default: the `mqtt` login if it has one,
-        else `iotfsm-platform` with a password generated into `data_dir/broker-password`)."""
+        else `iotfsm-platform` with a password generated into `data_dir/broker-password`).
+        `firmware_key` (an Ed25519 key or its PEM file, mode 0600) signs every deployed image:
+        offers then carry `firmware_sha256` and `firmware_signature` (FirmwareKeyError, a
+        ValueError, for a key it cannot use or a file others may read)."""
+        signing_key = None if firmware_key is None else load_private_key(firmware_key)
         self._own_dir = data_dir is None
         self.data_dir = Path(
             tempfile.mkdtemp(prefix="iotfsm-platform-") if data_dir is None else data_dir
@@ -177,6 +183,7 @@ class Platform(RoleFacade):
                 MemoryStore() if self._own_dir else SqliteStore(self.data_dir / "platform.sqlite3")
             )
         self.store = store
+        self.firmware_signer = None if signing_key is None else FirmwareSigner(signing_key, store)
         self.registry = registry or Registry(
             store,
             ProductSecrets(secrets_dir or self.data_dir / "product-secrets"),
@@ -287,14 +294,18 @@ class Platform(RoleFacade):
     ) -> Deployment:
         """Make these devices (a list, or "*" for every device of the product, now and later)
         run `version`. Devices that are offline get the offer when they next report."""
-        if not 1 <= len(version) <= 32:
-            raise ValueError(f"version {version[:40]!r} must be 1-32 characters")
+        problem = ota.version_problem(version)
+        if problem is not None:
+            raise ValueError(f"version {version[:40]!r} is refused: {problem}")
         names = (EVERY_DEVICE,) if devices == EVERY_DEVICE else tuple(devices)
         keys = (
             [] if names == (EVERY_DEVICE,) else [self._device(product_id, n) for n in names]
         )
         check_key(DeviceKey(product_id, "x"))
         ref = self._publish_image(image)
+        if self.firmware_signer is not None:  # signed now: a deploy fails, not an offer
+            path = self._image(ref.file_id)
+            self.firmware_signer.signature(product_id, version, ref.file_id, path)
         deployment = Deployment(product_id, names, version, ref.file_id, ref.size, ref.md5)
         self.store.put(
             "deployments", f"{product_id}/{version}/{','.join(names)}", attrs.asdict(deployment)
@@ -308,6 +319,10 @@ class Platform(RoleFacade):
         for key in keys:
             self.runtime.post("ota", key, command)
         return deployment
+
+    def _image(self, file_id: str) -> Path:
+        """Where the file service keeps a published image (what the signer hashes)."""
+        return self.files.data_dir / "files" / check_name(file_id)
 
     def _publish_image(self, image: str | Path | bytes) -> FileRef:
         return self._publish_source(image, "fw")
@@ -352,6 +367,15 @@ class Platform(RoleFacade):
     def _offer(self, key: DeviceKey, effect: ota.OfferFirmware) -> None:
         url = self.files.signed_get_url(effect.file_id, self.url_ttl)
         offer = ota.UpdateFirmware(effect.size, effect.md5, url, effect.version)
+        if self.firmware_signer is not None:
+            try:
+                signed = self.firmware_signer.signature(
+                    key.product, effect.version, effect.file_id, self._image(effect.file_id)
+                )
+            except OSError as exc:  # the image is gone: the device's fetch gets 404 anyway
+                log.warning("cannot sign %s for %s/%s: %s", effect.file_id, *key, exc)
+            else:
+                offer = attrs.evolve(offer, sha256=signed.sha256, signature=signed.signature)
         self.runtime.publish("ota", key, offer, 0)
 
     def _finished(self, key: DeviceKey, effect: ota.OtaFinished) -> None:

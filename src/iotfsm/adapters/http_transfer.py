@@ -527,6 +527,7 @@ def download(
     ssl_context: ssl.SSLContext | None = None,
     clock: Callable[[], float] = time.monotonic,
     boot_id: Callable[[], str | None] = current_boot_id,
+    url_check: Callable[[str], None] | None = None,
 ) -> DownloadResult:
     """Fetch `url` into `dest`, resuming from `checkpoint` when it describes the same offer.
 
@@ -537,7 +538,8 @@ def download(
     continues; on an md5 mismatch (or a server file shorter than `size`) both are deleted.
     `cancel` is checked between chunks, so it takes effect at the latest after `timeout` seconds.
     `clock` (seconds, monotonic) times the checkpoint floors; `boot_id` says which boot this is
-    (see the module's notes on resume). Both are injectable for tests.
+    (see the module's notes on resume). Both are injectable for tests. `url_check(url)` raises a
+    TransferError for a URL (the first one or a redirect target) the caller must not fetch.
     """
     if size < 0:
         raise ValueError(f"size must be >= 0, got {size}")
@@ -548,6 +550,8 @@ def download(
     if checkpoint_interval < 0 or sync_interval < 0:
         raise ValueError("checkpoint_interval and sync_interval must not be negative")
     _check_url(url)
+    if url_check is not None:
+        url_check(url)
     job = _Download(
         url=url,
         dest=Path(dest),
@@ -566,6 +570,7 @@ def download(
         ssl_context=ssl_context,
         clock=clock,
         boot=boot_id(),
+        url_check=url_check,
     )
     return job.run()
 
@@ -591,6 +596,7 @@ class _Download:
     ssl_context: ssl.SSLContext | None
     clock: Callable[[], float]
     boot: str | None
+    url_check: Callable[[str], None] | None = None
     partial: Path = attrs.field(init=False)
     file: BinaryIO | None = None
     """The partial, unbuffered: chunks go straight to the OS, nothing is left to flush later."""
@@ -815,6 +821,8 @@ class _Download:
                             status=status,
                         )
                     url = _redirect(url, location)
+                    if self.url_check is not None:
+                        self.url_check(url)
                     logger.info("%s redirected to %s", what, _describe(url))
                     continue
                 if status == 200:

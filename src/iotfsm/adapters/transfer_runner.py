@@ -75,18 +75,23 @@ class TransferRunner:
         timeout: float = 30.0,
         checkpoint_every: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        url_check: Callable[[str], None] | None = None,
     ) -> None:
         """`root` is the folder of one feature's files (e.g. `<state dir>/ota`). Downloads
         checkpoint after every chunk unless `checkpoint_every` says otherwise, but not more often
         than every `DEFAULT_CHECKPOINT_INTERVAL` (0.25 s) after the first. A killed process
         resumes from its partial file's length (same boot), so it fetches again at most the chunk
         in flight; after a power cut, at most what arrived since the last fsync (4 MiB and 1 s).
-        `clock` (monotonic seconds) times the checkpoints and the progress coalescing."""
+        `clock` (monotonic seconds) times the checkpoints and the progress coalescing.
+        `url_check(url)` raises a TransferError for a URL the device must not use (its URL
+        policy); it runs on the transfer's thread, for every URL and redirect, before a byte
+        moves."""
         self.root = Path(root)
         self.chunk_size = chunk_size
         self.timeout = timeout
         self.checkpoint_every = checkpoint_every or chunk_size
         self.clock = clock
+        self.url_check = url_check
         self._lock = threading.Lock()
         self._cancels: dict[int, threading.Event] = {}
         self._slots: dict[str, threading.Lock] = {}
@@ -193,6 +198,7 @@ class TransferRunner:
                     on_progress=progress,
                     cancel=flag,
                     clock=self.clock,
+                    url_check=self.url_check,
                 )
             except TransferError as exc:
                 post(TransferFailed(effect.transfer, int(exc.code), exc.message))
@@ -211,6 +217,8 @@ class TransferRunner:
                 post(TransferProgress(effect.transfer, done, size))
 
         try:
+            if self.url_check is not None:
+                self.url_check(effect.url)
             upload(
                 effect.url,
                 Path(effect.path),

@@ -45,6 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "state directory and adopt its version",
     )
     parser.add_argument(
+        "--firmware-pubkey",
+        type=Path,
+        help="the platform's firmware.pub: install only images signed with its key",
+    )
+    parser.add_argument(
+        "--trusted-url-base",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="fetch and upload only under this base URL (repeatable); link-local addresses "
+        "are always refused",
+    )
+    parser.add_argument(
         "--events", choices=["jsonl"], help="print one JSON object per state change"
     )
     parser.add_argument(
@@ -79,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
             burn=_burn_with(args.burn_command) if args.burn_command else None,  # type: ignore[arg-type]
             on_step=events.step if events else None,
             mqtt=mqtt,
+            firmware_public_key=args.firmware_pubkey,
+            trusted_url_bases=args.trusted_url_base,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None

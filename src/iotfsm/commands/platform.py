@@ -39,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-ca", type=Path, help="CA file that signed the broker's certificate")
     add_login_arguments(parser, device=False)
     parser.add_argument(
+        "--firmware-key",
+        type=Path,
+        help="Ed25519 private key (PEM, mode 0600) that signs every deployed image; make one "
+        "with `iotfsm firmware-key generate`",
+    )
+    parser.add_argument(
         "--events", choices=["jsonl"], help="print one JSON object per state change"
     )
     parser.add_argument("--connect-timeout", type=float, default=15.0)
@@ -97,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             open_registry=args.open_registry,
             secrets_dir=args.secrets_dir,
             broker_auth=_http(args.broker_auth, "--broker-auth") if args.broker_auth else None,
+            firmware_key=args.firmware_key,
         )
     except StoreCorruptError as exc:
         raise CommandError(str(exc), STORE_DAMAGED) from None

@@ -34,8 +34,10 @@ from ..fsm import (
 )
 from .feature import Feature
 from .messages import Message, url_repr, wire
+from .names import name_problem
 from .transfer import (
     BURN_FAILED,
+    MD5_MISMATCH,
     TIMEOUT,
     CancelTransfer,
     StartDownload,
@@ -48,6 +50,14 @@ from .transfer import (
 )
 
 MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
+MAX_VERSION_LENGTH = 32
+VERSION_REFUSED = BURN_FAILED
+"""The fail code for an offer whose version the device refuses (-5, "update failed"): no image
+was fetched, so none of the transfer codes fits (docs/PROTOCOL-extensions.md)."""
+IMAGE_REFUSED = MD5_MISMATCH
+"""The fail code for an image that failed its signature check (-4, "image verification
+failed"): like an md5 mismatch, the bytes are not the ones the offer vouches for, the image
+is deleted, and the same download would fail again, unlike a failed burn (-5)."""
 RSP_TIMEOUT = 10.0
 """Seconds a device waits for report_version_rsp before reporting again."""
 MAX_REPORTS = 3
@@ -103,6 +113,15 @@ class UpdateFirmware(Message):
     md5sum: str
     url: str = attrs.field(repr=url_repr)
     version: str
+    sha256: str | None = attrs.field(
+        default=None, metadata=wire(name="firmware_sha256", omit_if_none=True)
+    )
+    """iotfsm's extension (docs/PROTOCOL-extensions.md): the image's sha256, signed below."""
+    signature: str | None = attrs.field(
+        default=None, repr=False, metadata=wire(name="firmware_signature", omit_if_none=True)
+    )
+    """iotfsm's extension: base64 Ed25519 signature of the image's manifest. Both fields are
+    left out of unsigned offers, which stay exactly Tencent's form; Tencent's SDKs ignore them."""
 
 
 @attrs.frozen
@@ -170,6 +189,29 @@ class BurnDone(Event):
 
 
 @attrs.frozen
+class VerifyFirmware(Effect):
+    """Check the downloaded image's signature before anything installs it (the device has the
+    platform's public key); answered with `FirmwareVerified` or `FirmwareRejected`."""
+
+    path: str
+    version: str
+    sha256: str
+    signature: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class FirmwareVerified(Event):
+    path: str
+
+
+@attrs.frozen
+class FirmwareRejected(Event):
+    """The image is not one the platform signed for this device; it was deleted."""
+
+    reason: str
+
+
+@attrs.frozen
 class FirmwareAdopted(Effect):
     """The device now runs `version`: the application should remember it across restarts."""
 
@@ -194,6 +236,11 @@ class DeviceContext:
     """Percent of the current download on disk so far."""
     told: int = 0
     """Percent last reported to the platform."""
+    signed_only: bool = False
+    """The device has the platform's public key: every image is verified before burning."""
+    sha256: str = ""
+    signature: str = ""
+    """The current offer's signature fields ("" when it had none)."""
 
 
 def _report(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
@@ -220,9 +267,18 @@ def _rsp_seen(ctx: DeviceContext, event: ReportVersionRsp, now: float) -> Iterab
     return ()
 
 
+def version_problem(version: str) -> str | None:
+    """Why an offered version cannot be taken, or None: 1-32 characters and the rule for names,
+    because it becomes a file name on the device and a line of the signed manifest."""
+    if not 1 <= len(version) <= MAX_VERSION_LENGTH:
+        return f"it has {len(version)} characters, not 1-{MAX_VERSION_LENGTH}"
+    return name_problem(version)
+
+
 def _offer_problem(event: UpdateFirmware) -> str:
-    if not 1 <= len(event.version) <= 32:
-        return f"version {event.version[:40]!r} must be 1-32 characters"
+    problem = version_problem(event.version)
+    if problem is not None:
+        return f"version {event.version[:40]!r} is refused: {problem}"
     if event.file_size <= 0:
         return f"file_size {event.file_size} must be positive"
     if not MD5_HEX.fullmatch(event.md5sum):
@@ -237,7 +293,15 @@ def _valid_offer(ctx: DeviceContext, event: UpdateFirmware) -> bool:
 
 
 def _refuse_offer(ctx: DeviceContext, event: UpdateFirmware, now: float) -> Iterable[Effect]:
-    return (Log.warning(f"refused update_firmware: {_offer_problem(event)}"),)
+    """A refused version is also reported as a fail, so the platform's task records why it
+    cannot progress (the version is echoed cut to 32 characters; nothing else of it is used)."""
+    effects: list[Effect] = [Log.warning(f"refused update_firmware: {_offer_problem(event)}")]
+    if version_problem(event.version) is not None:
+        report = ReportProgress.fail(
+            event.version[:MAX_VERSION_LENGTH], VERSION_REFUSED, "version refused"
+        )
+        effects.append(Publish(report, 1))
+    return effects
 
 
 def _offers_running(ctx: DeviceContext, event: UpdateFirmware) -> bool:
@@ -245,7 +309,11 @@ def _offers_running(ctx: DeviceContext, event: UpdateFirmware) -> bool:
 
 
 def _same_download(ctx: DeviceContext, event: UpdateFirmware) -> bool:
-    return (event.version, event.file_size, event.md5sum.lower()) == (ctx.target, ctx.size, ctx.md5)
+    """The same offer again (with the same signature fields: a different signature restarts
+    the transfer, which resumes from the checkpoint, so the latest offer's signature counts)."""
+    offered = (event.version, event.file_size, event.md5sum.lower())
+    signed = (event.sha256 or "", event.signature or "")
+    return offered == (ctx.target, ctx.size, ctx.md5) and signed == (ctx.sha256, ctx.signature)
 
 
 def _start(ctx: DeviceContext, event: UpdateFirmware, now: float) -> Iterable[Effect]:
@@ -253,6 +321,7 @@ def _start(ctx: DeviceContext, event: UpdateFirmware, now: float) -> Iterable[Ef
     if ctx.target:
         effects.append(CancelTransfer(ctx.transfer))
     ctx.target, ctx.size, ctx.md5 = event.version, event.file_size, event.md5sum.lower()
+    ctx.sha256, ctx.signature = event.sha256 or "", event.signature or ""
     ctx.transfer += 1
     ctx.last_progress_at = float("-inf")
     ctx.fetched = ctx.told = 0
@@ -299,8 +368,28 @@ def _current_done(ctx: DeviceContext, event: TransferDone) -> bool:
     return event.transfer == ctx.transfer
 
 
-def _burn(ctx: DeviceContext, event: TransferDone, now: float) -> Iterable[Effect]:
+def _current_done_signed_only(ctx: DeviceContext, event: TransferDone) -> bool:
+    return event.transfer == ctx.transfer and ctx.signed_only
+
+
+def _verify(ctx: DeviceContext, event: TransferDone, now: float) -> Iterable[Effect]:
+    return (VerifyFirmware(event.path, ctx.target, ctx.sha256, ctx.signature),)
+
+
+def _burn(
+    ctx: DeviceContext, event: TransferDone | FirmwareVerified, now: float
+) -> Iterable[Effect]:
     return (Publish(ReportProgress.burning(ctx.target), 1), BurnFirmware(event.path, ctx.target))
+
+
+def _rejected(ctx: DeviceContext, event: FirmwareRejected, now: float) -> Iterable[Effect]:
+    """No retry timer: fetching the same image again cannot change its signature. The platform
+    re-offers on its own schedule (a fixed offer would then be fetched and installed)."""
+    target, ctx.target = ctx.target, ""
+    return (
+        Publish(ReportProgress.fail(target, IMAGE_REFUSED, "signature verification failed"), 1),
+        Log.warning(f"refused firmware {target} before burning, image deleted: {event.reason}"),
+    )
 
 
 def _current_failure(ctx: DeviceContext, event: TransferFailed) -> bool:
@@ -362,10 +451,11 @@ def _burn_failed(ctx: DeviceContext, event: BurnDone, now: float) -> Iterable[Ef
 
 
 def _busy_burning(ctx: DeviceContext, event: UpdateFirmware, now: float) -> Iterable[Effect]:
-    return (Log.info(f"offer of {event.version} ignored while burning {ctx.target}"),)
+    return (Log.info(f"offer of {event.version[:40]!r} ignored while installing {ctx.target}"),)
 
 
 IDLE = ("offline", "reporting", "idle")
+BUSY = ("downloading", "verifying", "burning")
 
 DEVICE = MachineSpec(
     name="ota.device",
@@ -375,15 +465,16 @@ DEVICE = MachineSpec(
         State("reporting", doc="report_version sent, waiting for its rsp"),
         State("idle", doc="waiting for an offer"),
         State("downloading", doc="the firmware streams to the state directory"),
+        State("verifying", doc="the image's signature is checked with the platform's key"),
         State("burning", doc="the application installs the verified image"),
     ],
     transitions=[
         On(Connected, IDLE, "reporting", action=_report),
-        On(Connected, ("downloading", "burning"), None, action=_report_busy),
+        On(Connected, BUSY, None, action=_report_busy),
         On(Disconnected, ("reporting", "idle"), "offline"),
-        On(Disconnected, ("offline", "downloading", "burning"), None),
+        On(Disconnected, ("offline", *BUSY), None),
         On(ReportVersionRsp, "reporting", "idle", action=_rsp_seen),
-        On(ReportVersionRsp, ("offline", "idle", "downloading", "burning"), None, action=_rsp_seen),
+        On(ReportVersionRsp, ("offline", "idle", *BUSY), None, action=_rsp_seen),
         On(timer("rsp"), "reporting", "reporting", guard=_may_report_again, action=_report_again),
         On(timer("rsp"), "reporting", "idle"),
         On(UpdateFirmware, IDLE, "idle", guard=_offers_running, action=_report_busy),
@@ -396,10 +487,19 @@ DEVICE = MachineSpec(
             None,
             action=_refuse_offer,
         ),
-        On(UpdateFirmware, "burning", None, action=_busy_burning),
+        On(UpdateFirmware, ("verifying", "burning"), None, action=_busy_burning),
         On(TransferStarted, "downloading", None, guard=_current, action=_started),
         On(TransferProgress, "downloading", None, guard=_current_progress, action=_progress),
+        On(
+            TransferDone,
+            "downloading",
+            "verifying",
+            guard=_current_done_signed_only,
+            action=_verify,
+        ),
         On(TransferDone, "downloading", "burning", guard=_current_done, action=_burn),
+        On(FirmwareVerified, "verifying", "burning", action=_burn),
+        On(FirmwareRejected, "verifying", "idle", action=_rejected),
         On(TransferFailed, "downloading", "idle", guard=_current_failure, action=_download_failed),
         On(timer("stall"), "downloading", "idle", action=_stalled),
         On(timer("retry"), "idle", "reporting", action=_report),
