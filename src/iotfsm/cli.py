@@ -177,18 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         "The devices a platform admits (kept in its data directory; a running platform sees "
         "changes within a second). " + registry.EXAMPLE,
     )
-    from .commands import mosquitto_broker
+    from .commands import broker_config
 
-    broker_config = sub.add_parser(
-        "broker-config", help="write a ready broker configuration for a platform's registry"
-    )
-    flavours = broker_config.add_subparsers(dest="broker_flavour", required=True)
     _mount(
-        flavours,
-        "mosquitto",
-        mosquitto_broker,
-        "Mosquitto: certificate devices, per-device ACL, the platform's password",
-        (mosquitto_broker.__doc__ or "") + mosquitto_broker.EXAMPLE,
+        sub,
+        "broker-config",
+        broker_config,
+        "write a broker configuration that lets only registered devices in",
+        "Write a ready broker configuration. " + broker_config.EXAMPLE,
     )
     _mount(
         sub,

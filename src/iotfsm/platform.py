@@ -20,6 +20,8 @@ from typing import Any, Literal
 import attrs
 
 from ._role import RoleFacade
+from .adapters.broker_account import BrokerAccount
+from .adapters.broker_auth import BrokerAuthServer, platform_broker_auth
 from .adapters.config_store import ConfigError, ConfigRecords, ConfigVersion
 from .adapters.connect import Broker, MqttOptions, transport_for
 from .adapters.file_service import FileRef, FileService, UploadRecord
@@ -153,6 +155,8 @@ class Platform(RoleFacade):
         open_registry: bool = False,
         secrets_dir: str | Path | None = None,
         max_upload: int | None = None,
+        broker_auth: tuple[str, int] | None = None,
+        broker_account: BrokerAccount | None = None,
     ) -> None:
         """`data_dir` keeps the SQLite store and the served files (default: a temporary folder
         and an in-memory store, gone at `stop`). The file service listens on
@@ -163,6 +167,9 @@ class Platform(RoleFacade):
         Only devices in `registry` (default: one kept in the store, with the product secrets in
         `secrets_dir`, default `data_dir/product-secrets`) get sessions and answers;
         `open_registry=True` admits any well-formed name, for demos on a trusted network.
+        `broker_auth=(host, port)` serves RabbitMQ's HTTP auth backend from the registry there,
+        and logs in to the broker as `broker_account` (default: the `mqtt` login if it has one,
+        else `iotfsm-platform` with a password generated into `data_dir/broker-password`).
         `firmware_key` (an Ed25519 key or its PEM file, mode 0600) signs every deployed image:
         offers then carry `firmware_sha256` and `firmware_signature` (FirmwareKeyError, a
         ValueError, for a key it cannot use or a file others may read).
@@ -206,6 +213,11 @@ class Platform(RoleFacade):
             secret=self._secret(),
             clock=clock,
         )
+        self.broker_auth: BrokerAuthServer | None = None
+        if broker_auth is not None:
+            self.broker_auth, mqtt = platform_broker_auth(
+                self.registry, broker_auth, self.data_dir, broker_account, mqtt
+            )
         self.runtime = Runtime(
             "platform",
             transport_for(broker, None, None, mqtt, session_id=self._session_id()),
@@ -262,11 +274,15 @@ class Platform(RoleFacade):
 
     def start(self) -> Platform:
         self.files.start()
+        if self.broker_auth is not None:
+            self.broker_auth.start()  # before the platform's own login, which it answers
         super().start()
         return self
 
     def stop(self) -> None:
         super().stop()
+        if self.broker_auth is not None:
+            self.broker_auth.stop()
         self.files.stop()
         self.store.close()
         if self._own_dir:

@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="product secrets that device keys derive from (default: DATA_DIR/product-secrets)",
     )
     parser.add_argument(
+        "--broker-auth",
+        metavar="HOST:PORT",
+        help="serve RabbitMQ's HTTP auth backend from the registry here (e.g. 127.0.0.1:8089) "
+        "and log in as iotfsm-platform, password in DATA_DIR/broker-password",
+    )
+    parser.add_argument(
         "--open-registry",
         action="store_true",
         help="answer ANY device name, registered or not (demos on a trusted network only)",
@@ -80,10 +86,10 @@ def _size(value: str) -> int:
     return int(number) * units[unit]
 
 
-def _http(value: str) -> tuple[str, int]:
+def _http(value: str, option: str = "--http") -> tuple[str, int]:
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise CommandError(f"--http {value!r} must be HOST:PORT, e.g. 127.0.0.1:8080")
+        raise CommandError(f"{option} {value!r} must be HOST:PORT, e.g. 127.0.0.1:8080")
     return host, int(port)
 
 
@@ -110,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
             mqtt=mqtt,
             open_registry=args.open_registry,
             secrets_dir=args.secrets_dir,
+            broker_auth=_http(args.broker_auth, "--broker-auth") if args.broker_auth else None,
             firmware_key=args.firmware_key,
             max_upload=args.max_upload,
         )
@@ -117,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(exc), STORE_DAMAGED) from None
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(f"cannot serve broker auth on {args.broker_auth}: {exc}") from None
     reconciler = Reconciler(platform, args.desired) if args.desired else None
     if reconciler is not None:
         try:

@@ -1,0 +1,55 @@
+"""A private RabbitMQ node for the whole test session: import `rabbitmq_node` from a test module.
+
+A node boots in 10-20 s, so one is shared by every test of a session. Its HTTP auth backend points
+at a port reserved here (`auth_address`): each test starts its own platform's broker-auth listener
+on that port and stops it at the end, so tests never see each other's registry. A missing
+`rabbitmq-server` fails these tests with the install command instead of skipping them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import attrs
+import pytest
+
+from iotfsm.adapters.mqtt_transport import MqttSettings
+from iotfsm.testing.mosquitto import free_port
+from iotfsm.testing.rabbitmq import RabbitMQ, RabbitMQNotFoundError
+
+
+@attrs.frozen
+class RabbitNode:
+    broker: RabbitMQ
+    auth_address: tuple[str, int]
+    """Where the node's auth backend sends its questions: bind a BrokerAuthServer here."""
+
+    def settings(self, client_id: str, **overrides: Any) -> MqttSettings:
+        """Settings for the node's MQTT listener with fast reconnects, as tests want them."""
+        values: dict[str, Any] = {
+            "host": self.broker.host,
+            "port": self.broker.port,
+            "client_id": client_id,
+            "backoff_min": 0.05,
+            "backoff_max": 0.5,
+            "backoff_jitter": 0.5,
+            "connect_timeout": 5.0,
+        }
+        values.update(overrides)
+        return MqttSettings(**values)
+
+
+def _new_node(auth_address: tuple[str, int]) -> RabbitMQ:
+    try:
+        return RabbitMQ(auth_url="http://{}:{}".format(*auth_address))
+    except RabbitMQNotFoundError as error:
+        message = str(error)
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_node() -> Iterator[RabbitNode]:
+    auth_address = ("127.0.0.1", free_port())
+    with _new_node(auth_address) as broker:
+        yield RabbitNode(broker, auth_address)
