@@ -21,6 +21,7 @@ from iotfsm.machines.campaign import (
     Cancel,
     CancelDevice,
     DailyWindow,
+    DeviceAttemptFailed,
     DeviceFailed,
     DeviceSucceeded,
     Firmware,
@@ -577,3 +578,32 @@ def test_cancel_from_waiting_paused_and_aborted(where: str) -> None:
     running = [CancelDevice(d) for d, r in s.ctx.devices.items() if r.state == "running"]
     assert s.step(Cancel()) == [*running, CampaignEnded("cancelled", "cancelled by an operator")]
     assert s.state == "cancelled"
+
+
+@pytest.mark.parametrize("where", ["running", "waiting", "paused"])
+def test_a_fail_fast_code_ends_a_device_at_its_first_failed_attempt(where: str) -> None:
+    s = launched(plan(waves=(("d1", "d2"),), rate=None if where == "waiting" else Rate(1)))
+    put_in(s, where)
+    # -1 is left to the OTA task's retries; -5 (a bad image) ends the device's part at once
+    assert s.step(DeviceAttemptFailed("d1", -1, "time_out")) == []
+    assert states(s)["d1"] == "running"
+    assert s.step(DeviceAttemptFailed("d1", -5, "burn failed")) == [
+        CancelDevice("d1"),
+        SetTimer("settle", 0.0, 3),
+    ]
+    assert (s.ctx.devices["d1"].state, s.ctx.devices["d1"].code) == ("failed", -5)
+    assert s.step(DeviceAttemptFailed("zz", -5)) == []  # a stranger: nothing
+
+
+def test_an_attempt_failure_before_the_start_changes_nothing() -> None:
+    s = launched(plan())
+    assert s.step(DeviceAttemptFailed("d1", -5)) == []
+    assert (s.state, states(s)["d1"]) == ("scheduled", "pending")
+
+
+def test_a_fail_fast_code_after_an_abort_cancels_the_device() -> None:
+    s = launched(plan(waves=(("d1", "d2"),), abort=(AbortRule(100),)))
+    put_in(s, "aborted")
+    assert s.step(DeviceAttemptFailed("d2", -4, "md5")) == [CancelDevice("d2")]
+    assert states(s) == {"d1": "failed", "d2": "failed"}
+    assert s.step(DeviceAttemptFailed("d2", -4, "md5")) == []

@@ -111,6 +111,10 @@ class Plan:
     daily_windows: tuple[DailyWindow, ...] = ()
     intervals: tuple[Interval, ...] = ()
     """Maintenance windows: devices start only inside one (none given: always)."""
+    fail_fast: tuple[int, ...] = (-4, -5)
+    """Codes for which one failed attempt ends a device's part (its task is cancelled): a bad
+    image fails to verify or burn the same way every time, while a -1 (timeout) is left to the
+    OTA machine's retries and counts only if the task finally gives up."""
     cancel_on_abort: bool = False
     """On abort also cancel the devices still in progress (else they may finish)."""
     start_at: float = 0.0
@@ -285,6 +289,15 @@ class DeviceSucceeded(Event):
 @attrs.frozen
 class DeviceFailed(Event):
     """The OTA task of `device` gave up with Tencent's `code` (-1 timeout ... -5 burn failed)."""
+
+    device: str
+    code: int
+    message: str = ""
+
+
+@attrs.frozen
+class DeviceAttemptFailed(Event):
+    """One attempt of `device`'s OTA task failed with `code`; the OTA machine retries it."""
 
     device: str
     code: int
@@ -528,9 +541,15 @@ def _has_next_wave(ctx: CampaignContext, event: NextWave) -> bool:
     return not ctx.queue and ctx.wave < len(_plan(ctx).waves) - 1
 
 
-def _in_flight(ctx: CampaignContext, event: DeviceSucceeded | DeviceFailed) -> bool:
+def _in_flight(
+    ctx: CampaignContext, event: DeviceSucceeded | DeviceFailed | DeviceAttemptFailed
+) -> bool:
     run = ctx.devices.get(event.device)
     return run is not None and run.state == RUNNING
+
+
+def _fails_fast(ctx: CampaignContext, event: DeviceAttemptFailed) -> bool:
+    return _in_flight(ctx, event) and event.code in _plan(ctx).fail_fast
 
 
 def _has_failed(ctx: CampaignContext, event: RetryFailed) -> bool:
@@ -635,6 +654,22 @@ def _late_failure(ctx: CampaignContext, event: DeviceFailed, now: float) -> Iter
     return _in_progress_timer(ctx, now)
 
 
+def _give_up_fast(ctx: CampaignContext, event: DeviceAttemptFailed, now: float) -> list[Effect]:
+    run = ctx.devices[event.device]
+    run.state, run.code = FAILED, event.code
+    return [CancelDevice(event.device)]
+
+
+def _failed_fast(ctx: CampaignContext, event: DeviceAttemptFailed, now: float) -> Iterable[Effect]:
+    return [*_give_up_fast(ctx, event, now), SetTimer("settle", 0.0)]
+
+
+def _late_failed_fast(
+    ctx: CampaignContext, event: DeviceAttemptFailed, now: float
+) -> Iterable[Effect]:
+    return [*_give_up_fast(ctx, event, now), *_in_progress_timer(ctx, now)]
+
+
 def _ignore_outcome(
     ctx: CampaignContext, event: DeviceSucceeded | DeviceFailed, now: float
 ) -> Iterable[Effect]:
@@ -718,6 +753,9 @@ SPEC: MachineSpec[CampaignContext] = MachineSpec(
         On(DeviceFailed, COUNTING, None, guard=_in_flight, action=_record_failure),
         On(DeviceSucceeded, "aborted", None, guard=_in_flight, action=_late_success),
         On(DeviceFailed, "aborted", None, guard=_in_flight, action=_late_failure),
+        On(DeviceAttemptFailed, COUNTING, None, guard=_fails_fast, action=_failed_fast),
+        On(DeviceAttemptFailed, "aborted", None, guard=_fails_fast, action=_late_failed_fast),
+        On(DeviceAttemptFailed, ANY_STATE, None, label="retried by the OTA task"),
         On(DeviceSucceeded, ANY_STATE, None, action=_ignore_outcome),
         On(DeviceFailed, ANY_STATE, None, action=_ignore_outcome),
         On(timer("in_progress"), COUNTING, None, action=_timed_out),
