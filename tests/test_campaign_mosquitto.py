@@ -225,6 +225,7 @@ def test_a_three_wave_campaign_over_mosquitto(broker: Mosquitto, tmp_path: Path)
         # SIGKILL two thirds into wave 1, start again on the same data directory
         wait_for("two thirds of wave 1", lambda: fleet.offered() >= 2 * len(waves[0]) // 3, 60)
         platform.kill()
+        killed_at = time.time()
         platform = PlatformProcess(tmp_path / "platform", broker, tmp_path / "platform.log")
 
         deadline = time.monotonic() + 300
@@ -244,6 +245,7 @@ def test_a_three_wave_campaign_over_mosquitto(broker: Mosquitto, tmp_path: Path)
     assert not [d for d in waves[2] if d in at or d in fleet.offers]
     # the rate, on the recorded start times (across the pause and the restart)
     times = sorted(at.values())
+    assert times[0] < killed_at < times[-1]  # the restarted platform went on starting
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 60.0 / RATE - 1e-6, min(gaps)
     # nobody started twice: one start recorded, at most one offer received

@@ -124,6 +124,10 @@ def test_operator_errors_are_typed_and_change_nothing(pair: Pair) -> None:
         pair.platform.resume_campaign("c-2")
     with pytest.raises(CampaignError, match="cannot resume"):
         pair.platform.resume_campaign(cid)
+    with pytest.raises(CampaignError, match="cannot start the next wave"):
+        pair.platform.next_campaign_wave(cid)
+    with pytest.raises(CampaignError, match="cannot retry"):
+        pair.platform.retry_failed(cid)
     pair.platform.cancel_campaign(cid)
     assert pair.platform.campaign_status(cid).state == "cancelled"
 

@@ -391,6 +391,10 @@ class Platform(RoleFacade):
     def resume_campaign(self, campaign_id: str) -> None:
         self.campaigns.resume(campaign_id)
 
+    def next_campaign_wave(self, campaign_id: str) -> None:
+        """Start the next wave now (campaigns with `advance="operator"`, or to skip a threshold)."""
+        self.campaigns.next_wave(campaign_id)
+
     def cancel_campaign(self, campaign_id: str) -> None:
         self.campaigns.cancel(campaign_id)
 
