@@ -130,6 +130,9 @@ def test_operator_errors_are_typed_and_change_nothing(pair: Pair) -> None:
         pair.platform.retry_failed(cid)
     pair.platform.cancel_campaign(cid)
     assert pair.platform.campaign_status(cid).state == "cancelled"
+    pair.platform.campaigns.stop()
+    with pytest.raises(CampaignError, match="not running"):
+        pair.platform.pause_campaign(cid)
 
 
 def test_a_restart_continues_the_campaign_without_starting_anyone_twice(pair: Pair) -> None:

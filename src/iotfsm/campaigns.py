@@ -213,6 +213,8 @@ class CampaignRunner:
 
     def _command(self, cid: str, event: Event, what: str) -> None:
         session = self._session(cid)
+        if self._stopped:
+            raise CampaignError(f"cannot {what} campaign {cid!r}: the platform is not running")
         if not self._post(cid, event):
             raise CampaignError(f"cannot {what} campaign {cid!r} in state {session.state!r}")
 
