@@ -28,6 +28,7 @@ from iotfsm.diagrams import (
     feature_graph,
     file_name,
     live_graph,
+    machine_file_name,
     machine_graph,
     paired_graph,
     render,
@@ -37,7 +38,7 @@ from iotfsm.diagrams import (
 from iotfsm.diagrams.labels import callable_label, html, trigger_text
 from iotfsm.diagrams.machine import ANY, node_id
 from iotfsm.fsm import ANY_STATE, Connected, Event, MachineSpec, On, State, Stepper, timer
-from iotfsm.machines import ROLES, Feature, Role, all_features, inbound_direction
+from iotfsm.machines import ROLES, Feature, Role, all_features, inbound_direction, platform_machines
 from iotfsm.machines.log_level import DEVICE, PLATFORM, DeviceKey, LogLevelReply
 
 KEY = DeviceKey("P1", "dev-1")
@@ -103,16 +104,34 @@ def test_every_state_and_transition_appears_in_the_dot(feature: Feature, role: R
     topic = feature.topic_template(inbound_direction(role))
     inbound = {m.trigger for m in spec.inbound}
     for on in spec.transitions:
-        # one drawn edge carries this transition: out of its state, the any-state node or a
-        # group node, into its destination (or back into itself when internal)
-        shown = _shown(on, topic, inbound)
-        carrying = [
-            attrs_
-            for tail, head, attrs_ in edges
-            if (tail == head if on.dest is None else head == node_id("", on.dest))
-            and all(part in attrs_ for part in shown)
-        ]
-        assert carrying, f"{spec.name}: no edge shows {on.trigger_name} {on.source} -> {on.dest}"
+        _assert_drawn(spec, on, edges, _shown(on, topic, inbound))
+
+
+def _assert_drawn(
+    spec: MachineSpec[Any], on: On, edges: list[tuple[str, str, str]], shown: list[str]
+) -> None:
+    """One drawn edge carries this transition: out of its state, the any-state node or a group
+    node, into its destination (or back into itself when internal)."""
+    carrying = [
+        attrs_
+        for tail, head, attrs_ in edges
+        if (tail == head if on.dest is None else head == node_id("", on.dest))
+        and all(part in attrs_ for part in shown)
+    ]
+    assert carrying, f"{spec.name}: no edge shows {on.trigger_name} {on.source} -> {on.dest}"
+
+
+@pytest.mark.parametrize("spec", platform_machines(), ids=[m.name for m in platform_machines()])
+def test_every_platform_level_machine_renders_every_state_and_transition(
+    dot_binary: str, spec: MachineSpec[Any]
+) -> None:
+    graph = machine_graph(spec)
+    edges = _edges(graph.source)
+    for state in spec.states:
+        assert f"<B>{html(state.name)}</B>" in graph.source, state.name
+    for on in spec.transitions:
+        _assert_drawn(spec, on, edges, _shown(on, None, set()))
+    assert spec.name.encode() in render(graph, "svg")
 
 
 @pytest.mark.parametrize("feature", all_features(), ids=[f.name for f in all_features()])
@@ -276,6 +295,12 @@ def test_checked_in_diagrams_match_the_declarations() -> None:
             fresh = diagram(feature, view).source
             if not path.exists() or path.read_text(encoding="utf-8") != fresh:
                 stale.append(name)
+    for spec in platform_machines():
+        name = machine_file_name(spec, "dot")
+        expected.add(name)
+        path = DOCS / name
+        if not path.exists() or path.read_text(encoding="utf-8") != machine_graph(spec).source:
+            stale.append(name)
     extra = sorted(p.name for p in DOCS.glob("*.dot") if p.name not in expected)
     assert not stale, (
         f"docs/diagrams is out of date for {stale}: the declarations changed. Regenerate with\n"
@@ -334,14 +359,29 @@ def test_cli_dot_to_stdout(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
 def test_cli_all_dot_writes_only_dot(tmp_path: Path) -> None:
     assert run(_args("--all", "--format", "dot", "-o", str(tmp_path))) == 0
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == sorted(file_name(f.name, v, "dot") for f in all_features() for v in VIEWS)
+    expected = [file_name(f.name, v, "dot") for f in all_features() for v in VIEWS]
+    expected += [machine_file_name(m, "dot") for m in platform_machines()]
+    assert written == sorted(expected)
 
 
 def test_cli_all_writes_every_format(dot_binary: str, tmp_path: Path) -> None:
     assert run(_args("--all", "-o", str(tmp_path))) == 0
     suffixes = {p.suffix for p in tmp_path.iterdir()}
     assert suffixes == {".dot", ".svg", ".png"}
-    assert len(list(tmp_path.iterdir())) == 3 * len(VIEWS) * len(all_features())
+    drawn = len(VIEWS) * len(all_features()) + len(platform_machines())
+    assert len(list(tmp_path.iterdir())) == 3 * drawn
+    assert (tmp_path / "campaign.svg").read_bytes().count(b"<svg") == 1
+
+
+def test_cli_draws_a_platform_level_machine(
+    capsysbinary: pytest.CaptureFixture[bytes], tmp_path: Path
+) -> None:
+    assert run(_args("campaign", "--format", "dot", "-o", "-")) == 0
+    assert capsysbinary.readouterr().out.decode() == machine_graph(platform_machines()[0]).source
+    assert run(_args("campaign", "--format", "dot", "-o", str(tmp_path))) == 0
+    assert (tmp_path / "campaign.dot").read_text().startswith("digraph")
+    assert run(_args("campaign", "--role", "device")) == 2
+    assert "drop --role" in capsysbinary.readouterr().err.decode()
 
 
 def test_cli_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from iotfsm.machines.ota import (
     DeployFirmware,
     FirmwareAdopted,
     OfferFirmware,
+    OtaAttemptFailed,
     OtaFinished,
     ReportProgress,
     ReportVersion,
@@ -231,6 +232,7 @@ def test_fail_pairs_count_once_and_progress_resets_nothing_but_the_count() -> No
     assert s.step(ReportProgress.fail("0.2", -1)) == [
         CancelTimer("silence"),
         SetTimer("retry", 30.0, 3),
+        OtaAttemptFailed("0.2", -1, "time_out"),
     ]
     assert s.step(ReportProgress.fail("0.2", -5)) == []
     assert (s.state, s.ctx.attempts, s.ctx.result_code) == ("retrying", 0, -5)

@@ -33,10 +33,12 @@ from .adapters.registry import AuthKind, ProductSecrets, RegisteredDevice, Regis
 from .adapters.runtime import Runtime
 from .adapters.store import MemoryStore, SessionStore, SqliteStore
 from .adapters.topics import check_key
+from .campaigns import CampaignRunner, CampaignSettings, CampaignStatus
 from .fsm.clock import Clock
 from .fsm.events import Event
 from .fsm.trace import Tracer
 from .machines import DeviceKey, all_features, ota, resources
+from .machines.campaign import CampaignError, Firmware, Plan
 from .machines.config import (
     ConfigChanged,
     ConfigLoaded,
@@ -232,6 +234,7 @@ class Platform(RoleFacade):
             handlers={
                 ota.OfferFirmware: self._offer,
                 ota.OtaFinished: self._finished,
+                ota.OtaAttemptFailed: self._attempt_failed,
                 resources.GrantUpload: self._grant_upload,
                 resources.UploadReported: self._upload_reported,
                 resources.UploadSilent: self._upload_silent,
@@ -250,6 +253,8 @@ class Platform(RoleFacade):
         self.logs = LogEndpoint(store, self.registry, clock=self.runtime.clock)
         """`POST /device/reportlog` on the file service: devices' uploaded log lines."""
         self.files.add_post_route(REPORT_LOG_PATH, self.logs.handle, max_body=256 * 1024)
+        self.campaigns = CampaignRunner(self.runtime, store)
+        """Rollout campaigns (issue 18), kept in the store; `start_campaign` and friends."""
 
     def _session_id(self) -> str | None:
         """A platform with a data directory keeps one MQTT client id for good, with a persistent
@@ -277,9 +282,11 @@ class Platform(RoleFacade):
         if self.broker_auth is not None:
             self.broker_auth.start()  # before the platform's own login, which it answers
         super().start()
+        self.campaigns.start()
         return self
 
     def stop(self) -> None:
+        self.campaigns.stop()
         super().stop()
         if self.broker_auth is not None:
             self.broker_auth.stop()
@@ -393,8 +400,54 @@ class Platform(RoleFacade):
             effect.version,
             effect.message,
         )
+        self.campaigns.ota_finished(key, effect)
         if self._on_ota_finished is not None:
             self._on_ota_finished(key, effect)
+
+    def _attempt_failed(self, key: DeviceKey, effect: ota.OtaAttemptFailed) -> None:
+        self.campaigns.ota_attempt_failed(key, effect)
+
+    # ---- campaigns --------------------------------------------------------------------------
+
+    def start_campaign(
+        self,
+        product_id: str,
+        version: str,
+        image: str | Path | bytes,
+        waves: Sequence[Sequence[str]],
+        *,
+        settings: CampaignSettings | None = None,
+        campaign_id: str | None = None,
+    ) -> str:
+        """Roll `version` out to registered devices in `waves` (lists of names, e.g. from
+        `machines.campaign.plan_waves`), braked as `settings` say. Returns the campaign's id."""
+        if not 1 <= len(version) <= 32:
+            raise CampaignError(f"version {version[:40]!r} must be 1-32 characters")
+        groups = tuple(tuple(self._device(product_id, d).device for d in w) for w in waves)
+        ref = self._publish_image(image)
+        firmware = Firmware(version, ref.file_id, ref.size, ref.md5)
+        options = attrs.asdict(settings or CampaignSettings(), recurse=False)
+        return self.campaigns.launch(Plan(product_id, firmware, groups, **options), campaign_id)
+
+    def campaign_status(self, campaign_id: str) -> CampaignStatus:
+        """State, per-wave counts, reason and history of a campaign."""
+        return self.campaigns.status(campaign_id)
+
+    def pause_campaign(self, campaign_id: str) -> None:
+        self.campaigns.pause(campaign_id)
+
+    def resume_campaign(self, campaign_id: str) -> None:
+        self.campaigns.resume(campaign_id)
+
+    def next_campaign_wave(self, campaign_id: str) -> None:
+        """Start the next wave now (campaigns with `advance="operator"`, or to skip a threshold)."""
+        self.campaigns.next_wave(campaign_id)
+
+    def cancel_campaign(self, campaign_id: str) -> None:
+        self.campaigns.cancel(campaign_id)
+
+    def retry_failed(self, campaign_id: str) -> None:
+        self.campaigns.retry_failed(campaign_id)
 
     # ---- resources --------------------------------------------------------------------------
 

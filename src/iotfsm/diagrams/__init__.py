@@ -12,7 +12,7 @@ from .live import find_feature, live_graph, live_highlight, step_edges
 from .machine import Highlight, add_machine, feature_graph, machine_graph
 from .paired import paired_graph
 from .render import FORMATS, Format, GraphvizMissingError, RenderError, render
-from .views import VIEWS, View, diagram, file_name, render_all, write_files
+from .views import VIEWS, View, diagram, file_name, machine_file_name, render_all, write_files
 
 __all__ = [
     "FORMATS",
@@ -31,6 +31,7 @@ __all__ = [
     "find_feature",
     "live_graph",
     "live_highlight",
+    "machine_file_name",
     "machine_graph",
     "paired_graph",
     "render",

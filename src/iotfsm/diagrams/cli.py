@@ -3,6 +3,7 @@
     iotfsm diagram log_level                      # ./log_level.both.svg
     iotfsm diagram log_level --role device --format png -o out/
     iotfsm diagram log_level --format dot -o -    # DOT on stdout
+    iotfsm diagram campaign                       # a platform-level machine: ./campaign.svg
     iotfsm diagram --all -o docs/diagrams         # every feature and view, as dot, svg and png
     iotfsm diagram ota --coverage cov.json        # edges the tests did not take: grey, dashed
 
@@ -19,13 +20,13 @@ from pathlib import Path
 
 import graphviz
 
-from ..machines import Feature, all_features
+from ..machines import Feature, all_features, platform_machines
 from ..testing.coverage import CoverageFileError, load
 from ..testing.paths import edges
-from .machine import Highlight, feature_graph
+from .machine import Highlight, feature_graph, machine_graph
 from .paired import paired_graph
 from .render import FORMATS, Format, GraphvizMissingError, RenderError, render
-from .views import VIEWS, View, diagram, file_name, render_all, write_files
+from .views import VIEWS, View, diagram, file_name, machine_file_name, render_all, write_files
 
 REGENERATE = ".venv/bin/python -m iotfsm.diagrams --all -o docs/diagrams"
 """The command that rewrites docs/diagrams; the docs check quotes it when the diagrams are stale."""
@@ -103,7 +104,7 @@ def _error(message: str) -> None:
 
 
 def _known() -> str:
-    return ", ".join(f.name for f in all_features())
+    return ", ".join([f.name for f in all_features()] + [m.name for m in platform_machines()])
 
 
 def _run_all(args: argparse.Namespace) -> int:
@@ -130,18 +131,29 @@ def _run_one(args: argparse.Namespace) -> int:
     if args.feature is None:
         raise UsageError(f"name a FEATURE ({_known()}) or use --all -o DIR")
     feature = features.get(args.feature)
+    machines = {m.name: m for m in platform_machines()}
+    fmt: Format = args.format or "svg"
+    if feature is None and args.feature in machines:
+        if args.role is not None:
+            raise UsageError(
+                f"{args.feature} is a platform-level machine without roles; drop --role"
+            )
+        spec = machines[args.feature]
+        return _write(args, render(machine_graph(spec), fmt), machine_file_name(spec, fmt))
     if feature is None:
         raise UsageError(f"unknown feature {args.feature!r}; known features: {_known()}")
     view: View = args.role or "both"
-    fmt: Format = args.format or "svg"
     graph = diagram(feature, view) if args.coverage is None else _covered(feature, view, args)
     data = render(graph, fmt)
+    return _write(args, data, file_name(feature.name, view, fmt))
+
+
+def _write(args: argparse.Namespace, data: bytes, name: str) -> int:
     if args.output == "-":
         sys.stdout.flush()
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return 0
-    name = file_name(feature.name, view, fmt)
     path = Path(args.output) if args.output is not None else Path(name)
     if path.is_dir():
         path = path / name

@@ -1,6 +1,9 @@
 """Feature declarations: topic pairs, messages, and one machine per role. Pure data, no I/O."""
 
-from . import config, log_level, ota, resources
+from typing import Any
+
+from ..fsm.spec import MachineSpec
+from . import campaign, config, log_level, ota, resources
 from .feature import (
     ROLES,
     DeviceKey,
@@ -24,6 +27,12 @@ def all_features() -> tuple[Feature, ...]:
     )
 
 
+def platform_machines() -> tuple[MachineSpec[Any], ...]:
+    """Machines of the platform as a whole rather than of one device and feature (campaigns):
+    no topic pair, drawn and documented like the features' machines."""
+    return (campaign.SPEC,)
+
+
 __all__ = [
     "ROLES",
     "DeviceKey",
@@ -33,11 +42,13 @@ __all__ = [
     "Role",
     "Wire",
     "all_features",
+    "campaign",
     "config",
     "inbound_direction",
     "log_level",
     "ota",
     "outbound_direction",
+    "platform_machines",
     "resources",
     "wire",
 ]

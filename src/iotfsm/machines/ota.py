@@ -551,6 +551,16 @@ class OtaFinished(Effect):
     message: str
 
 
+@attrs.frozen
+class OtaAttemptFailed(Effect):
+    """One attempt failed and another is due: whoever rolls out a fleet (a campaign) may judge
+    by the code at once, since a bad image (-5 burn failed) fails the same way every time."""
+
+    version: str
+    code: int
+    message: str
+
+
 # ---- platform -------------------------------------------------------------------------------
 
 
@@ -720,7 +730,10 @@ def _record_failure(ctx: PlatformContext, code: int, message: str) -> None:
 
 def _retry_later(ctx: PlatformContext, event: ReportProgress, now: float) -> Iterable[Effect]:
     _record_failure(ctx, event.report.progress.result_code, event.report.progress.result_msg)
-    return (SetTimer("retry", min(RETRY_MAX, RETRY_BASE * 2 ** max(0, ctx.attempts - 1))),)
+    return (
+        SetTimer("retry", min(RETRY_MAX, RETRY_BASE * 2 ** max(0, ctx.attempts - 1))),
+        OtaAttemptFailed(ctx.target, ctx.result_code, ctx.result_msg),
+    )
 
 
 def _give_up(ctx: PlatformContext, event: ReportProgress, now: float) -> Iterable[Effect]:

@@ -1,0 +1,281 @@
+"""The platform's campaign runner: campaign machines stepped beside the device sessions.
+
+A campaign session is one `machines.campaign` machine keyed by the campaign's id. The runner
+steps it, keeps its snapshot in the platform's store (table `campaigns`, so a campaign and its
+history survive a restart; timers are re-armed from the snapshot, nothing is replayed), and turns
+its effects into the OTA commands the per-device OTA platform machines already understand. The
+OTA machines' `OtaFinished` comes back as DeviceSucceeded / DeviceFailed.
+
+At most one start per device: a step's snapshot is committed before its effects run, so a platform
+killed between the two restarts with the device marked started (its in-progress timeout, if the
+plan has one, catches a start that never reached the OTA machine) and never starts it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+
+import attrs
+import cattrs
+
+from .adapters.runtime import Runtime
+from .adapters.store import SessionStore
+from .fsm.effects import CancelTimer, Effect, Log, SetTimer
+from .fsm.events import Event, TimerFired
+from .fsm.machine import Machine
+from .fsm.session import Session
+from .fsm.snapshot import SnapshotError, restore, snapshot
+from .machines import DeviceKey, campaign, ota
+from .machines.campaign import CampaignContext, CampaignEnded, CampaignError, Plan
+
+log = logging.getLogger(__name__)
+
+TABLE = "campaigns"
+
+EndedHook = Callable[[str, CampaignEnded], None]
+
+
+@attrs.frozen
+class WaveStatus:
+    number: int
+    size: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    timed_out: int
+    cancelled: int
+
+
+@attrs.frozen
+class CampaignStatus:
+    """Where a campaign stands: its state, the wave it is at (1-based, 0 before the first),
+    per-wave counts, why it stopped, and its history (time, note)."""
+
+    id: str
+    state: str
+    product: str
+    version: str
+    wave: int
+    waves: tuple[WaveStatus, ...]
+    reason: str
+    history: tuple[tuple[float, str], ...]
+
+
+@attrs.frozen
+class CampaignSettings:
+    """How a campaign rolls out; see `machines.campaign.Plan` for each field's meaning."""
+
+    advance: str = "threshold"
+    success_percent: float = 100.0
+    rate: campaign.Rate | None = None
+    abort: tuple[campaign.AbortRule, ...] = ()
+    device_timeout: float = 0.0
+    daily_windows: tuple[campaign.DailyWindow, ...] = ()
+    intervals: tuple[campaign.Interval, ...] = ()
+    cancel_on_abort: bool = False
+    start_at: float = 0.0
+
+
+class CampaignRunner:
+    def __init__(self, runtime: Runtime, store: SessionStore) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.machine: Machine[CampaignContext] = Machine(campaign.SPEC)
+        self.sessions: dict[str, Session] = {}
+        self.on_ended: EndedHook | None = None
+        self._converter = cattrs.Converter()
+        self._lock = threading.RLock()
+        self._queue: deque[tuple[str, Event]] = deque()
+        self._stepping = False
+        self._stopped = True
+
+    # ---- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Restore every stored campaign and re-arm its timers (past deadlines fire at once)."""
+        with self._lock:
+            self._stopped = False
+            for cid, doc in self.store.items(TABLE):
+                try:
+                    session = restore(self.machine, cid, doc, self._converter)
+                except SnapshotError as exc:
+                    log.warning("stored campaign %s skipped: %s", cid, exc)
+                    continue
+                self.sessions[cid] = session
+                for name, (generation, deadline) in (session.timers or {}).items():
+                    self._arm(cid, name, generation, deadline)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._queue.clear()
+
+    # ---- operator actions -------------------------------------------------------------------
+
+    def launch(self, plan: Plan, campaign_id: str | None = None) -> str:
+        """Check and run `plan`; returns the campaign's id. Raises CampaignError."""
+        campaign.check_plan(plan)
+        cid = campaign_id or f"c-{secrets.token_hex(4)}"
+        with self._lock:
+            if cid in self.sessions or self.store.get(TABLE, cid) is not None:
+                raise CampaignError(f"campaign {cid!r} exists; choose another id")
+            self.sessions[cid] = self.machine.new_session(cid)
+            self._command(cid, campaign.Launch(plan), "launch")
+        return cid
+
+    def pause(self, cid: str) -> None:
+        self._command(cid, campaign.Pause(), "pause")
+
+    def resume(self, cid: str) -> None:
+        self._command(cid, campaign.Resume(), "resume")
+
+    def next_wave(self, cid: str) -> None:
+        self._command(cid, campaign.NextWave(), "start the next wave of")
+
+    def retry_failed(self, cid: str) -> None:
+        self._command(cid, campaign.RetryFailed(), "retry the failed devices of")
+
+    def cancel(self, cid: str) -> None:
+        self._command(cid, campaign.Cancel(), "cancel")
+
+    def status(self, cid: str) -> CampaignStatus:
+        with self._lock:
+            session = self._session(cid)
+            ctx: CampaignContext = session.ctx
+            plan = ctx.plan
+            if plan is None:
+                raise CampaignError(f"campaign {cid!r} was never launched")
+            waves = tuple(
+                WaveStatus(i + 1, len(plan.waves[i]), **counts)
+                for i, counts in enumerate(campaign.wave_counts(ctx))
+            )
+            return CampaignStatus(
+                cid,
+                session.state,
+                plan.product,
+                plan.firmware.version,
+                ctx.wave + 1,
+                waves,
+                ctx.reason,
+                tuple((n.at, n.text) for n in ctx.history),
+            )
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self.sessions)
+
+    def context(self, cid: str) -> CampaignContext:
+        """The live context (device runs with their start times); read it, never change it."""
+        ctx: CampaignContext = self._session(cid).ctx
+        return ctx
+
+    # ---- outcomes ---------------------------------------------------------------------------
+
+    def ota_finished(self, key: DeviceKey, effect: ota.OtaFinished) -> None:
+        """An OTA task ended: tell the campaign that started this device with this version."""
+        event: Event = (
+            campaign.DeviceSucceeded(key.device)
+            if effect.ok
+            else campaign.DeviceFailed(key.device, effect.code, effect.message)
+        )
+        self._tell(key, effect.version, event)
+
+    def ota_attempt_failed(self, key: DeviceKey, effect: ota.OtaAttemptFailed) -> None:
+        event = campaign.DeviceAttemptFailed(key.device, effect.code, effect.message)
+        self._tell(key, effect.version, event)
+
+    def _tell(self, key: DeviceKey, version: str, event: Event) -> None:
+        with self._lock:
+            found = [
+                cid
+                for cid, s in self.sessions.items()
+                if s.ctx.plan is not None
+                and s.ctx.plan.product == key.product
+                and s.ctx.plan.firmware.version == version
+                and getattr(s.ctx.devices.get(key.device), "state", "") == campaign.RUNNING
+            ]
+        for cid in found:
+            self._post(cid, event)
+
+    # ---- stepping ---------------------------------------------------------------------------
+
+    def _session(self, cid: str) -> Session:
+        session = self.sessions.get(cid)
+        if session is None:
+            raise CampaignError(f"no campaign {cid!r}; known: {', '.join(sorted(self.sessions))}")
+        return session
+
+    def _command(self, cid: str, event: Event, what: str) -> None:
+        session = self._session(cid)
+        if self._stopped:
+            raise CampaignError(f"cannot {what} campaign {cid!r}: the platform is not running")
+        if not self._post(cid, event):
+            raise CampaignError(f"cannot {what} campaign {cid!r} in state {session.state!r}")
+
+    def _post(self, cid: str, event: Event) -> bool:
+        """Step now, or queue behind the step running on this thread (an effect that loops back,
+        e.g. a DeployFirmware answered at once). True when the event was accepted (or queued)."""
+        with self._lock:
+            if self._stopped:
+                return False
+            if self._stepping:
+                self._queue.append((cid, event))
+                return True
+            self._stepping = True
+            try:
+                accepted = self._step(cid, event)
+                while self._queue and not self._stopped:
+                    self._step(*self._queue.popleft())
+            finally:
+                self._stepping = False
+            return accepted
+
+    def _step(self, cid: str, event: Event) -> bool:
+        session = self.sessions.get(cid)
+        if session is None:
+            return False
+        effects = self.machine.step(session, event, self.runtime.clock.now())
+        if effects is None:
+            return False
+        self.store.put(TABLE, cid, snapshot(session, self._converter))
+        self.store.commit()
+        for effect in effects:
+            try:
+                self._carry_out(cid, session, effect)
+            except Exception:
+                log.exception("campaign %s: effect %r failed", cid, effect)
+        return True
+
+    def _carry_out(self, cid: str, session: Session, effect: Effect) -> None:
+        plan: Plan = session.ctx.plan
+        if isinstance(effect, campaign.StartDevice):
+            fw = plan.firmware
+            deploy = ota.DeployFirmware(fw.version, fw.file_id, fw.size, fw.md5)
+            self.runtime.post("ota", DeviceKey(plan.product, effect.device), deploy)
+        elif isinstance(effect, campaign.CancelDevice):
+            self.runtime.post("ota", DeviceKey(plan.product, effect.device), ota.CancelFirmware())
+        elif isinstance(effect, SetTimer):
+            generation, deadline = (session.timers or {})[effect.name]
+            self._arm(cid, effect.name, generation, deadline)
+        elif isinstance(effect, Log):
+            log.log(effect.level, "%s", effect.text)
+        elif isinstance(effect, CampaignEnded):
+            log.info("campaign %s %s: %s", cid, effect.state, effect.reason)
+            if self.on_ended is not None:
+                self.on_ended(cid, effect)
+        elif not isinstance(effect, CancelTimer):  # stale generations are ignored when they fire
+            log.error("campaign %s: no handler for effect %r", cid, effect)
+
+    def _arm(self, cid: str, name: str, generation: int, deadline: float) -> None:
+        self.runtime.scheduler.call_at(
+            deadline, partial(self._fire, cid, TimerFired(name, generation))
+        )
+
+    def _fire(self, cid: str, event: TimerFired) -> None:
+        self._post(cid, event)
