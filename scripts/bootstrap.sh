@@ -21,7 +21,7 @@ DEBS_test=(
   "${DEBS_demo[@]}"
   'mosquitto:mosquitto|/usr/sbin/mosquitto'  # integration tests start their own brokers
   openssl:openssl                            # ... and make their own TLS certificates
-  rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server  # [rabbitmq helper] private test nodes
+  rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server  # private RabbitMQ nodes (MQTT plugin, HTTP auth)
 )
 # What each purpose installs into .venv (editable, so the checkout's src is what runs), and which
 # other purposes that install also covers.

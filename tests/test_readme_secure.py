@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from mosquitto_secure_helpers import connack_code
+from rabbitmq_fixtures import RabbitNode
 
 from iotfsm.testing.mosquitto import find_mosquitto, free_port
 from iotfsm.testing.waiting import wait_for
@@ -38,9 +39,18 @@ def section() -> str:
     return text[start : end if end != -1 else len(text)]
 
 
-def commands() -> list[list[str]]:
+RABBITMQ = "### RabbitMQ"
+"""The subsection run against a private RabbitMQ node (the rest runs against Mosquitto)."""
+
+
+def subsection(rabbitmq: bool) -> str:
+    parts = re.split(r"(?m)^(?=### )", section())
+    return "".join(p for p in parts if p.startswith(RABBITMQ) == rabbitmq)
+
+
+def commands(rabbitmq: bool = False) -> list[list[str]]:
     lines: list[list[str]] = []
-    for block in re.findall(r"```sh\n(.*?)```", section(), flags=re.S):
+    for block in re.findall(r"```sh\n(.*?)```", subsection(rabbitmq), flags=re.S):
         for line in block.replace("\\\n", " ").splitlines():
             if line.strip() and not line.lstrip().startswith("#"):
                 lines.append(shlex.split(line))
@@ -153,6 +163,54 @@ def test_secure_deployment_section_runs(tmp_path: Path, services: list[Service])
         assert time.monotonic() < deadline, "the removed device's certificate is still accepted"
         time.sleep(0.05)  # the reload is asynchronous: the broker handles SIGHUP in its loop
     assert (tmp_path / "platform/broker-password").stat().st_mode & 0o077 == 0
+
+
+def test_the_rabbitmq_subsection_runs_against_a_private_node(
+    tmp_path: Path, services: list[Service], rabbitmq_node: RabbitNode
+) -> None:
+    """The RabbitMQ commands, against the suite's node: its MQTT port stands for 1883 and its
+    auth backend's address for 8089, where the README's platform serves the endpoints."""
+    names = [" ".join(line[:2]) for line in commands(rabbitmq=True)]
+    assert names == [
+        "iotfsm broker-config",
+        "iotfsm platform",
+        "iotfsm registry",
+        "iotfsm device",
+    ]
+    ports = {
+        "1883": rabbitmq_node.broker.port,
+        "8089": rabbitmq_node.auth_address[1],
+        "8081": free_port(),
+    }
+    iotfsm = [sys.executable, "-m", "iotfsm"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    platform: Service | None = None
+    for line in commands(rabbitmq=True):
+        argv = [_substitute(arg, ports) for arg in line]
+        if argv[:2] == ["iotfsm", "platform"]:
+            platform = Service([*iotfsm, *argv[1:]], tmp_path, env)
+            services.append(platform)
+            wait_for("the platform to log in to RabbitMQ", platform.started, timeout=60)
+        elif argv[:2] == ["iotfsm", "device"]:
+            device = Service([*iotfsm, *argv[1:]], tmp_path, env)
+            services.append(device)
+            wait_for("the key device to log in", device.started, timeout=60)
+        else:
+            done = subprocess.run(
+                [*iotfsm, *argv[1:]], cwd=tmp_path, env=env, capture_output=True, text=True,
+                check=False,
+            )  # fmt: skip
+            assert done.returncode == 0, f"{shlex.join(argv)}:\n{done.stdout}{done.stderr}"
+    conf = (tmp_path / "rabbitmq" / "rabbitmq.conf").read_text()
+    assert "auth_backends.1 = http" in conf and "mqtt.allow_anonymous = false" in conf
+    assert platform is not None
+    wait_for(
+        "the platform to answer the device",
+        lambda: any(
+            e.get("device") == "dev-3" for e in platform.events() if e.get("event") == "state"
+        ),
+        timeout=30,
+    )
 
 
 def _substitute(arg: str, ports: dict[str, int]) -> str:
