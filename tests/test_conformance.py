@@ -115,6 +115,12 @@ def _platform(mosquitto: Mosquitto, tmp: Path, *, fault: bool) -> subprocess.Pop
     args = ["platform", "--broker", mosquitto.url, "--data-dir", str(tmp / "platform")]
     args += ["--http", "127.0.0.1:0", "--events", "jsonl"]
     head = [sys.executable, "-c", NONZERO_RSP] if fault else [sys.executable, "-m", "iotfsm"]
+    registered = subprocess.run(
+        [sys.executable, "-m", "iotfsm", "registry", "add", "--data-dir", str(tmp / "platform"),
+         "--product-id", PRODUCT, "--device-name", "kit-1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert registered.returncode == 0, registered.stderr
     proc = subprocess.Popen(
         [*head, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

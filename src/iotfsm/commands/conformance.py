@@ -279,6 +279,8 @@ def run(args: argparse.Namespace) -> int:
             products=[args.product_id],
             mqtt=check_ca(args.tls_ca),
         )
+        # the kit's platform answers the device under test, and only it
+        platform.register_device(args.product_id, args.device_name)
         platform.start()
         try:
             transport = platform.runtime.transport
