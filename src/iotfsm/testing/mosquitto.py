@@ -404,7 +404,7 @@ class Mosquitto:
                 continue
         return "".join(parts)
 
-    def reload(self, timeout: float = 10.0) -> None:
+    def reload(self, timeout: float = 30.0) -> None:
         """SIGHUP, as an operator would after a registry change, and wait until the broker says
         it reloaded (Mosquitto re-reads ACL, password file and CRL on SIGHUP)."""
         popen = self._process.popen
