@@ -249,6 +249,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     device.add_argument("--timeout", type=float, default=90.0, help="seconds per scenario")
     device.add_argument("--size", type=int, default=200_000, help="bytes per test image")
     device.add_argument("--json", action="store_true", help="print the results as JSON")
+    device.add_argument(
+        "--only",
+        action="append",
+        choices=[name for name, _ in SCENARIOS],
+        metavar="SCENARIO",
+        help="run only this scenario (repeatable); default: every scenario",
+    )
     device.set_defaults(run=run)
 
     from . import conformance_platform
@@ -291,7 +298,9 @@ def run(args: argparse.Namespace) -> int:
             sys.stderr.write("conformance kit ready: (re)start the device now\n")
             sys.stderr.flush()
             key = DeviceKey(args.product_id, args.device_name)
-            results = run_scenarios(Kit(platform, key, args.timeout, args.size))
+            results = run_scenarios(
+                Kit(platform, key, args.timeout, args.size), set(args.only or ())
+            )
         finally:
             platform.stop()
     print_results(results, args.json)
