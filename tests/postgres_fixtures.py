@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from iotfsm.testing.postgres import PostgreSQL, PostgresNotFoundError
+from iotfsm.testing.postgres import PostgresNotFoundError, PostgreSQL
 
 
 def _new_cluster() -> PostgreSQL:

@@ -55,10 +55,6 @@ class StoreUnavailableError(Exception):
         )
 
 
-def is_postgres_dsn(location: str) -> bool:
-    return location.startswith(("postgresql://", "postgres://"))
-
-
 def describe(dsn: str) -> str:
     """A DSN as it may appear in logs and messages: user, host, port, database; no password."""
     try:
