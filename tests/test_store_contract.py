@@ -77,7 +77,10 @@ def test_saved_sessions_are_durable_after_commit_and_read_by_a_new_store(
     first.commit()
     doc["state"] = "changed after save"  # the store keeps what was saved, not a live reference
     assert sessions(opened()) == {
-        ("ota", A): {"state": "downloading", "context": {"percent": 40, "name": "ü ✓", "list": [1, None]}},
+        ("ota", A): {
+            "state": "downloading",
+            "context": {"percent": 40, "name": "ü ✓", "list": [1, None]},
+        },
         ("log_level", A): {"state": "idle"},
     }
     first.save("ota", A, {"state": "idle"})
