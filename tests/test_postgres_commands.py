@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from mqtt_fixtures import mosquitto_broker
+from paho.mqtt.enums import CallbackAPIVersion
 from postgres_fixtures import fresh_database
 
 from iotfsm.adapters.postgres_store import PostgresStore
