@@ -11,15 +11,17 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from iotfsm.testing.postgres import PostgresNotFoundError, PostgreSQL
 
 
-def _new_cluster() -> PostgreSQL:
+def new_cluster(bin_dir: Path | None = None) -> PostgreSQL:
+    """A cluster (not started); without PostgreSQL a skip naming the install, a failure in CI."""
     try:
-        return PostgreSQL()
+        return PostgreSQL(bin_dir=bin_dir)
     except PostgresNotFoundError as error:
         message = str(error)
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
@@ -29,7 +31,7 @@ def _new_cluster() -> PostgreSQL:
 
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgreSQL]:
-    with _new_cluster() as cluster:
+    with new_cluster() as cluster:
         yield cluster
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 
 import psycopg
 import pytest
-from postgres_fixtures import fresh_database
+from postgres_fixtures import fresh_database, new_cluster
 
 from iotfsm.adapters.postgres_schema import MIGRATIONS, migrate
 from iotfsm.adapters.postgres_store import (
@@ -100,3 +101,15 @@ def test_describe_keeps_what_locates_the_database_and_drops_the_password() -> No
     assert has_password(dsn)
     assert not has_password("postgresql://fleet@db.example/iot")
     assert "s3cret" not in describe("host=db user=fleet password=s3cret dbname=iot")
+
+
+def test_a_missing_postgres_is_a_skip_with_the_install_command_and_a_failure_in_ci(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install postgresql"):
+        new_cluster(bin_dir=tmp_path)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install postgresql"):
+        new_cluster(bin_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
