@@ -22,6 +22,7 @@ DEBS_test=(
   'mosquitto:mosquitto|/usr/sbin/mosquitto'  # integration tests start their own brokers
   openssl:openssl                            # ... and make their own TLS certificates
   rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server  # private RabbitMQ nodes (MQTT plugin, HTTP auth)
+  'postgresql:/usr/lib/postgresql/*/bin/postgres'  # private clusters for the store tests
 )
 # What each purpose installs into .venv (editable, so the checkout's src is what runs), and which
 # other purposes that install also covers.

@@ -1,12 +1,14 @@
 """Fixtures every test module may ask for by name, registered once for the whole session.
 
-`rabbitmq_node` lives here (imported from rabbitmq_fixtures) and not in each test module: a
-session-scoped fixture imported into two modules is two fixtures, and so two 20-second nodes.
+`rabbitmq_node` and `postgres_cluster` live here (imported from rabbitmq_fixtures and
+postgres_fixtures) and not in each test module: a session-scoped fixture imported into two modules
+is two fixtures, and so two 20-second nodes.
 Fixtures are lazy: a run that asks for no node starts none.
 """
 
 from __future__ import annotations
 
+from postgres_fixtures import postgres_cluster
 from rabbitmq_fixtures import rabbitmq_node
 
-__all__ = ["rabbitmq_node"]
+__all__ = ["postgres_cluster", "rabbitmq_node"]

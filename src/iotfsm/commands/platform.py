@@ -1,7 +1,8 @@
 """`iotfsm platform`: the platform role of every feature, reconciled toward a desired-state file.
 
-State lives in SQLite in the data directory, so the process can be killed and restarted without
-losing a task; the desired-state file is applied at start and again whenever it changes.
+State lives in SQLite in the data directory (or in PostgreSQL: `--store`), so the process can be
+killed and restarted without losing a task; the desired-state file is applied at start and again
+whenever it changes.
 """
 
 from __future__ import annotations
@@ -23,16 +24,21 @@ from .common import (
     stop_on_signals,
     wait_connected,
 )
+from .store_option import add_store_argument, open_dsn
 
 EXAMPLE = """example:
   iotfsm platform --broker mqtt://127.0.0.1:1883 --data-dir ./platform \\
       --http 127.0.0.1:8080 --desired desired.toml --events jsonl
+  PGPASSFILE=~/.pgpass iotfsm platform --store postgresql://iotfsm@db:5432/iotfsm ...
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
-    parser.add_argument("--data-dir", required=True, type=Path, help="SQLite store and files")
+    parser.add_argument(
+        "--data-dir", required=True, type=Path, help="files, secrets and the SQLite store"
+    )
+    add_store_argument(parser)
     parser.add_argument("--http", required=True, help="HOST:PORT of the file service")
     parser.add_argument("--public-base", help="base URL devices use to reach the file service")
     parser.add_argument("--desired", type=Path, help="desired-state TOML file, reloaded on change")
@@ -103,8 +109,9 @@ def run(args: argparse.Namespace) -> int:
     host, port = _http(args.http)
     mqtt, _ = login_options(args, device=False)
     events = JsonLines() if args.events == "jsonl" else None
-    if args.reset_store:
+    if args.reset_store and not args.store:
         _reset_store(args.data_dir / "platform.sqlite3")
+    store = open_dsn(args.store) if args.store else None
     try:
         platform = Platform(
             args.broker,
@@ -119,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             broker_auth=_http(args.broker_auth, "--broker-auth") if args.broker_auth else None,
             firmware_key=args.firmware_key,
             max_upload=args.max_upload,
+            store=store,
         )
     except StoreCorruptError as exc:
         raise CommandError(str(exc), STORE_DAMAGED) from None

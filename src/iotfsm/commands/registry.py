@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 
 from ..adapters.registry import ProductSecrets, RegisteredDevice, Registry, RegistryError
-from ..adapters.store import SqliteStore
+from ..adapters.store import SessionStore, SqliteStore
 from ..machines import DeviceKey, all_features
 from .common import CommandError
+from .store_option import add_store_argument, open_dsn
 
 EXAMPLE = """examples:
   iotfsm registry add --data-dir ./platform --product-id S3EUVBRJLB --device-name dev-1 \\
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     ):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("--data-dir", required=True, type=Path, help="the platform's data dir")
+        add_store_argument(cmd)
         cmd.add_argument(
             "--secrets-dir",
             type=Path,
@@ -64,15 +66,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     issue_cert.add_arguments(sub.add_parser("issue-cert", help=text, description=text))
 
 
-def open_registry(data_dir: Path, secrets_dir: Path | None) -> tuple[Registry, SqliteStore]:
-    """The registry of a platform's data directory, as the platform itself opens it."""
+def open_registry(
+    data_dir: Path, secrets_dir: Path | None, dsn: str | None = None
+) -> tuple[Registry, SessionStore]:
+    """The registry of a platform's store (its data directory's SQLite file, or the PostgreSQL
+    store `--store` names), with the product secrets where the platform keeps them."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(data_dir / "platform.sqlite3")
+    store = open_dsn(dsn) if dsn else SqliteStore(data_dir / "platform.sqlite3")
     secrets = ProductSecrets(secrets_dir or data_dir / "product-secrets")
     return Registry(store, secrets), store
 
 
-def _forget(store: SqliteStore, key: DeviceKey) -> None:
+def _forget(store: SessionStore, key: DeviceKey) -> None:
     for feature in all_features():
         store.delete_session(feature.name, key)
     store.commit()
@@ -99,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         from . import issue_cert
 
         return issue_cert.run(args)
-    registry, store = open_registry(args.data_dir, args.secrets_dir)
+    registry, store = open_registry(args.data_dir, args.secrets_dir, args.store)
     # a removed device's sessions go too (a running platform holds them in memory, unused,
     # until it restarts: it admits nothing of that device any more)
     def forget(entry: RegisteredDevice, present: bool) -> None:

@@ -1,5 +1,5 @@
 """`iotfsm status`: devices by feature with state, percent and version, read from a platform's
-data directory (while the platform runs, or after)."""
+data directory or its PostgreSQL store (`--store`), while the platform runs or after."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..adapters.store import SqliteStore, StoreCorruptError
+from ..adapters.store import SessionStore, SqliteStore, StoreCorruptError
 from .common import STORE_DAMAGED, CommandError
+from .store_option import add_store_argument, describe_store, open_dsn
 
 EXAMPLE = """example:
   iotfsm status --data-dir ./platform --json
+  PGPASSFILE=~/.pgpass iotfsm status --store postgresql://iotfsm@db:5432/iotfsm
 """
 
 EXIT_CODES = f"""exit codes:
@@ -25,7 +27,9 @@ EXIT_CODES = f"""exit codes:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", required=True, type=Path)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", type=Path, help="a platform's data directory (SQLite)")
+    add_store_argument(where)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
 
 
@@ -61,14 +65,18 @@ def _row(feature: str, product: str, device: str, doc: dict[str, Any]) -> dict[s
     return row
 
 
-def rows(data_dir: Path) -> list[dict[str, Any]]:
+def _sqlite(data_dir: Path) -> SqliteStore:
     path = data_dir / "platform.sqlite3"
     if not path.is_file():
         raise CommandError(f"{data_dir} holds no platform store (no platform.sqlite3)")
     try:
-        store = SqliteStore(path)
+        return SqliteStore(path)
     except StoreCorruptError as exc:
         raise CommandError(str(exc), STORE_DAMAGED) from None
+
+
+def rows(data_dir: Path | None, dsn: str | None = None) -> list[dict[str, Any]]:
+    store: SessionStore = open_dsn(dsn) if dsn else _sqlite(data_dir or Path("."))
     try:
         found = [_row(f, k.product, k.device, doc) for f, k, doc in store.load()]
         deliveries = store.items("deliveries")
@@ -102,14 +110,15 @@ def rows(data_dir: Path) -> list[dict[str, Any]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    table = rows(args.data_dir)
+    table = rows(args.data_dir, args.store)
     if args.json:
         print(json.dumps(table, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    view = Table(title=f"iotfsm status: {args.data_dir}")
+    where = args.data_dir or describe_store(args.store)
+    view = Table(title=f"iotfsm status: {where}")
     for column in ("product", "device", "feature", "state", "details"):
         view.add_column(column)
     for r in table:

@@ -1,0 +1,304 @@
+"""The platform's sessions and records in PostgreSQL, so several workers (and `iotfsm status` on
+another host) share one store: `PostgresStore`, behind the same `SessionStore` protocol as SQLite.
+
+It keeps SQLite's semantics. Session snapshots wait in memory until `commit` (once per batch of
+steps) and records are written at once; each write is one transaction over a connection from a
+small psycopg pool, a few statements whatever the batch size (arrays through `unnest`). A write
+that fails (the database restarting, a network cut) keeps every pending change, reads see them,
+and the next commit writes them again; one warning says so, repeated at most every `WARN_EVERY`
+seconds.
+
+`data_version()` is a change counter row bumped in the transaction of every record write (the
+registry, deployments, campaigns live in records; sessions belong to the worker stepping them, so
+session batches do not touch the row and workers never queue on it). A counter and not
+LISTEN/NOTIFY: the registry already looks at most once a second, a poll of one row is cheap, and
+a counter cannot miss a change while a connection is down, where a notification sent then is gone.
+
+The connection string is never logged (`describe` drops the password and options); give the
+password to libpq through PGPASSFILE, PGPASSWORD or a service file, not in the string.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg_pool import ConnectionPool
+
+from ..machines.feature import DeviceKey
+from .postgres_schema import migrate
+from .store import WARN_EVERY
+
+log = logging.getLogger(__name__)
+
+_GONE = object()
+"""A pending deletion (of a session or a record)."""
+
+Conn = psycopg.Connection[tuple[Any, ...]]
+
+
+class StoreUnavailableError(Exception):
+    """The database cannot be reached (or refused the login) when the store opens. The message
+    names the database without its password and says what to check."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        self.name = name
+        super().__init__(
+            f"the platform store {name} cannot be reached ({problem}): check that PostgreSQL "
+            "runs there and that the password is in PGPASSFILE, PGPASSWORD or a service file"
+        )
+
+
+def describe(dsn: str) -> str:
+    """A DSN as it may appear in logs and messages: user, host, port, database; no password."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql://<unparsable connection string>"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    host = str(parts.get("host") or parts.get("service") or "localhost")
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{user}{host}{port}/{parts.get('dbname') or ''}"
+
+
+def has_password(dsn: str) -> bool:
+    try:
+        return bool(conninfo_to_dict(dsn).get("password"))
+    except psycopg.ProgrammingError:
+        return False
+
+
+class PostgresStore:
+    """One PostgreSQL database. Writes from whichever thread runs the steps, serialized by a lock;
+    reads take the same lock, so they see pending changes and never an older row under them."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        pool_size: int = 4,
+        connect_timeout: float = 10.0,
+        write_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = describe(dsn)
+        try:
+            conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise ValueError(f"not a PostgreSQL connection string ({self.name}): {exc}") from None
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._write_timeout = write_timeout
+        self._sessions: dict[tuple[str, str, str], str | object] = {}
+        self._records: dict[tuple[str, str], str | object] = {}
+        self._failing_since: float | None = None
+        self._failures = 0
+        self._warned_at = float("-inf")
+        self._version = 0
+        self._pool: ConnectionPool[Conn] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True, "connect_timeout": max(2, int(connect_timeout))},
+            name="iotfsm-store",
+            open=False,
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+            with self._pool.connection() as conn:
+                applied = migrate(conn)
+        except psycopg.Error as exc:
+            self._pool.close()
+            raise StoreUnavailableError(self.name, _first_line(exc)) from None
+        if applied:
+            log.info("store %s: schema migrations %s applied", self.name, applied)
+
+    @property
+    def pending(self) -> int:
+        """Changes kept in memory because they could not be written yet (0 when all is saved)."""
+        with self._lock:
+            return len(self._sessions) + len(self._records)
+
+    def load(self) -> Iterator[tuple[str, DeviceKey, dict[str, Any]]]:
+        with self._lock, self._pool.connection() as conn:
+            found = conn.execute("SELECT feature, product, device, doc FROM sessions").fetchall()
+            rows: dict[tuple[str, str, str], object] = {(f, p, d): doc for f, p, d, doc in found}
+            rows.update(
+                (k, v if v is _GONE else json.loads(str(v))) for k, v in self._sessions.items()
+            )
+        for (feature, product, device), doc in rows.items():
+            if isinstance(doc, dict):
+                yield feature, DeviceKey(product, device), doc
+
+    def save(self, feature: str, key: DeviceKey, doc: dict[str, Any]) -> None:
+        text = json.dumps(doc, separators=(",", ":"))
+        with self._lock:
+            self._sessions[(feature, key.product, key.device)] = text
+
+    def delete_session(self, feature: str, key: DeviceKey) -> None:
+        with self._lock:
+            self._sessions[(feature, key.product, key.device)] = _GONE
+
+    def commit(self) -> None:
+        with self._lock:
+            self._write()
+
+    def put(self, table: str, key: str, value: Any) -> None:
+        text = json.dumps(value)
+        with self._lock:
+            self._records[(table, key)] = text
+            self._write()
+
+    def delete(self, table: str, key: str) -> None:
+        with self._lock:
+            self._records[(table, key)] = _GONE
+            self._write()
+
+    def get(self, table: str, key: str) -> Any | None:
+        with self._lock:
+            pending = self._records.get((table, key))
+            if pending is not None:
+                return None if pending is _GONE else json.loads(str(pending))
+            with self._pool.connection() as conn:
+                row = conn.execute(
+                    "SELECT value FROM records WHERE tbl = %s AND key = %s", (table, key)
+                ).fetchone()
+        return None if row is None else row[0]
+
+    def items(self, table: str) -> list[tuple[str, Any]]:
+        with self._lock, self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT key, value FROM records WHERE tbl = %s", (table,)
+            ).fetchall()
+            merged: dict[str, object] = dict(rows)
+            for (t, k), v in self._records.items():
+                if t == table:
+                    merged[k] = v if v is _GONE else json.loads(str(v))
+        return [(k, v) for k, v in sorted(merged.items()) if v is not _GONE]
+
+    def data_version(self) -> int:
+        """Changes whenever a record write commits (from any process). While the database cannot
+        be reached it answers the last value it read, so the message path does not stop."""
+        try:
+            with self._pool.connection(timeout=self._write_timeout) as conn:
+                row = conn.execute("SELECT version FROM change_counter").fetchone()
+        except psycopg.Error as exc:
+            with self._lock:
+                self._cannot_write(exc)
+            return self._version
+        self._version = int(row[0]) if row is not None else 0
+        return self._version
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._write():
+                log.warning(
+                    "store %s closed with %d changes that could not be written: they are lost",
+                    self.name,
+                    len(self._sessions) + len(self._records),
+                )
+            self._pool.close()
+
+    # --- writing ---
+
+    def _write(self) -> bool:
+        """Write every pending change in one transaction; False (changes kept) if it failed."""
+        if not self._sessions and not self._records:
+            return True
+        saved = [(*k, v) for k, v in self._sessions.items() if isinstance(v, str)]
+        gone = [k for k, v in self._sessions.items() if v is _GONE]
+        puts = [(*k, v) for k, v in self._records.items() if isinstance(v, str)]
+        dropped = [k for k, v in self._records.items() if v is _GONE]
+        try:
+            with self._pool.connection(timeout=self._write_timeout) as conn, conn.transaction():
+                _write_batch(conn, saved, gone, puts, dropped)
+        except psycopg.Error as exc:
+            self._cannot_write(exc)
+            return False
+        count = len(self._sessions) + len(self._records)
+        self._sessions.clear()
+        self._records.clear()
+        if self._failing_since is not None:
+            log.warning(
+                "store %s: writing works again; %d changes kept in memory over %.0f s are saved",
+                self.name,
+                count,
+                self._clock() - self._failing_since,
+            )
+            self._failing_since = None
+            self._failures = 0
+        return True
+
+    def _cannot_write(self, exc: psycopg.Error) -> None:
+        now = self._clock()
+        self._failures += 1
+        pending = len(self._sessions) + len(self._records)
+        if self._failing_since is None:
+            self._failing_since = self._warned_at = now
+            log.warning(
+                "store %s cannot be written (%s): %d changes kept in memory and written again at"
+                " every commit; a stop before it works loses them",
+                self.name,
+                _first_line(exc),
+                pending,
+            )
+        elif now - self._warned_at >= WARN_EVERY:
+            self._warned_at = now
+            log.warning(
+                "store %s still cannot be written after %.0f s (%s): %d failures, %d pending",
+                self.name,
+                now - self._failing_since,
+                _first_line(exc),
+                self._failures,
+                pending,
+            )
+
+
+def _write_batch(
+    conn: Conn,
+    saved: list[tuple[str, str, str, str]],
+    gone: list[tuple[str, str, str]],
+    puts: list[tuple[str, str, str]],
+    dropped: list[tuple[str, str]],
+) -> None:
+    """A batch as at most five statements: arrays unnested server-side, not one row a call."""
+    if saved:
+        conn.execute(
+            "INSERT INTO sessions (feature, product, device, doc)"
+            " SELECT f, p, d, doc::jsonb FROM unnest(%s::text[], %s::text[], %s::text[],"
+            " %s::text[]) AS t(f, p, d, doc)"
+            " ON CONFLICT (feature, product, device) DO UPDATE SET doc = EXCLUDED.doc",
+            [list(column) for column in zip(*saved, strict=True)],
+        )
+    if gone:
+        conn.execute(
+            "DELETE FROM sessions WHERE (feature, product, device) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))",
+            [list(column) for column in zip(*gone, strict=True)],
+        )
+    if puts:
+        conn.execute(
+            "INSERT INTO records (tbl, key, value)"
+            " SELECT t, k, v::jsonb FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(t, k, v)"
+            " ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value",
+            [list(column) for column in zip(*puts, strict=True)],
+        )
+    if dropped:
+        conn.execute(
+            "DELETE FROM records WHERE (tbl, key) IN"
+            " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            [list(column) for column in zip(*dropped, strict=True)],
+        )
+    if puts or dropped:
+        conn.execute("UPDATE change_counter SET version = version + 1")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
