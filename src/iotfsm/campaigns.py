@@ -23,6 +23,7 @@ from functools import partial
 import attrs
 import cattrs
 
+from .adapters.registry import ChangeCounter
 from .adapters.runtime import Runtime
 from .adapters.store import SessionStore
 from .fsm.effects import CancelTimer, Effect, Log, SetTimer
@@ -36,6 +37,10 @@ from .machines.campaign import CampaignContext, CampaignEnded, CampaignError, Pl
 log = logging.getLogger(__name__)
 
 TABLE = "campaigns"
+COMMANDS = "campaign_commands"
+"""Operator commands from another process (`iotfsm campaign pause …`): key, {campaign, action,
+time}; the running platform's runner applies and deletes them (`CampaignRunner.apply_commands`)."""
+ACTIONS = ("pause", "resume", "cancel", "next-wave", "retry-failed")
 
 EndedHook = Callable[[str, CampaignEnded], None]
 
@@ -94,6 +99,7 @@ class CampaignRunner:
         self._queue: deque[tuple[str, Event]] = deque()
         self._stepping = False
         self._stopped = True
+        self._seen_version: int | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------
 
@@ -146,25 +152,42 @@ class CampaignRunner:
 
     def status(self, cid: str) -> CampaignStatus:
         with self._lock:
-            session = self._session(cid)
-            ctx: CampaignContext = session.ctx
-            plan = ctx.plan
-            if plan is None:
-                raise CampaignError(f"campaign {cid!r} was never launched")
-            waves = tuple(
-                WaveStatus(i + 1, len(plan.waves[i]), **counts)
-                for i, counts in enumerate(campaign.wave_counts(ctx))
-            )
-            return CampaignStatus(
-                cid,
-                session.state,
-                plan.product,
-                plan.firmware.version,
-                ctx.wave + 1,
-                waves,
-                ctx.reason,
-                tuple((n.at, n.text) for n in ctx.history),
-            )
+            return _status_of(self._session(cid))
+
+    def apply_commands(self) -> list[str]:
+        """Apply the operator commands another process queued (`queue_command`), oldest first,
+        each exactly once: a record is deleted and that deletion committed before it is applied,
+        so a crash in between loses the command (the operator sees no change and repeats it)
+        rather than applying it twice. Returns one line per command: what was done or refused.
+        Cheap when nothing changed: SQLite's data_version says whether another process wrote."""
+        if isinstance(self.store, ChangeCounter):
+            version = self.store.data_version()
+            if version == self._seen_version:
+                return []
+            self._seen_version = version
+        lines: list[str] = []
+        for key, doc in self.store.items(COMMANDS):
+            self.store.delete(COMMANDS, key)
+            self.store.commit()
+            cid, action = str(doc.get("campaign", "")), str(doc.get("action", ""))
+            apply = {
+                "pause": self.pause,
+                "resume": self.resume,
+                "cancel": self.cancel,
+                "next-wave": self.next_wave,
+                "retry-failed": self.retry_failed,
+            }.get(action)
+            try:
+                if apply is None:
+                    raise CampaignError(f"unknown action {action!r}")
+                apply(cid)
+            except CampaignError as exc:
+                log.warning("campaign command %s %s refused: %s", action, cid, exc)
+                lines.append(f"campaign {cid} {action} refused: {exc}")
+            else:
+                log.info("campaign %s: %s (operator command)", cid, action)
+                lines.append(f"campaign {cid} {action}")
+        return lines
 
     def ids(self) -> list[str]:
         with self._lock:
@@ -279,3 +302,53 @@ class CampaignRunner:
 
     def _fire(self, cid: str, event: TimerFired) -> None:
         self._post(cid, event)
+
+
+def _status_of(session: Session) -> CampaignStatus:
+    ctx: CampaignContext = session.ctx
+    plan = ctx.plan
+    if plan is None:
+        raise CampaignError(f"campaign {session.key!r} was never launched")
+    waves = tuple(
+        WaveStatus(i + 1, len(plan.waves[i]), **counts)
+        for i, counts in enumerate(campaign.wave_counts(ctx))
+    )
+    return CampaignStatus(
+        str(session.key),
+        session.state,
+        plan.product,
+        plan.firmware.version,
+        ctx.wave + 1,
+        waves,
+        ctx.reason,
+        tuple((n.at, n.text) for n in ctx.history),
+    )
+
+
+def stored_statuses(store: SessionStore) -> list[CampaignStatus]:
+    """Every launched campaign as the store last saw it: works with the platform running (its
+    commits are read) or stopped. Snapshots that no longer restore are skipped with a warning."""
+    machine: Machine[CampaignContext] = Machine(campaign.SPEC)
+    converter = cattrs.Converter()
+    found: list[CampaignStatus] = []
+    for cid, doc in store.items(TABLE):
+        try:
+            session = restore(machine, cid, doc, converter)
+            found.append(_status_of(session))
+        except (SnapshotError, CampaignError) as exc:
+            log.warning("stored campaign %s skipped: %s", cid, exc)
+    return found
+
+
+def queue_command(store: SessionStore, campaign_id: str, action: str, now: float) -> str:
+    """Queue an operator command for the running platform; returns the record's key. Raises
+    CampaignError for an unknown action or campaign (nothing is written then)."""
+    if action not in ACTIONS:
+        raise CampaignError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
+    if store.get(TABLE, campaign_id) is None:
+        known = ", ".join(k for k, _ in store.items(TABLE)) or "none"
+        raise CampaignError(f"no campaign {campaign_id!r}; known: {known}")
+    key = f"{now:017.6f}-{secrets.token_hex(4)}"
+    store.put(COMMANDS, key, {"campaign": campaign_id, "action": action, "time": now})
+    store.commit()
+    return key

@@ -177,8 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
         "The devices a platform admits (kept in its data directory; a running platform sees "
         "changes within a second). " + registry.EXAMPLE,
     )
-    from .commands import broker_config
+    from .commands import broker_config, campaign
 
+    _mount(
+        sub,
+        "campaign",
+        campaign,
+        "pause, resume, cancel a rollout campaign, or show its waves",
+        "Operate a platform's rollout campaigns through its data directory (a running platform "
+        "applies a command within a second). " + campaign.EXAMPLE,
+        epilog=status.EXIT_CODES,
+    )
     _mount(
         sub,
         "broker-config",

@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from .adapters.log_upload import LogUploadOptions
+from .campaigns import CampaignSettings
 from .device import Device
 from .platform import FirmwareStatus
 from .testing.pair import Pair
@@ -123,6 +124,7 @@ def run_demo(
             scenario.ota,
             scenario.upload,
             scenario.download,
+            scenario.campaign,
             scenario.wire,
         ):
             step()
@@ -256,6 +258,41 @@ class _Scenario:
             "download: every device received faces.db byte-identical, done on both sides",
             all(a.resources.get("faces.db") == data for a in self.apps.values()),
             f"{len(data)} bytes to {len(self.fleet)} devices",
+        )
+
+    def campaign(self) -> None:
+        """Two waves on three extra devices: wave 1's burn failure (-5) aborts wave 2."""
+        from .machines.campaign import AbortRule
+
+        def broken_burn(image: Path, version: str) -> None:
+            raise RuntimeError("flash write error")
+
+        waves = [["camp-1", "camp-bad"], ["camp-2"]]
+        extra = {
+            n: self.pair.device(
+                n, version="1.0", burn=broken_burn if n == "camp-bad" else None
+            ).start()
+            for wave in waves
+            for n in wave
+        }
+        self.pair.run_until(
+            "the campaign devices", lambda: all(d.connected for d in extra.values())
+        )
+        settings = CampaignSettings(abort=(AbortRule(40, min_finished=2, codes=(-5,)),))
+        platform = self.pair.platform
+        image = self.rng.randbytes(64 * 1024)
+        cid = platform.start_campaign(PRODUCT, "1.2", image, waves, settings=settings)
+        self.pair.run_until(
+            "the campaign to end", lambda: platform.campaign_status(cid).state == "aborted"
+        )
+        status = platform.campaign_status(cid)
+        counts = [(w.succeeded, w.failed, w.pending) for w in status.waves]
+        self.check(
+            "campaign: wave 1's burn failure (-5) aborted it, wave 2 never started",
+            counts == [(1, 1, 0), (0, 0, 1)]
+            and extra["camp-1"].version == "1.2"
+            and extra["camp-2"].version == "1.0",
+            f"(ok, failed, pending) per wave: {counts}; {status.reason}",
         )
 
     def wire(self) -> None:

@@ -166,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
                 if events:
                     events.write({"event": "applied", "what": line})
         while not stop.wait(1.0):
+            for line in platform.campaigns.apply_commands():
+                if events:
+                    events.write({"event": "campaign", "what": line})
             if reconciler is not None:
                 for line in reconciler.poll():
                     if events:

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..adapters.store import SessionStore, SqliteStore, StoreCorruptError
+from ..campaigns import stored_statuses
+from .campaign import wave_summary
 from .common import STORE_DAMAGED, CommandError
 from .store_option import add_store_argument, describe_store, open_dsn
 
@@ -81,6 +83,7 @@ def rows(data_dir: Path | None, dsn: str | None = None) -> list[dict[str, Any]]:
         found = [_row(f, k.product, k.device, doc) for f, k, doc in store.load()]
         deliveries = store.items("deliveries")
         uploads = store.items("uploads")
+        campaigns = stored_statuses(store)
     finally:
         store.close()
     found.sort(key=lambda r: (r["product"], r["device"], r["feature"]))
@@ -106,6 +109,17 @@ def rows(data_dir: Path | None, dsn: str | None = None) -> list[dict[str, Any]]:
                 "stored": u["stored"],
             }
         )
+    found.extend(
+        {
+            "feature": "campaign",
+            "product": c.product,
+            "device": c.id,
+            "state": c.state,
+            "version": c.version,
+            "waves": wave_summary(c),
+        }
+        for c in campaigns
+    )
     return found
 
 
