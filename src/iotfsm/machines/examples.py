@@ -16,7 +16,7 @@ from ..fsm.effects import Effect
 from ..fsm.events import Connected, Disconnected, Event
 from ..fsm.examples import ExampleFn, Examples, always
 from ..fsm.spec import MachineSpec
-from . import config, log_level, ota, resources
+from . import broadcast, config, log_level, ota, resources
 from .feature import DeviceKey
 from .messages import Message
 from .transfer import (
@@ -216,9 +216,7 @@ def _upload_rsps(ctx: resources.UploadDeviceContext) -> list[Event]:
     if ctx.current is not None:
         job = ctx.current
         rsps.append(resources.CreateUploadTaskRsp(job.size, job.name, job.md5, URL))
-        rsps.append(
-            resources.CreateUploadTaskRsp(job.size, job.name, job.md5, "", -6, "too large")
-        )
+        rsps.append(resources.CreateUploadTaskRsp(job.size, job.name, job.md5, "", -6, "too large"))
     return rsps
 
 
@@ -323,6 +321,19 @@ DOWNLOAD_PLATFORM = Examples(
 )
 
 
+# ---- broadcast ------------------------------------------------------------------------------
+
+BROADCAST_DEVICE = Examples(
+    broadcast.DEVICE,
+    KEY,
+    {**CONNECTION, broadcast.Broadcast: always(broadcast.Broadcast(payload=b"off"))},
+)
+
+BROADCAST_PLATFORM = Examples(
+    broadcast.PLATFORM, KEY, {broadcast.SendBroadcast: always(broadcast.SendBroadcast(b"off"))}
+)
+
+
 ALL = (
     OTA_DEVICE,
     OTA_PLATFORM,
@@ -334,6 +345,8 @@ ALL = (
     UPLOAD_PLATFORM,
     DOWNLOAD_DEVICE,
     DOWNLOAD_PLATFORM,
+    BROADCAST_DEVICE,
+    BROADCAST_PLATFORM,
 )
 
 

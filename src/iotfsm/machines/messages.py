@@ -57,3 +57,14 @@ class Message(Event):
 
     TYPE: ClassVar[str] = ""
     extra: dict[str, Any] = attrs.field(factory=dict, kw_only=True, repr=False, hash=False)
+
+
+@attrs.frozen
+class RawMessage(Message):
+    """A message whose payload is the application's own bytes, not a `type`-tagged document:
+    broadcast and RRPC carry whatever the server sends (Tencent's C SDK hands the payload to the
+    application untouched). The codec takes and emits `payload` as it is. A feature whose topics
+    carry a suffix after `{device}` (RRPC's processId) names the field holding it in `SUFFIX`."""
+
+    SUFFIX: ClassVar[str] = ""
+    payload: bytes = attrs.field(default=b"", repr=lambda b: f"<{len(b)} bytes>")
