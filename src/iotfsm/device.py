@@ -32,7 +32,7 @@ from .adapters.runtime import Runtime
 from .adapters.topics import check_key
 from .adapters.transfer_runner import TransferRunner
 from .adapters.url_policy import UrlPolicy
-from .device_messaging import BroadcastHook, DeviceMessaging
+from .device_messaging import BroadcastHook, DeviceMessaging, ShadowDeltaHook
 from .fsm.clock import Clock
 from .fsm.events import Event
 from .fsm.trace import Tracer
@@ -87,6 +87,7 @@ class Device(RoleFacade, DeviceMessaging):
         firmware_public_key: PublicKeySource | None = None,
         trusted_url_bases: Sequence[str] = (),
         on_broadcast: BroadcastHook | None = None,
+        on_shadow_delta: ShadowDeltaHook | None = None,
     ) -> None:
         """`version` is the firmware the application runs (a version adopted by an earlier
         burn, remembered in the state directory, takes its place). `burn` installs an image;
@@ -108,7 +109,9 @@ class Device(RoleFacade, DeviceMessaging):
         `["https://fw.example.com/files/"]`) limits every download and upload to URLs under
         them; link-local addresses are refused with or without them. ValueError (a
         FirmwareKeyError for the key) when either cannot be used. `on_broadcast(payload)`
-        receives each broadcast of the product (bytes as the server sent them)."""
+        receives each broadcast of the product (bytes as the server sent them);
+        `on_shadow_delta(delta)` applies the shadow's desired values, and what it returns is
+        reported (`report(state)` reports at any time)."""
         self.key = check_key(DeviceKey(product_id, device_name))
         self.state_dir = Path(state_dir)
         self._ota_dir = self.state_dir / "ota"
@@ -139,6 +142,7 @@ class Device(RoleFacade, DeviceMessaging):
         """The thread verifying or burning an image, if any."""
         self._on_upload_finished = on_upload_finished
         self._on_broadcast = on_broadcast
+        self._on_shadow_delta = on_shadow_delta
         self._on_config = on_config
         self._config_file = self.state_dir / "config" / "config.json"
         if log_upload is not None and not psk:

@@ -6,14 +6,18 @@ which session event they post, and how an effect comes back to the caller.
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from .adapters.registry import Registry
 from .adapters.runtime import Runtime
 from .adapters.topics import check_key
 from .machines import DeviceKey
 from .machines.broadcast import SendBroadcast
+from .machines.shadow import SetDesired, document
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,24 @@ class PlatformMessaging:
         for key in keys:
             self.runtime.post("broadcast", key, SendBroadcast(data))
         return len(keys)
+
+    # ---- device shadow ----------------------------------------------------------------------
+
+    def shadow(self, product_id: str, device_name: str) -> dict[str, Any]:
+        """The device's shadow document as a get returns it: `state` (reported, and desired
+        and delta when set), `metadata` timestamps (ms), `version`, `timestamp`."""
+        key = self._device(product_id, device_name)
+        return copy.deepcopy(document(self.runtime.session("shadow", key).ctx))
+
+    def set_desired(self, product_id: str, device_name: str, state: dict[str, Any]) -> None:
+        """Merge `state` into the desired part (None removes a key); a new version, and a delta
+        pushed to the device where desired differs from reported. An offline device gets it
+        with its next get. TypeError/ValueError for a state that is not a JSON object."""
+        key = self._device(product_id, device_name)
+        if not isinstance(state, dict) or not state or not all(isinstance(k, str) for k in state):
+            raise TypeError("desired state is a non-empty JSON object, e.g. {'color': 'red'}")
+        json.dumps(state, allow_nan=False)
+        self.runtime.post("shadow", key, SetDesired(copy.deepcopy(state)))
 
 
 __all__ = ["PlatformMessaging"]

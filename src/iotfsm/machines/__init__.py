@@ -3,7 +3,7 @@
 from typing import Any
 
 from ..fsm.spec import MachineSpec
-from . import broadcast, campaign, config, log_level, ota, resources
+from . import broadcast, campaign, config, log_level, ota, resources, shadow
 from .feature import (
     ROLES,
     DeviceKey,
@@ -25,6 +25,7 @@ def all_features() -> tuple[Feature, ...]:
         resources.DOWNLOAD_FEATURE,
         config.FEATURE,
         broadcast.FEATURE,
+        shadow.FEATURE,
     )
 
 
@@ -52,5 +53,6 @@ __all__ = [
     "outbound_direction",
     "platform_machines",
     "resources",
+    "shadow",
     "wire",
 ]
