@@ -30,6 +30,9 @@ def test_shadow_round_trip_catch_up_and_restart(
     platform.register_device(PRODUCT, "aircon", PSK)
     applied: list[dict[str, Any]] = []
 
+    def _applying(delta: dict[str, Any]) -> None:
+        applied.append(delta)  # None: report the delta as applied
+
     def device() -> Device:
         return Device(
             PRODUCT,
@@ -38,7 +41,7 @@ def test_shadow_round_trip_catch_up_and_restart(
             broker=mosquitto_broker.url,
             state_dir=tmp_path / "dev",
             mqtt=FAST,
-            on_shadow_delta=lambda d: applied.append(d) or None,
+            on_shadow_delta=_applying,
         )
 
     d = device().start()

@@ -68,6 +68,22 @@ def _json_object(value: Any, _: Any) -> dict[str, Any]:
     raise ValueError(f"expected a JSON object, got {_show(value)}")
 
 
+def _object_or_text(value: Any, _: Any) -> dict[str, Any] | None:
+    """An object, or a JSON string holding one (seed 004's config table types `payload` as a
+    string); None stays None."""
+    if value is None or type(value) is dict:
+        return value
+    if type(value) is str:
+        try:
+            parsed = json.loads(value, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            parsed = None
+        if type(parsed) is dict and document_problem(parsed) is None:
+            return parsed
+        raise ValueError(f"expected a JSON object or a string holding one, got {_show(value)}")
+    raise ValueError(f"expected a JSON object, got {_show(value)}")
+
+
 def _show(value: Any) -> str:
     text = (
         json.dumps(value)
@@ -182,7 +198,9 @@ class Codec:
                 continue
             info = wire_info(field)
             result[field.name] = override(
-                rename=info.name, unstruct_hook=_as_text if (info.text and emitting) else None
+                rename=info.name,
+                unstruct_hook=_as_text if (info.text and emitting) else None,
+                struct_hook=_object_or_text if (info.object_text and not emitting) else None,
             )
         return result
 

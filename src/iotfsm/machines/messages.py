@@ -25,17 +25,24 @@ class Wire:
     """Emit the number as a string: OTA progress sends `"percent":"10"` (PROTOCOL.md)."""
     omit_if_none: bool = False
     """Leave the key out when the value is None (OTA `done`/`fail` carry no percent)."""
+    object_text: bool = False
+    """Accept a JSON string holding an object in place of the object (seed 004 types config
+    `payload` as a string, its examples show an object); the object is what is emitted."""
 
 
 def wire(
-    *, name: str | None = None, text: bool = False, omit_if_none: bool = False
+    *,
+    name: str | None = None,
+    text: bool = False,
+    omit_if_none: bool = False,
+    object_text: bool = False,
 ) -> dict[str, Wire]:
     """Field metadata for `attrs.field(metadata=wire(...))`.
 
     A metadata helper rather than a field factory, so the attrs plugin of mypy still sees every
     `attrs.field(...)` and types the constructors correctly.
     """
-    return {WIRE: Wire(name, text, omit_if_none)}
+    return {WIRE: Wire(name, text, omit_if_none, object_text)}
 
 
 def url_repr(url: str) -> str:
