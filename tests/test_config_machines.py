@@ -259,4 +259,21 @@ def test_log_levels_of_decline_lines() -> None:
     (no_config,) = s.step(ConfigPush(1002))
     (unknown,) = s.step(ConfigPush(7))
     assert isinstance(no_config, Log) and no_config.level == logging.INFO
-    assert unknown == Log.warning("config push not applied: the platform answered result 7; no config yet")
+    assert unknown == Log.warning(
+        "config push not applied: the platform answered result 7; no config yet"
+    )
+
+
+def test_a_payload_sent_as_a_json_string_holding_an_object_is_accepted() -> None:
+    """Seed 004's table types `payload` as a string, its examples show an object: both decode to
+    the object; iotfsm emits the object (the form of the examples and of Tencent's C SDK)."""
+    codec = Codec([FEATURE])
+    text = b'{"type":"push","result":0,"payload":"{\\"ip\\":\\"10.0.0.1\\",\\"port\\":8080}"}'
+    assert codec.decode("config", "down", text) == ConfigPush(0, A)
+    assert (
+        codec.encode(ConfigPush(0, A))
+        == b'{"type":"push","result":0,"payload":{"ip":"10.0.0.1","port":8080}}'
+    )
+    for bad in (b'"[1]"', b'"not json"', b'"\\"x\\""', b"7"):
+        with pytest.raises(DecodeError, match="payload"):
+            codec.decode("config", "down", b'{"type":"reply","result":0,"payload":' + bad + b"}")

@@ -32,6 +32,7 @@ from .adapters.runtime import Runtime
 from .adapters.topics import check_key
 from .adapters.transfer_runner import TransferRunner
 from .adapters.url_policy import UrlPolicy
+from .device_messaging import BroadcastHook, DeviceMessaging, ShadowDeltaHook
 from .fsm.clock import Clock
 from .fsm.events import Event
 from .fsm.trace import Tracer
@@ -61,7 +62,7 @@ ConfigHook = Callable[[dict[str, Any]], None]
 """`on_config(payload)`: run with this remote config now (called once per change)."""
 
 
-class Device(RoleFacade):
+class Device(RoleFacade, DeviceMessaging):
     def __init__(
         self,
         product_id: str,
@@ -85,6 +86,8 @@ class Device(RoleFacade):
         log_upload: str | LogUploadOptions | None = None,
         firmware_public_key: PublicKeySource | None = None,
         trusted_url_bases: Sequence[str] = (),
+        on_broadcast: BroadcastHook | None = None,
+        on_shadow_delta: ShadowDeltaHook | None = None,
     ) -> None:
         """`version` is the firmware the application runs (a version adopted by an earlier
         burn, remembered in the state directory, takes its place). `burn` installs an image;
@@ -105,7 +108,10 @@ class Device(RoleFacade):
         deleted before `burn` and reported as fail -4. `trusted_url_bases` (e.g.
         `["https://fw.example.com/files/"]`) limits every download and upload to URLs under
         them; link-local addresses are refused with or without them. ValueError (a
-        FirmwareKeyError for the key) when either cannot be used."""
+        FirmwareKeyError for the key) when either cannot be used. `on_broadcast(payload)`
+        receives each broadcast of the product (bytes as the server sent them);
+        `on_shadow_delta(delta)` applies the shadow's desired values, and what it returns is
+        reported (`report(state)` reports at any time)."""
         self.key = check_key(DeviceKey(product_id, device_name))
         self.state_dir = Path(state_dir)
         self._ota_dir = self.state_dir / "ota"
@@ -135,6 +141,8 @@ class Device(RoleFacade):
         self._burning: threading.Thread | None = None
         """The thread verifying or burning an image, if any."""
         self._on_upload_finished = on_upload_finished
+        self._on_broadcast = on_broadcast
+        self._on_shadow_delta = on_shadow_delta
         self._on_config = on_config
         self._config_file = self.state_dir / "config" / "config.json"
         if log_upload is not None and not psk:
@@ -162,6 +170,7 @@ class Device(RoleFacade):
                 resources.UploadFinished: self._upload_finished,
                 ApplyConfig: self._apply_config,
                 SaveConfig: self._save_config,
+                **self._messaging_handlers(),
             },
             tracer=on_step,
         )
@@ -380,7 +389,7 @@ class Device(RoleFacade):
             version = doc.get("version") if isinstance(doc, dict) else None
             if isinstance(version, str) and 1 <= len(version) <= 32:
                 return version
-            problem = "not a {\"version\": \"1-32 characters\"} document"
+            problem = 'not a {"version": "1-32 characters"} document'
         log.warning(
             "%s is %s: reporting version %r, the one given at start (--version); if the device"
             " runs another, fix or remove the file",

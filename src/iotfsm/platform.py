@@ -50,6 +50,7 @@ from .machines.log_level import LEVELS, SetLogLevel
 from .machines.log_level import PlatformContext as PlatformLogContext
 from .machines.names import check_name
 from .machines.transfer import TIMEOUT
+from .platform_messaging import PlatformMessaging
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def _matches(product: str, device: str, want_product: str | None, want_device: s
 OtaHook = Callable[[DeviceKey, ota.OtaFinished], None]
 
 
-class Platform(RoleFacade):
+class Platform(RoleFacade, PlatformMessaging):
     def __init__(
         self,
         broker: Broker,
@@ -310,9 +311,7 @@ class Platform(RoleFacade):
         if problem is not None:
             raise ValueError(f"version {version[:40]!r} is refused: {problem}")
         names = (EVERY_DEVICE,) if devices == EVERY_DEVICE else tuple(devices)
-        keys = (
-            [] if names == (EVERY_DEVICE,) else [self._device(product_id, n) for n in names]
-        )
+        keys = [] if names == (EVERY_DEVICE,) else [self._device(product_id, n) for n in names]
         check_key(DeviceKey(product_id, "x"))
         ref = self._publish_image(image)
         if self.firmware_signer is not None:  # signed now: a deploy fails, not an offer
@@ -352,9 +351,7 @@ class Platform(RoleFacade):
         return self.files.published(name) or self.files.publish_file(source, name=name)
 
     def cancel_firmware(self, product_id: str, device_name: str) -> None:
-        self.runtime.post(
-            "ota", self._device(product_id, device_name), ota.CancelFirmware()
-        )
+        self.runtime.post("ota", self._device(product_id, device_name), ota.CancelFirmware())
 
     def firmware_status(self, product_id: str, device_name: str) -> FirmwareStatus:
         session = self.runtime.session("ota", self._device(product_id, device_name))

@@ -20,7 +20,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 
 from ..machines.feature import Direction, Feature
-from ..machines.messages import Message, wire_info
+from ..machines.messages import Message, RawMessage, wire_info
 from .limits import MAX_PAYLOAD_BYTES
 
 _EXTRA = "\x00extra"
@@ -65,6 +65,22 @@ def _strict_bool(value: Any, _: Any) -> bool:
 def _json_object(value: Any, _: Any) -> dict[str, Any]:
     if type(value) is dict:
         return value
+    raise ValueError(f"expected a JSON object, got {_show(value)}")
+
+
+def _object_or_text(value: Any, _: Any) -> dict[str, Any] | None:
+    """An object, or a JSON string holding one (seed 004's config table types `payload` as a
+    string); None stays None."""
+    if value is None or type(value) is dict:
+        return value
+    if type(value) is str:
+        try:
+            parsed = json.loads(value, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            parsed = None
+        if type(parsed) is dict and document_problem(parsed) is None:
+            return parsed
+        raise ValueError(f"expected a JSON object or a string holding one, got {_show(value)}")
     raise ValueError(f"expected a JSON object, got {_show(value)}")
 
 
@@ -139,11 +155,20 @@ class Codec:
 
     def __init__(self, features: Iterable[Feature]) -> None:
         self._types: dict[tuple[str, Direction], dict[str, type[Message]]] = {}
+        self._raw: dict[tuple[str, Direction], type[RawMessage]] = {}
+        """Features whose payload is the application's bytes (one raw message per direction)."""
         for feature in features:
             for direction in ("up", "down"):
-                self._types[(feature.name, direction)] = {
-                    m.TYPE: m for m in feature.messages(direction)
-                }
+                messages = feature.messages(direction)
+                self._types[(feature.name, direction)] = {m.TYPE: m for m in messages}
+                raw = [m for m in messages if issubclass(m, RawMessage)]
+                if raw and len(messages) != 1:
+                    raise ValueError(
+                        f"{feature.name!r} {direction}: a raw message must be the direction's only"
+                        " message (its payload carries no type to tell messages apart)"
+                    )
+                if raw:
+                    self._raw[(feature.name, direction)] = raw[0]
         self._conv = self._converter(detailed_validation=True)
         self._fast = self._converter(detailed_validation=False)
         self._encoders: dict[type[Message], Callable[[Any], dict[str, Any]]] = {}
@@ -173,7 +198,9 @@ class Codec:
                 continue
             info = wire_info(field)
             result[field.name] = override(
-                rename=info.name, unstruct_hook=_as_text if (info.text and emitting) else None
+                rename=info.name,
+                unstruct_hook=_as_text if (info.text and emitting) else None,
+                struct_hook=_object_or_text if (info.object_text and not emitting) else None,
             )
         return result
 
@@ -211,6 +238,10 @@ class Codec:
         if len(payload) > MAX_PAYLOAD_BYTES:
             where = _where(features, direction)
             raise DecodeError(f"{where}: {len(payload)} bytes exceed {MAX_PAYLOAD_BYTES}")
+        if self._raw and len(features) == 1:
+            raw = self._raw.get((features[0], direction))
+            if raw is not None:
+                return features[0], raw(payload=bytes(payload))
         try:
             doc = self._decoder.decode(payload.decode())
         except RecursionError:
@@ -291,7 +322,10 @@ class Codec:
         return doc
 
     def encode(self, message: Message) -> bytes:
-        payload = self._encoder.encode(self.to_dict(message)).encode()
+        if isinstance(message, RawMessage):
+            payload = message.payload
+        else:
+            payload = self._encoder.encode(self.to_dict(message)).encode()
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"{message.TYPE} encodes to {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES}-byte"

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
+import attrs
 import cattrs
 
 from ..fsm.clock import Clock, ManualClock, RealClock, Scheduler
@@ -30,7 +31,7 @@ from ..fsm.session import Session
 from ..fsm.snapshot import SnapshotError, restore, snapshot
 from ..fsm.trace import Tracer
 from ..machines.feature import DeviceKey, Feature, Role, inbound_direction, outbound_direction
-from ..machines.messages import Message
+from ..machines.messages import Message, RawMessage
 from .codec import Codec, DecodeError
 from .scheduler import ThreadScheduler
 from .store import SessionStore
@@ -304,6 +305,10 @@ class Runtime:
             feature, message = self.codec.decode_any(
                 [f.name for f in route.features], route.direction, payload
             )
+            if route.suffix and isinstance(message, RawMessage):
+                # the topic's value after the device (RRPC's processId) goes into the message
+                changes: dict[str, Any] = {message.SUFFIX: route.suffix}
+                message = attrs.evolve(message, **changes)
         except (TopicError, DecodeError) as exc:
             self.rejected += 1
             log.warning("dropped a message on %r: %s", topic, exc)
@@ -323,7 +328,10 @@ class Runtime:
     def publish(self, feature: str, key: DeviceKey, message: Message, qos: int = 0) -> None:
         """Send `message` on the session's outbound topic; for effect handlers that build a
         message from outside data (e.g. a freshly signed URL). A lost connection is logged."""
-        topic = self.topics.topic(feature, self._outbound, key)
+        suffix = ""
+        if isinstance(message, RawMessage) and message.SUFFIX:
+            suffix = getattr(message, message.SUFFIX)
+        topic = self.topics.topic(feature, self._outbound, key, suffix)
         try:
             self.transport.publish(topic, self.codec.encode(message), qos)
         except TransportError as exc:

@@ -31,7 +31,8 @@ def _message_rows(feature: Feature, direction: Direction) -> list[str]:
         f'<TR><TD COLSPAN="2" ALIGN="LEFT"><B>{sender} {arrow} {receiver}</B>'
         f"  {labels.small(direction)}</TD></TR>",
         f'<TR><TD COLSPAN="2" ALIGN="LEFT">'
-        f"{labels.small(labels.html(feature.topic_template(direction)))}</TD></TR>",
+        f"{labels.small(labels.html(feature.topic_template(direction) or '(no topic)'))}"
+        "</TD></TR>",
     ]
     messages: Sequence[type[Message]] = feature.messages(direction)
     for message in messages:

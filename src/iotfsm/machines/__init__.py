@@ -3,7 +3,7 @@
 from typing import Any
 
 from ..fsm.spec import MachineSpec
-from . import campaign, config, log_level, ota, resources
+from . import broadcast, campaign, config, log_level, ota, resources, shadow
 from .feature import (
     ROLES,
     DeviceKey,
@@ -24,6 +24,8 @@ def all_features() -> tuple[Feature, ...]:
         resources.UPLOAD_FEATURE,
         resources.DOWNLOAD_FEATURE,
         config.FEATURE,
+        broadcast.FEATURE,
+        shadow.FEATURE,
     )
 
 
@@ -42,6 +44,7 @@ __all__ = [
     "Role",
     "Wire",
     "all_features",
+    "broadcast",
     "campaign",
     "config",
     "inbound_direction",
@@ -50,5 +53,6 @@ __all__ = [
     "outbound_direction",
     "platform_machines",
     "resources",
+    "shadow",
     "wire",
 ]

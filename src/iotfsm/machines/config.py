@@ -105,7 +105,7 @@ class ConfigReply(Message):
     result: int = OK
     # hash=False: a dict is unhashable (and a message's identity never depends on it)
     payload: dict[str, Any] | None = attrs.field(
-        default=None, hash=False, metadata=wire(omit_if_none=True)
+        default=None, hash=False, metadata=wire(omit_if_none=True, object_text=True)
     )
 
 
@@ -116,7 +116,7 @@ class ConfigPush(Message):
     TYPE = "push"
     result: int = OK
     payload: dict[str, Any] | None = attrs.field(
-        default=None, hash=False, metadata=wire(omit_if_none=True)
+        default=None, hash=False, metadata=wire(omit_if_none=True, object_text=True)
     )
 
 

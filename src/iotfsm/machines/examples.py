@@ -16,7 +16,7 @@ from ..fsm.effects import Effect
 from ..fsm.events import Connected, Disconnected, Event
 from ..fsm.examples import ExampleFn, Examples, always
 from ..fsm.spec import MachineSpec
-from . import config, log_level, ota, resources
+from . import broadcast, config, log_level, ota, resources, shadow
 from .feature import DeviceKey
 from .messages import Message
 from .transfer import (
@@ -216,9 +216,7 @@ def _upload_rsps(ctx: resources.UploadDeviceContext) -> list[Event]:
     if ctx.current is not None:
         job = ctx.current
         rsps.append(resources.CreateUploadTaskRsp(job.size, job.name, job.md5, URL))
-        rsps.append(
-            resources.CreateUploadTaskRsp(job.size, job.name, job.md5, "", -6, "too large")
-        )
+        rsps.append(resources.CreateUploadTaskRsp(job.size, job.name, job.md5, "", -6, "too large"))
     return rsps
 
 
@@ -323,6 +321,71 @@ DOWNLOAD_PLATFORM = Examples(
 )
 
 
+# ---- broadcast ------------------------------------------------------------------------------
+
+BROADCAST_DEVICE = Examples(
+    broadcast.DEVICE,
+    KEY,
+    {**CONNECTION, broadcast.Broadcast: always(broadcast.Broadcast(payload=b"off"))},
+)
+
+BROADCAST_PLATFORM = Examples(
+    broadcast.PLATFORM, KEY, {broadcast.SendBroadcast: always(broadcast.SendBroadcast(b"off"))}
+)
+
+
+# ---- shadow ---------------------------------------------------------------------------------
+
+
+def _shadow_results(kind: type[Any]) -> ExampleFn:
+    def results(ctx: shadow.DeviceContext) -> list[Event]:
+        doc = {"state": {"reported": {"t": 1}, "delta": {"t": 2}}, "version": ctx.version + 1}
+        out: list[Event] = [kind(shadow.OK, 0, "other-token", doc)]
+        for token in (ctx.get_token, ctx.send_token):
+            if token:
+                out += [
+                    kind(shadow.OK, 0, token, doc),
+                    kind(shadow.VERSION_CONFLICT, 0, token, doc),
+                ]
+                out.append(kind(shadow.INVALID_UPDATE, 0, token))
+        return out
+
+    return results
+
+
+SHADOW_DEVICE = Examples(
+    shadow.DEVICE,
+    KEY,
+    {
+        **CONNECTION,
+        shadow.GetResult: _shadow_results(shadow.GetResult),
+        shadow.UpdateResult: _shadow_results(shadow.UpdateResult),
+        shadow.DeleteResult: _shadow_results(shadow.DeleteResult),
+        shadow.ShadowDelta: lambda ctx: [
+            shadow.ShadowDelta({"state": {"t": 2}, "version": ctx.version + 1}),
+            shadow.ShadowDelta({"state": {"t": 3}, "version": ctx.version}),
+        ],
+        shadow.ReportShadow: always(shadow.ReportShadow({"t": 2})),
+    },
+)
+
+SHADOW_PLATFORM = Examples(
+    shadow.PLATFORM,
+    KEY,
+    {
+        shadow.ShadowGet: always(shadow.ShadowGet(f"{KEY.product}-1")),
+        shadow.ShadowUpdate: lambda ctx: [
+            shadow.ShadowUpdate({"reported": {"t": 1}}, 0, "P-2"),
+            shadow.ShadowUpdate({"desired": {"t": 5}}, ctx.version, "P-3"),
+            shadow.ShadowUpdate({"reported": {"t": 1}}, ctx.version + 7, "P-4"),
+            shadow.ShadowUpdate({"other": 1}, 0, "P-5"),
+        ],
+        shadow.ShadowDelete: always(shadow.ShadowDelete("P-6")),
+        shadow.SetDesired: always(shadow.SetDesired({"t": 2})),
+    },
+)
+
+
 ALL = (
     OTA_DEVICE,
     OTA_PLATFORM,
@@ -334,6 +397,10 @@ ALL = (
     UPLOAD_PLATFORM,
     DOWNLOAD_DEVICE,
     DOWNLOAD_PLATFORM,
+    BROADCAST_DEVICE,
+    BROADCAST_PLATFORM,
+    SHADOW_DEVICE,
+    SHADOW_PLATFORM,
 )
 
 

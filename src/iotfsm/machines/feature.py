@@ -42,7 +42,9 @@ def _messages(messages: Iterable[type[Message]]) -> tuple[type[Message], ...]:
 class Feature:
     name: str
     up_topic: str
-    """Template with `{product}` and `{device}`, e.g. `$log/operation/{product}/{device}`."""
+    """Template with `{product}` and `{device}`, e.g. `$log/operation/{product}/{device}`; one
+    more level after `{device}` carries a per-message value (RRPC's `/{process_id}`). "" for a
+    direction the feature does not use (broadcast is down only): it then has no messages."""
     down_topic: str
     up: tuple[type[Message], ...] = attrs.field(converter=_messages)
     down: tuple[type[Message], ...] = attrs.field(converter=_messages)
@@ -61,7 +63,15 @@ class Feature:
                     f"feature {self.name!r}: the {role} machine must declare inbound={expected}"
                     f" (the {inbound_direction(role)} messages), got {spec.inbound}"
                 )
-        for direction, messages in (("up", self.up), ("down", self.down)):
+        sides: tuple[tuple[Direction, tuple[type[Message], ...]], ...] = (
+            ("up", self.up),
+            ("down", self.down),
+        )
+        for direction, messages in sides:
+            if not self.topic_template(direction) and messages:
+                raise DeclarationError(
+                    f"feature {self.name!r}: {direction} messages need a {direction} topic"
+                )
             types = [m.TYPE for m in messages]
             if len(set(types)) != len(types) or not all(types):
                 raise DeclarationError(

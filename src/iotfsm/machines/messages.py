@@ -25,17 +25,24 @@ class Wire:
     """Emit the number as a string: OTA progress sends `"percent":"10"` (PROTOCOL.md)."""
     omit_if_none: bool = False
     """Leave the key out when the value is None (OTA `done`/`fail` carry no percent)."""
+    object_text: bool = False
+    """Accept a JSON string holding an object in place of the object (seed 004 types config
+    `payload` as a string, its examples show an object); the object is what is emitted."""
 
 
 def wire(
-    *, name: str | None = None, text: bool = False, omit_if_none: bool = False
+    *,
+    name: str | None = None,
+    text: bool = False,
+    omit_if_none: bool = False,
+    object_text: bool = False,
 ) -> dict[str, Wire]:
     """Field metadata for `attrs.field(metadata=wire(...))`.
 
     A metadata helper rather than a field factory, so the attrs plugin of mypy still sees every
     `attrs.field(...)` and types the constructors correctly.
     """
-    return {WIRE: Wire(name, text, omit_if_none)}
+    return {WIRE: Wire(name, text, omit_if_none, object_text)}
 
 
 def url_repr(url: str) -> str:
@@ -57,3 +64,14 @@ class Message(Event):
 
     TYPE: ClassVar[str] = ""
     extra: dict[str, Any] = attrs.field(factory=dict, kw_only=True, repr=False, hash=False)
+
+
+@attrs.frozen
+class RawMessage(Message):
+    """A message whose payload is the application's own bytes, not a `type`-tagged document:
+    broadcast and RRPC carry whatever the server sends (Tencent's C SDK hands the payload to the
+    application untouched). The codec takes and emits `payload` as it is. A feature whose topics
+    carry a suffix after `{device}` (RRPC's processId) names the field holding it in `SUFFIX`."""
+
+    SUFFIX: ClassVar[str] = ""
+    payload: bytes = attrs.field(default=b"", repr=lambda b: f"<{len(b)} bytes>")
