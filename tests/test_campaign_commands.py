@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from iotfsm.campaigns import COMMANDS, CampaignSettings
+from iotfsm.campaigns import COMMANDS, CampaignSettings, stored_statuses
 from iotfsm.cli import main
 from iotfsm.commands import status
 from iotfsm.machines.campaign import Rate
@@ -65,6 +65,14 @@ def test_pause_and_resume_from_the_command_line_are_applied_once(
     assert runner.apply_commands() == [f"campaign {cid} resume"]
     pair.run_until(
         "the campaign to succeed", lambda: pair.platform.campaign_status(cid).state == "succeeded"
+    )
+    # the last device's success reaches the store with the runner's next save: wait for it
+    pair.run_until(
+        "the stored campaign to count every success",
+        lambda: any(
+            c.state == "succeeded" and sum(w.succeeded for w in c.waves) == 4
+            for c in stored_statuses(pair.platform.store)
+        ),
     )
     pair.platform.store.commit()
     assert main(["campaign", "status", cid, "--data-dir", data_dir, "--json"]) == 0
