@@ -179,8 +179,11 @@ def device_topics(key: DeviceKey) -> tuple[list[str], list[str]]:
     up: dict[str, None] = {}
     down: dict[str, None] = {}
     for feature in all_features():
-        up[feature.up_topic.format(product=key.product, device=key.device)] = None
-        down[feature.down_topic.format(product=key.product, device=key.device)] = None
+        # a feature may have one direction only (broadcast is down only): "" means none
+        if feature.up_topic:
+            up[feature.up_topic.format(product=key.product, device=key.device)] = None
+        if feature.down_topic:
+            down[feature.down_topic.format(product=key.product, device=key.device)] = None
     return list(up), list(down)
 
 
