@@ -190,7 +190,7 @@ def test_hostile_config_messages_are_refused_and_leave_the_config_intact(world: 
     topic = f"$config/operation/result/{PRODUCT}/d1"
     hostile = [
         b'{"type":"push","result":0,"payload":[1,2,3]}',
-        b'{"type":"push","result":0,"payload":"{\\"server\\":\\"evil\\"}"}',
+        b'{"type":"push","result":0,"payload":"not an object"}',
         b'{"type":"push","result":"zero","payload":{"server":"evil"}}',
         b'{"type":"push","result":0,"payload":{"server":"evil"},}',
         b'{"type":"reply","result":0,"payload":null}',
