@@ -57,6 +57,10 @@ RESTING: dict[str, frozenset[str]] = {
     "resource_download.platform": frozenset({"idle"}),
     "config.device": frozenset({"offline", "listening"}),
     "config.platform": frozenset({"unknown", "empty", "serving", "disabled"}),
+    "broadcast.device": frozenset({"offline", "listening"}),
+    "broadcast.platform": frozenset({"ready"}),
+    "shadow.device": frozenset({"offline", "synced"}),
+    "shadow.platform": frozenset({"empty", "kept"}),
 }
 """States that wait for the other side (a message, a command, a connection) by design."""
 
