@@ -49,6 +49,12 @@ def test_pause_and_resume_from_the_command_line_are_applied_once(
     assert runner.apply_commands() == []  # nothing new written: not applied twice
     assert pair.platform.store.items(COMMANDS) == []
     assert pair.platform.campaign_status(cid).state == "paused"
+    # the device started before the pause carries on: let it finish before the clock jumps, or
+    # the jump would outrun its download and time it out
+    pair.run_until(
+        "the first device to succeed",
+        lambda: pair.platform.campaign_status(cid).waves[0].succeeded == 1,
+    )
     before = started(pair, cid)
     pair.advance(600)
     pair.run_until("quiet", pair.quiet)

@@ -176,7 +176,8 @@ def test_acl_gives_each_device_exactly_its_own_topics() -> None:
         assert sorted(blocks[f"user {key.product}/{key.device}"]) == sorted(
             [f"topic write {t}" for t in publish] + [f"topic read {t}" for t in subscribe]
         )
-    assert len(publish) == len(subscribe) == 4  # log, ota, resource (one pair for two), config
+    # log, ota, resource (one pair for two), config, shadow; broadcast only comes down
+    assert (len(publish), len(subscribe)) == (5, 6)
     assert "topic read $ota/report/+/+" in text and "topic write $ota/update/+/+" in text
     assert "#" not in text.replace("# written", "")
 
