@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 from benchkit import cpu_model
 
-from iotfsm.adapters.file_service import FileService
+from iotfsm.adapters.http.file_service import FileService
 
 
 def listen_overflows() -> int:

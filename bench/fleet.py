@@ -61,7 +61,7 @@ import transitions
 from benchkit import cpu_model, parse_sizes
 
 from iotfsm.adapters.codec import Codec
-from iotfsm.adapters.memory_broker import MemoryBroker, MemoryTransport
+from iotfsm.adapters.mqtt.memory_broker import MemoryBroker, MemoryTransport
 from iotfsm.adapters.runtime import Runtime
 from iotfsm.fsm import (
     CancelTimer,

@@ -459,7 +459,7 @@ def consume_platform(
     keeps its sessions in SQLite as a production platform does."""
     import tempfile
 
-    from iotfsm.adapters.mqtt_transport import MqttTransport, settings_from_url
+    from iotfsm.adapters.mqtt.transport import MqttTransport, settings_from_url
     from iotfsm.platform import Platform
 
     # A persistent session (clean session off) under a fixed client id, which MqttOptions does not

@@ -9,7 +9,7 @@ that no variant always follows the same one, and the medians of the rounds are c
 - `bare to disk`: the same, every block also written to a file (page cache only, no fsync).
 - `bare to disk+fsync`: the same, plus one fsync at the end: the least any downloader pays that
   says "the file is on disk" (the device promises more, see below).
-- `download() adapter`: `iotfsm.adapters.http_transfer.download` alone with its defaults (64 KiB
+- `download() adapter`: `iotfsm.adapters.http.transfer.download` alone with its defaults (64 KiB
   chunks, a checkpoint after 256 KiB and 0.25 s, partial and checkpoint fsynced after 4 MiB and
   1 s and at the end, md5 on a helper thread, the partial's writeback started every 4 MiB on
   another, md5 verified, renamed), no progress callback. (The device's `TransferRunner` asks for
@@ -66,14 +66,14 @@ from typing import Any
 
 from benchkit import cpu_model
 
-from iotfsm.adapters.http_transfer import (
+from iotfsm.adapters.http.transfer import (
     DEFAULT_CHECKPOINT_EVERY,
     DEFAULT_CHUNK,
     DEFAULT_SYNC_EVERY,
     download,
 )
-from iotfsm.adapters.memory_broker import MemoryBroker
-from iotfsm.adapters.store import MemoryStore
+from iotfsm.adapters.mqtt.memory_broker import MemoryBroker
+from iotfsm.adapters.store.session_store import MemoryStore
 from iotfsm.device import Device
 from iotfsm.platform import Platform
 

@@ -28,9 +28,9 @@ import psycopg
 from benchkit import cpu_model
 
 from iotfsm import Platform
-from iotfsm.adapters.memory_broker import MemoryBroker
-from iotfsm.adapters.postgres_store import PostgresStore
-from iotfsm.adapters.store import SessionStore, SqliteStore
+from iotfsm.adapters.mqtt.memory_broker import MemoryBroker
+from iotfsm.adapters.store.postgres import PostgresStore
+from iotfsm.adapters.store.session_store import SessionStore, SqliteStore
 from iotfsm.machines.feature import DeviceKey
 from iotfsm.testing.postgres import PostgreSQL
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from iotfsm.adapters.firmware_signing import file_sha256, manifest
+from iotfsm.adapters.identity.firmware_signing import file_sha256, manifest
 
 
 class AttackerServer:

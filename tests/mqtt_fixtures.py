@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import pytest
 
-from iotfsm.adapters.mqtt_transport import MqttSettings, MqttTransport
+from iotfsm.adapters.mqtt.transport import MqttSettings, MqttTransport
 from iotfsm.testing.mosquitto import Mosquitto, MosquittoNotFoundError
 
 WAIT = 5.0
@@ -217,5 +217,5 @@ class LogWatcher(logging.Handler):
 
 @pytest.fixture
 def transport_log() -> Iterator[LogWatcher]:
-    with LogWatcher("iotfsm.adapters.mqtt_transport") as watcher:
+    with LogWatcher("iotfsm.adapters.mqtt.transport") as watcher:
         yield watcher

@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 import pytest
 
-from iotfsm.adapters.mqtt_transport import MqttSettings
+from iotfsm.adapters.mqtt.transport import MqttSettings
 from iotfsm.testing.mosquitto import free_port
 from iotfsm.testing.rabbitmq import RabbitMQ, RabbitMQNotFoundError
 

@@ -73,8 +73,7 @@ IN_FLIGHT: dict[str, frozenset[str]] = {
 rather than a timer."""
 
 OUTCOMES = frozenset(
-    e.trigger
-    for e in (TransferDone, TransferFailed, BurnDone, FirmwareVerified, FirmwareRejected)
+    e.trigger for e in (TransferDone, TransferFailed, BurnDone, FirmwareVerified, FirmwareRejected)
 )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 
-from iotfsm.adapters.store_location import open_store
+from iotfsm.adapters.store.location import open_store
 from iotfsm.machines.feature import DeviceKey
 
 

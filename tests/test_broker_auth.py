@@ -17,17 +17,17 @@ from urllib.parse import urlencode
 import pytest
 from test_broker_auth_rabbitmq import ACCOUNT, DEV_A, make_registry
 
-from iotfsm.adapters.amqp_routing import routing_key
-from iotfsm.adapters.broker_account import (
+from iotfsm.adapters.amqp.rabbitmq_config import BrokerConfigError, RabbitConfig
+from iotfsm.adapters.amqp.routing import routing_key
+from iotfsm.adapters.http.broker_auth import MAX_BODY, BrokerAuthServer, parse_form
+from iotfsm.adapters.identity.broker_account import (
     BrokerAccount,
     BrokerAccountError,
     platform_account,
     read_password_file,
 )
-from iotfsm.adapters.broker_auth import MAX_BODY, BrokerAuthServer, parse_form
-from iotfsm.adapters.broker_policy import BrokerPolicy
-from iotfsm.adapters.rabbitmq_config import BrokerConfigError, RabbitConfig
-from iotfsm.adapters.registry import Registry, device_topics
+from iotfsm.adapters.identity.broker_policy import BrokerPolicy
+from iotfsm.adapters.identity.registry import Registry, device_topics
 from iotfsm.cli import main
 from iotfsm.machines import all_features
 from iotfsm.machines.feature import DeviceKey
@@ -73,7 +73,9 @@ def test_a_device_gets_its_own_topics_only(policy: BrokerPolicy, registry: Regis
     own_up, own_down = f"$ota.report.{PRODUCT}.dev:a_1-x", f"$ota.update.{PRODUCT}.dev:a_1-x"
     assert policy.decide("topic", _topic(user, "write", own_up))
     assert policy.decide("topic", _topic(user, "read", own_down))
-    assert policy.decide("topic", _topic(user, "read", f"$config.operation.result.{PRODUCT}.dev:a_1-x"))
+    assert policy.decide(
+        "topic", _topic(user, "read", f"$config.operation.result.{PRODUCT}.dev:a_1-x")
+    )
     refused = [
         ("write", own_down),  # its own downlink: only the platform speaks there
         ("read", own_up),  # its own uplink: nobody else's business to read
@@ -84,7 +86,9 @@ def test_a_device_gets_its_own_topics_only(policy: BrokerPolicy, registry: Regis
         ("read", "#"),
         ("write", f"$ota/report/{PRODUCT}/dev:a_1-x"),  # the MQTT spelling is not a routing key
     ]
-    assert [policy.decide("topic", _topic(user, p, k)) for p, k in refused] == [False] * len(refused)
+    assert [policy.decide("topic", _topic(user, p, k)) for p, k in refused] == [False] * len(
+        refused
+    )
 
 
 def test_a_device_gets_its_session_queues_and_the_topic_exchange_only(
@@ -255,5 +259,6 @@ def test_config_generator_refuses_injection_and_the_command_writes_it(tmp_path: 
     assert "auth_http.topic_path = http://127.0.0.1:8089/auth/topic" in expected.rabbitmq_conf()
     assert (tmp_path / "advanced.config").read_text() == expected.advanced_config()
     assert (tmp_path / "enabled_plugins").read_text() == expected.enabled_plugins()
-    assert main(["broker-config", "rabbitmq", "--auth-url", "http://x:1", "--out",
-                 str(tmp_path)]) == 1  # fmt: skip  (exists: refuses without --force)
+    assert (
+        main(["broker-config", "rabbitmq", "--auth-url", "http://x:1", "--out", str(tmp_path)]) == 1
+    )  # fmt: skip  (exists: refuses without --force)

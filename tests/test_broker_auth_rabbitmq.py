@@ -20,12 +20,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from rabbitmq_fixtures import RabbitNode
 
-from iotfsm.adapters.broker_account import BrokerAccount
-from iotfsm.adapters.broker_auth import BrokerAuthServer
-from iotfsm.adapters.broker_policy import BrokerPolicy
-from iotfsm.adapters.credentials import DeviceCredentials
-from iotfsm.adapters.registry import ProductSecrets, Registry, device_topics
-from iotfsm.adapters.store import MemoryStore
+from iotfsm.adapters.http.broker_auth import BrokerAuthServer
+from iotfsm.adapters.identity.broker_account import BrokerAccount
+from iotfsm.adapters.identity.broker_policy import BrokerPolicy
+from iotfsm.adapters.identity.credentials import DeviceCredentials
+from iotfsm.adapters.identity.registry import ProductSecrets, Registry, device_topics
+from iotfsm.adapters.store.session_store import MemoryStore
 from iotfsm.machines import all_features
 from iotfsm.machines.feature import DeviceKey
 
@@ -120,7 +120,10 @@ def probes(rabbitmq_node: RabbitNode) -> Iterator[Callable[..., Probe]]:
 
 
 def _device(
-    probes: Callable[..., Probe], registry: Registry, key: DeviceKey, psk_of: DeviceKey | None = None,
+    probes: Callable[..., Probe],
+    registry: Registry,
+    key: DeviceKey,
+    psk_of: DeviceKey | None = None,
     **login: object,
 ) -> Probe:
     """A device logging in with Tencent key credentials made with the key of `psk_of` (its own

@@ -10,7 +10,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from iotfsm.adapters.certificates import CertificateError, PlatformCA, device_identity
+from iotfsm.adapters.identity.certificates import CertificateError, PlatformCA, device_identity
 from iotfsm.machines.feature import DeviceKey
 
 KEY = DeviceKey("S3EUVBRJLB", "dev:1")

@@ -23,7 +23,9 @@ def test_demo_passes_every_check(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(c["passed"] for c in doc["checks"])
 
 
-def test_the_demo_runs_over_a_real_broker(mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_demo_runs_over_a_real_broker(
+    mosquitto: Mosquitto, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["demo", "--devices", "2", "--json", "--broker", mosquitto.url]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["passed"] is True and doc["broker"] == mosquitto.url

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from iotfsm.adapters.config_store import ConfigError
-from iotfsm.adapters.memory_broker import Duplicate, MemoryBroker
+from iotfsm.adapters.mqtt.memory_broker import Duplicate, MemoryBroker
+from iotfsm.adapters.store.config_store import ConfigError
 from iotfsm.device import Device
 from iotfsm.fsm import ManualClock
 from iotfsm.machines.config import ConfigStatus, ProductConfig
@@ -200,14 +200,18 @@ def test_hostile_config_messages_are_refused_and_leave_the_config_intact(world: 
     for payload in hostile:
         device.runtime.on_message(topic, payload)
     # another device's topic never reaches this one
-    device.runtime.on_message(f"$config/operation/result/{PRODUCT}/d2", b'{"type":"push","result":0,"payload":{}}')
+    device.runtime.on_message(
+        f"$config/operation/result/{PRODUCT}/d2", b'{"type":"push","result":0,"payload":{}}'
+    )
     assert device.runtime.rejected == 6  # 5 undecodable + the other device's topic
     assert device.config == V1
     assert world.applied["d1"] == [V1]
     assert device.config_status.result == 1003  # the last decodable one said why it was refused
     # the platform refuses garbage on its side too
     before = world.platform.runtime.rejected
-    world.platform.runtime.on_message(f"$config/operation/{PRODUCT}/d1", b'{"type":"set","payload":{}}')
+    world.platform.runtime.on_message(
+        f"$config/operation/{PRODUCT}/d1", b'{"type":"set","payload":{}}'
+    )
     assert world.platform.runtime.rejected == before + 1
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from iotfsm.adapters import http_transfer
+from iotfsm.adapters.http import transfer as http_transfer
 from iotfsm.cli import main
 from iotfsm.testing import Mosquitto
 
@@ -21,7 +21,7 @@ SCENARIOS = 10
 
 PLANTED_FAULT = """
 import sys
-from iotfsm.adapters import http_transfer
+from iotfsm.adapters.http import transfer as http_transfer
 from iotfsm.cli import main
 
 # the fault: a 200 to a Range request is appended to the partial file instead of replacing it

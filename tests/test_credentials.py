@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from iotfsm.adapters.credentials import (
+from iotfsm.adapters.identity.credentials import (
     DEFAULT_EXPIRY,
     SDKAPPID_DOCS,
     SDKAPPID_SDK,

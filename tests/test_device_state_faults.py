@@ -17,7 +17,7 @@ import pytest
 from tmpfs_fixtures import TmpfsFactory, fill, small_tmpfs
 
 from iotfsm import Device
-from iotfsm.adapters.memory_broker import MemoryBroker
+from iotfsm.adapters.mqtt.memory_broker import MemoryBroker
 from iotfsm.testing import Pair
 
 __all__ = ["small_tmpfs"]

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from iotfsm.adapters import http_transfer
-from iotfsm.adapters.file_service import FileService
-from iotfsm.adapters.http_transfer import (
+from iotfsm.adapters.http import transfer as http_transfer
+from iotfsm.adapters.http.file_service import FileService
+from iotfsm.adapters.http.transfer import (
     Checkpoint,
     ConnectionLostError,
     download,
@@ -330,7 +330,7 @@ def test_a_failed_background_fdatasync_fails_the_download_and_claims_nothing(
 FULL_DISK = """
 import resource, signal, sys
 from pathlib import Path
-from iotfsm.adapters.http_transfer import DiskError, download
+from iotfsm.adapters.http.transfer import DiskError, download
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, resource.RLIM_INFINITY))
 try:

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from iotfsm.adapters.file_service import (
+from iotfsm.adapters.http.file_service import (
     ByteRange,
     FileService,
     RangeNotSatisfiableError,

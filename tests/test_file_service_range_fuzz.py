@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iotfsm.adapters.file_service import (
+from iotfsm.adapters.http.file_service import (
     ByteRange,
     FileService,
     RangeNotSatisfiableError,
@@ -102,7 +102,7 @@ def test_a_range_of_thousands_of_digits_is_answered(
 ) -> None:
     data = bytes(range(256)) * 4
     service.publish_file(data, name="f.bin")
-    with caplog.at_level(logging.DEBUG, logger="iotfsm.adapters.file_service"):
+    with caplog.at_level(logging.DEBUG, logger="iotfsm.adapters.http.file_service"):
         status, body = _get(service, service.signed_get_url("f.bin", 60), {"Range": header})
     assert status in (200, 206, 416)
     if status == 416:

@@ -2,7 +2,7 @@
 
 Today's `ThreadingHTTPServer` made a thread per connection (2,000 slow connections: 1,523 threads)
 with a listen backlog of 5. The service now holds waiting connections in one selector thread and
-serves complete requests from a fixed pool (`adapters/bounded_http.py`)."""
+serves complete requests from a fixed pool (`adapters/http/bounded_server.py`)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from iotfsm.adapters.bounded_http import listen_backlog
-from iotfsm.adapters.file_service import FileService
+from iotfsm.adapters.http.bounded_server import listen_backlog
+from iotfsm.adapters.http.file_service import FileService
 
 SLOW_CLIENTS = 2000
 WORKERS = 8

@@ -24,7 +24,7 @@ from mqtt_fixtures import (
 )
 
 from iotfsm.adapters.connect import MqttOptions
-from iotfsm.adapters.firmware_signing import generate_key_pair
+from iotfsm.adapters.identity.firmware_signing import generate_key_pair
 from iotfsm.platform import Platform
 from iotfsm.testing import Mosquitto, Pair, wait_for
 

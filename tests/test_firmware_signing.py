@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iotfsm.adapters.codec import Codec
-from iotfsm.adapters.firmware_signing import (
+from iotfsm.adapters.identity.firmware_signing import (
     MANIFEST_HEADER,
     FirmwareKeyError,
     FirmwareVerifier,
@@ -502,8 +502,8 @@ def test_a_verifier_refuses_a_file_that_changed_after_signing(tmp_path: Path) ->
 def test_signatures_are_kept_per_key_and_a_new_key_signs_again(tmp_path: Path) -> None:
     """The platform hashes an image once per (key, product, version, file): offers and restarts
     reuse the stored signature, and a rotated key signs afresh instead of serving the old one."""
-    from iotfsm.adapters.firmware_signing import FirmwareSigner
-    from iotfsm.adapters.store import SqliteStore
+    from iotfsm.adapters.identity.firmware_signing import FirmwareSigner
+    from iotfsm.adapters.store.session_store import SqliteStore
 
     image = tmp_path / "fw-1"
     image.write_bytes(IMAGE)

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from iotfsm.adapters.file_service import FileService
-from iotfsm.adapters.http_transfer import (
+from iotfsm.adapters.http.file_service import FileService
+from iotfsm.adapters.http.transfer import (
     ConnectionLostError,
     DownloadResult,
     HttpStatusError,
@@ -179,7 +179,7 @@ def test_sigkill_mid_download_leaves_a_checkpoint_that_resumes(
 import os, signal
 from pathlib import Path
 from typing import Any
-from iotfsm.adapters.http_transfer import download
+from iotfsm.adapters.http.transfer import download
 def die(done, total):
     if done >= {3 * MB + 12345}:
         os.kill(os.getpid(), signal.SIGKILL)

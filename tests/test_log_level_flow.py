@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from iotfsm.adapters.memory_broker import Delivery, Drop, MemoryBroker
+from iotfsm.adapters.mqtt.memory_broker import Delivery, Drop, MemoryBroker
 from iotfsm.adapters.runtime import Runtime
 from iotfsm.fsm import ManualClock
 from iotfsm.machines.log_level import FEATURE, ApplyLogLevel, DeviceKey, SetLogLevel, python_level

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from iotfsm.adapters.log_endpoint import LogLine
-from iotfsm.adapters.log_upload import (
+from iotfsm.adapters.http.log_endpoint import LogLine
+from iotfsm.adapters.http.log_upload import (
     TENCENT_LOG_HOST,
     LogUploader,
     LogUploadOptions,
@@ -25,7 +25,7 @@ from iotfsm.adapters.log_upload import (
     report_url,
     sign_headers,
 )
-from iotfsm.adapters.memory_broker import MemoryBroker
+from iotfsm.adapters.mqtt.memory_broker import MemoryBroker
 from iotfsm.device import Device
 from iotfsm.fsm import ManualClock
 from iotfsm.platform import Platform
@@ -194,7 +194,12 @@ def test_a_forged_signature_is_rejected_and_nothing_stored(world: World) -> None
     world.platform.register_device(PRODUCT, "dev-5", PSK)
     body = body_of("dev-5", "ERRforged")
     forged = sign_headers(
-        "AAAAAAAAAAAAAAAAAAAAAAAA", "127.0.0.1", body, algorithm="hmacsha256", timestamp=int(NOW), nonce=7
+        "AAAAAAAAAAAAAAAAAAAAAAAA",
+        "127.0.0.1",
+        body,
+        algorithm="hmacsha256",
+        timestamp=int(NOW),
+        nonce=7,
     )
     status, answer = post(world, body, forged)
     assert status == 401
@@ -224,8 +229,18 @@ def test_every_kind_of_bad_request_is_refused_without_storing(world: World) -> N
         (body_of("dev-6", "ERRtampered"), good, 401, "AuthFailure.SignatureFailure"),
         (unknown_body, unknown, 401, "AuthFailure.SignatureFailure"),
         (b"[1,2]", good, 400, "InvalidParameter"),
-        (b'{"ProductId":"S3EUVBRJLB","DeviceName":"dev-6","Message":[1]}', good, 400, "InvalidParameter"),
-        (b'{"ProductId":"S3EUVBRJLB","DeviceName":"../x","Message":[]}', good, 400, "InvalidParameter"),
+        (
+            b'{"ProductId":"S3EUVBRJLB","DeviceName":"dev-6","Message":[1]}',
+            good,
+            400,
+            "InvalidParameter",
+        ),
+        (
+            b'{"ProductId":"S3EUVBRJLB","DeviceName":"../x","Message":[]}',
+            good,
+            400,
+            "InvalidParameter",
+        ),
     ]
     for sent, headers, status, code in cases:
         got, answer = post(world, sent, headers)
@@ -238,7 +253,9 @@ def test_sdk_flavours_and_a_verbatim_retry_are_accepted_once(world: World) -> No
     world.platform.register_device(PRODUCT, "dev-7", PSK)
     # the C SDK: hmacsha1 over a SHA-1 body digest, the host of the URL without its port
     c_body = body_of("dev-7", "ERRfrom C")
-    c_sdk = sign_headers(PSK, "127.0.0.1", c_body, algorithm="hmacsha1", timestamp=int(NOW), nonce=-5)
+    c_sdk = sign_headers(
+        PSK, "127.0.0.1", c_body, algorithm="hmacsha1", timestamp=int(NOW), nonce=-5
+    )
     # the Java SDK: hmacsha256, Tencent's gateway host whatever the URL; the docs' header case
     j_body = body_of("dev-7", "INFfrom Java")
     java = sign_headers(
@@ -253,9 +270,12 @@ def test_sdk_flavours_and_a_verbatim_retry_are_accepted_once(world: World) -> No
     assert world.texts("dev-7") == ["ERRfrom C", "INFfrom Java"]
     # the same nonce and timestamp with another body is a replay
     replay = body_of("dev-7", "ERRreplayed")
-    forged = {**java, "X-TC-Signature": sign_headers(
-        PSK, TENCENT_LOG_HOST, replay, algorithm="hmacsha256", timestamp=int(NOW), nonce=9
-    )["X-TC-Signature"]}
+    forged = {
+        **java,
+        "X-TC-Signature": sign_headers(
+            PSK, TENCENT_LOG_HOST, replay, algorithm="hmacsha256", timestamp=int(NOW), nonce=9
+        )["X-TC-Signature"],
+    }
     status, answer = post(world, replay, forged)
     assert (status, answer["Response"]["Error"]["Message"]) == (401, "nonce already used")
 
@@ -278,20 +298,35 @@ def test_signing_matches_the_documented_string_to_sign() -> None:
     }
     # the key is at most the first 24 characters of the secret, as the SDKs cut it
     longer = sign_headers(
-        PSK + "extra", TENCENT_LOG_HOST, body, algorithm="hmacsha256", timestamp=1551000065, nonce=5456
+        PSK + "extra",
+        TENCENT_LOG_HOST,
+        body,
+        algorithm="hmacsha256",
+        timestamp=1551000065,
+        nonce=5456,
     )
     assert longer == headers
     sha1_text = text.replace("hmacsha256", "hmacsha1").replace(
         hashlib.sha256(body).hexdigest(), hashlib.sha1(body).hexdigest()
     )
     sha1 = base64.b64encode(hmac.new(PSK.encode(), sha1_text.encode(), hashlib.sha1).digest())
-    assert sign_headers(
-        PSK, TENCENT_LOG_HOST, body, algorithm="hmacsha1", timestamp=1551000065, nonce=5456
-    )["X-TC-Signature"] == sha1.decode()
+    assert (
+        sign_headers(
+            PSK, TENCENT_LOG_HOST, body, algorithm="hmacsha1", timestamp=1551000065, nonce=5456
+        )["X-TC-Signature"]
+        == sha1.decode()
+    )
 
 
 def test_small_helpers(tmp_path: Path) -> None:
-    assert [level_prefix(n) for n in (50, 40, 30, 20, 10, 5)] == ["ERR", "ERR", "WRN", "INF", "DBG", "DBG"]
+    assert [level_prefix(n) for n in (50, 40, 30, 20, 10, 5)] == [
+        "ERR",
+        "ERR",
+        "WRN",
+        "INF",
+        "DBG",
+        "DBG",
+    ]
     assert report_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080/device/reportlog"
     assert report_url("https://gw.example/") == "https://gw.example/device/reportlog"
     assert report_url("http://gw.example/custom/path") == "http://gw.example/custom/path"
@@ -338,7 +373,9 @@ def test_logging_never_waits_for_a_stuck_endpoint(tmp_path: Path) -> None:
         stuck.bind(("127.0.0.1", 0))
         stuck.listen(100)
         url = f"http://127.0.0.1:{stuck.getsockname()[1]}"
-        options = LogUploadOptions(url, interval=0.01, timeout=1.0, close_timeout=0.2, buffer_lines=50)
+        options = LogUploadOptions(
+            url, interval=0.01, timeout=1.0, close_timeout=0.2, buffer_lines=50
+        )
         handler = LogUploader(options, PRODUCT, "dev-9", PSK)
         handler.set_remote_level(4)
         logger = app_logger("stuck")

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from iotfsm.adapters.memory_broker import (
+from iotfsm.adapters.mqtt.memory_broker import (
     BrokerStats,
     Delay,
     Delivery,
@@ -257,7 +257,7 @@ def test_handler_errors_are_logged_and_delivery_goes_on(caplog: pytest.LogCaptur
     bad.subscribe("t")
     bad.start()
     good = Probe(broker, "good", "t")
-    with caplog.at_level(logging.ERROR, logger="iotfsm.adapters.memory_broker"):
+    with caplog.at_level(logging.ERROR, logger="iotfsm.adapters.mqtt.memory_broker"):
         good.publish("t", b"1")
         good.publish("t", b"2")
     assert good.payloads == [b"1", b"2"]
@@ -274,7 +274,7 @@ def test_connection_handler_errors_are_logged(caplog: pytest.LogCaptureFixture) 
         raise RuntimeError("nope")
 
     transport.set_handlers(lambda t, p: None, explode)
-    with caplog.at_level(logging.ERROR, logger="iotfsm.adapters.memory_broker"):
+    with caplog.at_level(logging.ERROR, logger="iotfsm.adapters.mqtt.memory_broker"):
         transport.start()
     assert transport.connected
     assert "nope" in caplog.text

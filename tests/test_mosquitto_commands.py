@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from iotfsm.adapters.certificates import PlatformCA
+from iotfsm.adapters.identity.certificates import PlatformCA
 from iotfsm.cli import main
 from iotfsm.machines.feature import DeviceKey
 

@@ -26,16 +26,16 @@ import pytest
 from mosquitto_secure_helpers import connack_code
 from mqtt_fixtures import ClientFactory, mqtt_clients
 
-from iotfsm.adapters.certificates import IssuedCertificate, PlatformCA
 from iotfsm.adapters.connect import MqttOptions
-from iotfsm.adapters.mosquitto_config import (
+from iotfsm.adapters.identity.certificates import IssuedCertificate, PlatformCA
+from iotfsm.adapters.identity.registry import device_topics
+from iotfsm.adapters.mqtt.mosquitto_config import (
     PLATFORM_USERNAME,
     acl_text,
     hash_password,
     platform_password,
 )
-from iotfsm.adapters.mqtt_transport import MqttTransport, settings_from_url
-from iotfsm.adapters.registry import device_topics
+from iotfsm.adapters.mqtt.transport import MqttTransport, settings_from_url
 from iotfsm.commands.mosquitto_broker import cert_devices
 from iotfsm.commands.registry import open_registry
 from iotfsm.device import Device

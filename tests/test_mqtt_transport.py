@@ -23,9 +23,9 @@ from mqtt_fixtures import (
     unstarted_mosquitto_broker,
 )
 
-from iotfsm.adapters.credentials import DeviceCredentials
+from iotfsm.adapters.identity.credentials import DeviceCredentials
 from iotfsm.adapters.limits import MAX_PAYLOAD_BYTES, MAX_TOPIC_BYTES
-from iotfsm.adapters.mqtt_transport import (
+from iotfsm.adapters.mqtt.transport import (
     MqttSettings,
     MqttTransport,
     TlsSettings,
@@ -167,7 +167,9 @@ def test_qos_2_and_over_limit_messages_raise_before_any_io() -> None:
         transport.subscribe("a/b", qos=2)
     long_topic = "$ota/report/" + "x" * (MAX_TOPIC_BYTES - len("$ota/report/") + 1)
     assert len(long_topic) == MAX_TOPIC_BYTES + 1
-    with pytest.raises(TransportError, match=rf"{MAX_TOPIC_BYTES + 1} bytes.*at most {MAX_TOPIC_BYTES}"):
+    with pytest.raises(
+        TransportError, match=rf"{MAX_TOPIC_BYTES + 1} bytes.*at most {MAX_TOPIC_BYTES}"
+    ):
         transport.publish(long_topic, b"{}")
     # The limit counts UTF-8 bytes, not characters.
     with pytest.raises(TransportError, match=f"at most {MAX_TOPIC_BYTES}"):

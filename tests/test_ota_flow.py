@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from ota_world import PRODUCT, OtaWorld, wait_for
 
-from iotfsm.adapters.http_transfer import partial_path
-from iotfsm.adapters.memory_broker import Delay
+from iotfsm.adapters.http.transfer import partial_path
+from iotfsm.adapters.mqtt.memory_broker import Delay
 
 MB = 1024 * 1024
 CHUNK = 64 * 1024

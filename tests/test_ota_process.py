@@ -14,7 +14,7 @@ from pathlib import Path
 from mqtt_fixtures import mosquitto_broker
 
 from iotfsm.adapters.connect import MqttOptions
-from iotfsm.adapters.http_transfer import read_checkpoint
+from iotfsm.adapters.http.transfer import read_checkpoint
 from iotfsm.platform import Platform
 from iotfsm.testing.mosquitto import Mosquitto
 from iotfsm.testing.waiting import wait_for

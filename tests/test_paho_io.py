@@ -1,4 +1,4 @@
-"""Batched paho I/O (adapters/paho_io.py) on a socketpair, without a broker: packets cut at every
+"""Batched paho I/O (adapters/mqtt/paho_io.py) on a socketpair, without a broker: packets cut at every
 byte, bursts larger than the read buffer, partial and refused sends, TLS retry rules, wake-ups,
 and the fallback to stock paho when its internals are not what this module expects."""
 
@@ -20,7 +20,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from iotfsm.adapters.paho_io import READ_SIZE, WRITE_BATCH, BatchedIOClient, ReadBuffer
+from iotfsm.adapters.mqtt.paho_io import READ_SIZE, WRITE_BATCH, BatchedIOClient, ReadBuffer
 
 
 def _varint(value: int) -> bytes:
@@ -84,7 +84,9 @@ class Harness:
         self.sock = ScriptedSocket(ours)
         # Typed as the batched client; a stock one (client_class=paho.Client) is only driven
         # through methods both have.
-        self.client = cast(BatchedIOClient, client_class(CallbackAPIVersion.VERSION2, client_id="unit"))
+        self.client = cast(
+            BatchedIOClient, client_class(CallbackAPIVersion.VERSION2, client_id="unit")
+        )
         self.client._sock = self.sock  # type: ignore[assignment]
         # The external-loop API: queued packets wait for loop_write instead of being written at
         # once, so a test decides when a batch goes out.
@@ -260,7 +262,9 @@ def test_replies_from_on_message_need_no_wake_up_but_other_threads_do(harness: H
         harness.feed(publish_packet("q1", b"1", 1, 1) + publish_packet("q2", b"2", 0, 0))
         harness.read_all()
         # PUBACK and both replies were written by the read pass, in one send.
-        expected = publish_packet("re/q1", b"1", 0, 0) + puback(1) + publish_packet("re/q2", b"2", 0, 0)
+        expected = (
+            publish_packet("re/q1", b"1", 0, 0) + puback(1) + publish_packet("re/q2", b"2", 0, 0)
+        )
         assert harness.received(len(expected)) == expected
         assert len(harness.sock.attempts) == 1
         assert not _readable(wake_r), "a publish on the reading thread wrote a wake-up byte"
@@ -313,7 +317,9 @@ def test_a_refused_tls_write_is_retried_with_the_same_bytes_first(harness: Harne
     assert client.loop_write() == paho.MQTT_ERR_SUCCESS
     first, second = harness.sock.attempts
     assert second.startswith(first) and len(second) > len(first)
-    expected = b"".join(publish_packet(t, p, 0, 0) for t, p in [("a", b"1"), ("b", b"2"), ("c", b"3")])
+    expected = b"".join(
+        publish_packet(t, p, 0, 0) for t, p in [("a", b"1"), ("b", b"2"), ("c", b"3")]
+    )
     assert harness.received(len(expected)) == expected
     assert harness.published == [1, 2, 3] and not client.want_write()
 
@@ -487,7 +493,7 @@ def test_unexpected_paho_internals_fall_back_to_stock_paho(
         return original(self, size)
 
     monkeypatch.setattr(paho.Client, "_sock_recv", changed)
-    with caplog.at_level(logging.WARNING, logger="iotfsm.adapters.paho_io"):
+    with caplog.at_level(logging.WARNING, logger="iotfsm.adapters.mqtt.paho_io"):
         h = Harness()
     try:
         assert not h.client.batched_io

@@ -1,4 +1,4 @@
-"""Batched paho I/O (adapters/paho_io.py) inside MqttTransport, against a real Mosquitto: backlogs
+"""Batched paho I/O (adapters/mqtt/paho_io.py) inside MqttTransport, against a real Mosquitto: backlogs
 drained in 64 KiB reads, coalesced PUBACKs the broker accepts, TLS, a broker killed mid-stream,
 and the fallback to stock paho."""
 
@@ -24,8 +24,8 @@ from mqtt_fixtures import (
 from paho.mqtt.enums import CallbackAPIVersion
 
 from iotfsm.adapters.limits import MAX_PAYLOAD_BYTES
-from iotfsm.adapters.mqtt_transport import MqttTransport, TlsSettings
-from iotfsm.adapters.paho_io import READ_SIZE, BatchedIOClient
+from iotfsm.adapters.mqtt.paho_io import READ_SIZE, BatchedIOClient
+from iotfsm.adapters.mqtt.transport import MqttTransport, TlsSettings
 from iotfsm.testing.mosquitto import Mosquitto, MosquittoNotFoundError
 
 __all__ = ["mosquitto_tls_broker", "mqtt_clients"]
@@ -140,9 +140,16 @@ def test_a_payload_larger_than_the_read_buffer_between_small_ones(
     backlog_broker: Mosquitto, mqtt_clients: ClientFactory
 ) -> None:
     # Tencent caps what we publish (16 KB); what arrives from a broker is not ours to cap.
-    sub = mqtt_clients(fast_settings(backlog_broker, unique_client_id("big")), subscribe=[("big/+", 1)])
+    sub = mqtt_clients(
+        fast_settings(backlog_broker, unique_client_id("big")), subscribe=[("big/+", 1)]
+    )
     big = bytes(range(256)) * 1024
-    items = [("big/a", b"a", 0), ("big/b", big, 1), ("big/c", b"c" * 100, 1), ("big/d", big[:READ_SIZE], 0)]
+    items = [
+        ("big/a", b"a", 0),
+        ("big/b", big, 1),
+        ("big/c", b"c" * 100, 1),
+        ("big/d", big[:READ_SIZE], 0),
+    ]
     publish_all(backlog_broker, items)
     sub.recorder.wait_messages(len(items))
     assert sub.recorder.messages == [(t, p) for t, p, _ in items]
@@ -241,7 +248,9 @@ def test_stock_paho_loop_when_internals_differ(
         return original(self, *args)
 
     monkeypatch.setattr(paho.Client, "_packet_queue", changed)
-    sub = mqtt_clients(fast_settings(backlog_broker, unique_client_id("stock")), subscribe=[("burst/+", 1)])
+    sub = mqtt_clients(
+        fast_settings(backlog_broker, unique_client_id("stock")), subscribe=[("burst/+", 1)]
+    )
     assert not _client(sub.transport).batched_io
     assert _client(sub.transport)._iotfsm_buffer is None
     items = _burst(200, seed=3)

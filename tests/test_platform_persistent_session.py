@@ -13,7 +13,7 @@ from mqtt_fixtures import mosquitto_broker
 
 from iotfsm import Device, Platform
 from iotfsm.adapters.connect import MqttOptions, transport_for
-from iotfsm.adapters.mqtt_transport import MqttProtocol, MqttTransport
+from iotfsm.adapters.mqtt.transport import MqttProtocol, MqttTransport
 from iotfsm.testing import Mosquitto, wait_for
 
 __all__ = ["mosquitto_broker"]

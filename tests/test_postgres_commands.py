@@ -16,7 +16,7 @@ from mqtt_fixtures import mosquitto_broker
 from paho.mqtt.enums import CallbackAPIVersion
 from postgres_fixtures import fresh_database
 
-from iotfsm.adapters.postgres_store import PostgresStore
+from iotfsm.adapters.store.postgres import PostgresStore
 from iotfsm.machines.feature import DeviceKey
 from iotfsm.testing import Mosquitto, wait_for
 from iotfsm.testing.mosquitto import free_port

@@ -11,13 +11,13 @@ import psycopg
 import pytest
 from postgres_fixtures import fresh_database, new_cluster
 
-from iotfsm.adapters.postgres_schema import MIGRATIONS, migrate
-from iotfsm.adapters.postgres_store import (
+from iotfsm.adapters.store.postgres import (
     PostgresStore,
     StoreUnavailableError,
     describe,
     has_password,
 )
+from iotfsm.adapters.store.postgres_schema import MIGRATIONS, migrate
 from iotfsm.machines.feature import DeviceKey
 from iotfsm.testing.mosquitto import free_port
 from iotfsm.testing.postgres import PostgreSQL

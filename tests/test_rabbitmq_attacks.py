@@ -87,7 +87,9 @@ def platform(rabbitmq_node: RabbitNode, tmp_path: Path) -> Iterator[Platform]:
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def test_forgeries_are_refused_at_the_broker_and_a_valid_device_works(
@@ -118,7 +120,9 @@ def test_forgeries_are_refused_at_the_broker_and_a_valid_device_works(
 
     try:
         wait_for("both devices online", lambda: good.connected and victim.connected)
-        wait_for("both report their version", lambda: victim.state("ota") == "idle" == good.state("ota"))
+        wait_for(
+            "both report their version", lambda: victim.state("ota") == "idle" == good.state("ota")
+        )
         platform.deploy_firmware(PRODUCT, [GHOST], "9.9", b"ghost image")
         ghost_before = platform.firmware_status(PRODUCT, GHOST)
         platform_files = _tree(platform.data_dir / "files")
@@ -131,8 +135,12 @@ def test_forgeries_are_refused_at_the_broker_and_a_valid_device_works(
         source.write_bytes(b"measurements" * 50)
         good.upload(source, "capture.bin")
         platform.set_config(PRODUCT, {"v": 1})
-        wait_for("the OTA", lambda: platform.firmware_status(PRODUCT, GOOD).state == "succeeded", 60)
-        wait_for("the upload", lambda: bool(uploads) and platform.uploads(PRODUCT, GOOD)[0].stored, 60)
+        wait_for(
+            "the OTA", lambda: platform.firmware_status(PRODUCT, GOOD).state == "succeeded", 60
+        )
+        wait_for(
+            "the upload", lambda: bool(uploads) and platform.uploads(PRODUCT, GOOD)[0].stored, 60
+        )
         wait_for("the config push", lambda: good.config == {"v": 1} == victim.config, 60)
         assert good.version == "2.0"
         assert uploads[0][:2] == ("capture.bin", True)

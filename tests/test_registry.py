@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 from iotfsm import MemoryBroker, Platform
-from iotfsm.adapters.credentials import DeviceCredentials
-from iotfsm.adapters.registry import (
+from iotfsm.adapters.identity.credentials import DeviceCredentials
+from iotfsm.adapters.identity.registry import (
     ProductSecrets,
     Registry,
     RegistryError,
     derive_psk,
     device_topics,
 )
-from iotfsm.adapters.store import MemoryStore, SqliteStore
+from iotfsm.adapters.store.session_store import MemoryStore, SqliteStore
 from iotfsm.fsm.clock import ManualClock
 from iotfsm.machines import DeviceKey
 from iotfsm.testing import wait_for
@@ -226,7 +226,7 @@ def test_the_platform_answers_registered_devices_only(
     heard = listen(broker)
     with Platform(broker, clock=clock, data_dir=tmp_path / "platform") as platform:
         platform.register_device(PRODUCT, "real")
-        with caplog.at_level(logging.WARNING, logger="iotfsm.adapters.registry"):
+        with caplog.at_level(logging.WARNING, logger="iotfsm.adapters.identity.registry"):
             for _ in range(3):
                 _ask(broker, "ghost")
             _ask(broker, "real")
@@ -245,7 +245,7 @@ def test_the_platform_answers_registered_devices_only(
 def test_refusal_log_lines_are_rate_limited(
     registry: Registry, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="iotfsm.adapters.registry"):
+    with caplog.at_level(logging.WARNING, logger="iotfsm.adapters.identity.registry"):
         for n in range(1000):
             registry.gate(DeviceKey(PRODUCT, f"ghost{n}"))
     assert len(caplog.records) <= registry.refusals.burst

@@ -31,7 +31,7 @@ from mqtt_fixtures import mosquitto_broker
 from reliability_helpers import SOAK
 
 from iotfsm.adapters.connect import MqttOptions
-from iotfsm.adapters.http_transfer import read_checkpoint
+from iotfsm.adapters.http.transfer import read_checkpoint
 from iotfsm.platform import Platform
 from iotfsm.testing.mosquitto import Mosquitto
 from iotfsm.testing.waiting import wait_for

@@ -32,7 +32,7 @@ from reliability_helpers import (
     topics,
 )
 
-from iotfsm.adapters.memory_broker import Delay, Disconnect, Drop, Duplicate, Fault, Reorder
+from iotfsm.adapters.mqtt.memory_broker import Delay, Disconnect, Drop, Duplicate, Fault, Reorder
 from iotfsm.fsm import Connected, Publish, Stepper
 from iotfsm.machines import ota
 from iotfsm.machines.feature import DeviceKey

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from reliability_helpers import PRODUCT, SOAK, World, blob, topics
 
-from iotfsm.adapters.memory_broker import (
+from iotfsm.adapters.mqtt.memory_broker import (
     Delay,
     Disconnect,
     Drop,

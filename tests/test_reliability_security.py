@@ -38,14 +38,14 @@ from mqtt_fixtures import mosquitto_broker, mosquitto_tls_broker
 from reliability_helpers import PRODUCT, SOAK, World, blob, topics
 
 from iotfsm.adapters.connect import MqttOptions
-from iotfsm.adapters.credentials import DeviceCredentials
-from iotfsm.adapters.file_service import FileService, PostRequest
-from iotfsm.adapters.http_transfer import (
+from iotfsm.adapters.http.file_service import FileService, PostRequest
+from iotfsm.adapters.http.log_upload import LogUploader, LogUploadOptions
+from iotfsm.adapters.http.transfer import (
     ConnectionLostError,
     UnsupportedUrlError,
     download,
 )
-from iotfsm.adapters.log_upload import LogUploader, LogUploadOptions
+from iotfsm.adapters.identity.credentials import DeviceCredentials
 from iotfsm.device import Device
 from iotfsm.fsm import ManualClock
 from iotfsm.fsm.trace import StepRecord

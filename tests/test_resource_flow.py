@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ota_world import PRODUCT, OtaWorld, wait_for
 
-from iotfsm.adapters.memory_broker import Delay
+from iotfsm.adapters.mqtt.memory_broker import Delay
 from iotfsm.machines import resources
 
 MB = 1024 * 1024

@@ -284,7 +284,10 @@ def test_platform_queues_pushes_answers_and_records_outcomes() -> None:
 def test_an_unanswered_push_is_sent_again_with_backoff_then_left_for_the_next_ask() -> None:
     s = Stepper(DOWNLOAD_PLATFORM, key=KEY)
     push = SendDownloadTask("faces.db", "res-1", 500, MD5, False)
-    assert s.step(OfferResource("faces.db", "res-1", 500, MD5)) == [push, SetTimer("silence", 15.0, 1)]
+    assert s.step(OfferResource("faces.db", "res-1", 500, MD5)) == [
+        push,
+        SetTimer("silence", 15.0, 1),
+    ]
     assert s.advance(15.0) == [push, SetTimer("silence", 30.0, 2)]
     assert s.advance(30.0) == [push, SetTimer("silence", 60.0, 3)]
     s.advance(60.0)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from iotfsm.adapters.memory_broker import MemoryBroker
+from iotfsm.adapters.mqtt.memory_broker import MemoryBroker
 from iotfsm.adapters.topics import TopicError
 from iotfsm.device import Device
 from iotfsm.fsm import ManualClock, StepRecord

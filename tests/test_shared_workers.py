@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iotfsm.adapters.memory_broker import MemoryBroker
-from iotfsm.adapters.registry import ProductSecrets, Registry
-from iotfsm.adapters.store import MemoryStore
+from iotfsm.adapters.identity.registry import ProductSecrets, Registry
+from iotfsm.adapters.mqtt.memory_broker import MemoryBroker
+from iotfsm.adapters.store.session_store import MemoryStore
 from iotfsm.device import Device
 from iotfsm.fsm import ManualClock, StepRecord
 from iotfsm.platform import Platform

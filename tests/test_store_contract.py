@@ -17,10 +17,10 @@ import pytest
 from postgres_fixtures import fresh_database
 
 from iotfsm import Platform
-from iotfsm.adapters.memory_broker import MemoryBroker
-from iotfsm.adapters.registry import ChangeCounter
-from iotfsm.adapters.store import SessionStore, SqliteStore
-from iotfsm.adapters.store_location import open_store
+from iotfsm.adapters.identity.registry import ChangeCounter
+from iotfsm.adapters.mqtt.memory_broker import MemoryBroker
+from iotfsm.adapters.store.location import open_store
+from iotfsm.adapters.store.session_store import SessionStore, SqliteStore
 from iotfsm.fsm.clock import ManualClock
 from iotfsm.machines.feature import DeviceKey
 

@@ -19,8 +19,13 @@ import pytest
 from tmpfs_fixtures import TmpfsFactory, fill, small_tmpfs
 
 from iotfsm import Platform
-from iotfsm.adapters.memory_broker import MemoryBroker
-from iotfsm.adapters.store import WARN_EVERY, SqliteStore, StoreCorruptError, move_aside
+from iotfsm.adapters.mqtt.memory_broker import MemoryBroker
+from iotfsm.adapters.store.session_store import (
+    WARN_EVERY,
+    SqliteStore,
+    StoreCorruptError,
+    move_aside,
+)
 from iotfsm.commands.common import STORE_DAMAGED
 from iotfsm.fsm.clock import ManualClock
 from iotfsm.fsm.snapshot import snapshot
@@ -112,7 +117,9 @@ def test_records_put_while_the_disk_is_full_are_read_back_and_written_later(
     assert store.get("t", "gone") is None
     assert [k for k, _ in store.items("t")][:3] == ["k0", "k1", "k10"]
     assert "gone" not in dict(store.items("t"))
-    warnings = [r.getMessage() for r in caplog.records if r.name == "iotfsm.adapters.store"]
+    warnings = [
+        r.getMessage() for r in caplog.records if r.name == "iotfsm.adapters.store.session_store"
+    ]
     # one line at the start, then one per WARN_EVERY seconds of the 200 s it lasted
     assert 1 <= len(warnings) <= 1 + 200 / WARN_EVERY, warnings
     assert "cannot be written" in warnings[0] and "database or disk is full" in warnings[0]

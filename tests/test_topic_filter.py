@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iotfsm.adapters.topic_filter import (
+from iotfsm.adapters.mqtt.topic_filter import (
     FilterIndex,
     compile_filter,
     matches,

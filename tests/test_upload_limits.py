@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from iotfsm.adapters.codec import Codec
-from iotfsm.adapters.file_service import FileService
-from iotfsm.adapters.memory_broker import MemoryBroker
+from iotfsm.adapters.http.file_service import FileService
+from iotfsm.adapters.mqtt.memory_broker import MemoryBroker
 from iotfsm.commands.platform import _size
 from iotfsm.fsm import CancelTimer, Connected, Log, Publish, SetTimer, Stepper
 from iotfsm.machines import all_features
@@ -115,7 +115,8 @@ def test_the_platform_answers_a_refused_grant_and_stops_waiting() -> None:
 
 def test_the_granting_answer_stays_exact_and_the_refusal_carries_its_code() -> None:
     assert CODEC.encode(CreateUploadTaskRsp(100, "zxc", MD5, "http://f/u")) == (
-        b'{"type":"create_upload_task_rsp","size":100,"name":"zxc","md5sum":"' + MD5.encode()
+        b'{"type":"create_upload_task_rsp","size":100,"name":"zxc","md5sum":"'
+        + MD5.encode()
         + b'","url":"http://f/u"}'
     )
     refusal = CreateUploadTaskRsp(100, "zxc", MD5, "", -6, "too big")
@@ -129,9 +130,7 @@ def test_the_granting_answer_stays_exact_and_the_refusal_carries_its_code() -> N
 
 def upload_and_wait(pair: Pair, tmp_path: Path, size: int) -> list[tuple[str, bool, int, str]]:
     finished: list[tuple[str, bool, int, str]] = []
-    device = pair.device(
-        "d1", on_upload_finished=lambda *args: finished.append(args)
-    ).start()
+    device = pair.device("d1", on_upload_finished=lambda *args: finished.append(args)).start()
     source = tmp_path / "payload.bin"
     source.write_bytes(b"u" * size)
     device.upload(source, "payload.bin")
@@ -173,7 +172,9 @@ def test_an_upload_larger_than_the_free_space_is_refused(tmp_path: Path) -> None
             f"$resource/up/service/{pair.product}/d2", json.dumps(create).encode()
         )
         pair.settle()
-        [answer] = [m for m in pair.wire("$resource/down/") if m["type"] == "create_upload_task_rsp"]
+        [answer] = [
+            m for m in pair.wire("$resource/down/") if m["type"] == "create_upload_task_rsp"
+        ]
         assert answer["url"] == "" and answer["result_code"] == UPLOAD_REFUSED
         assert "bytes free" in answer["result_msg"]
 
@@ -208,8 +209,8 @@ def test_the_cli_passes_max_upload(tmp_path: Path) -> None:
 SERVE = """
 import sys, time
 from pathlib import Path
-from iotfsm.adapters.file_service import FileService
-from iotfsm.adapters.memory_broker import MemoryBroker
+from iotfsm.adapters.http.file_service import FileService
+from iotfsm.adapters.mqtt.memory_broker import MemoryBroker
 service = FileService(Path(sys.argv[1]), secret=b"s").start()
 print(service.base_url, service.signed_put_url("big", int(sys.argv[2]), sys.argv[3], 600), flush=True)
 time.sleep(600)
@@ -217,8 +218,8 @@ time.sleep(600)
 BUILD = """
 import sys
 from pathlib import Path
-from iotfsm.adapters.file_service import FileService
-from iotfsm.adapters.memory_broker import MemoryBroker
+from iotfsm.adapters.http.file_service import FileService
+from iotfsm.adapters.mqtt.memory_broker import MemoryBroker
 FileService(Path(sys.argv[1]), secret=b"s")
 """
 

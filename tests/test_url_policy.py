@@ -15,8 +15,14 @@ from firmware_attacker import AttackerServer, attacker, forged_offer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from iotfsm.adapters.http.url_policy import (
+    UrlPolicy,
+    ip_literal,
+    is_link_local,
+    parse_base,
+    url_problem,
+)
 from iotfsm.adapters.transfer_runner import TransferRunner
-from iotfsm.adapters.url_policy import UrlPolicy, ip_literal, is_link_local, parse_base, url_problem
 from iotfsm.fsm.events import Event
 from iotfsm.machines.transfer import StartUpload, TransferFailed
 from iotfsm.testing import Pair, wait_for

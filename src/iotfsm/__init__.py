@@ -5,11 +5,11 @@ Device code embeds `Device`; server code embeds `Platform`; both take the embedd
 engine, `iotfsm.machines` the feature declarations, `iotfsm.diagrams` their pictures.
 """
 
-from .adapters.config_store import ConfigError, ConfigVersion
 from .adapters.connect import MqttOptions
-from .adapters.log_endpoint import LogLine
-from .adapters.log_upload import LogUploadOptions
-from .adapters.memory_broker import MemoryBroker
+from .adapters.http.log_endpoint import LogLine
+from .adapters.http.log_upload import LogUploadOptions
+from .adapters.mqtt.memory_broker import MemoryBroker
+from .adapters.store.config_store import ConfigError, ConfigVersion
 from .device import BurnHook, ConfigHook, Device, ResourceHook, UploadHook
 from .machines.config import ConfigStatus, ProductConfig
 from .machines.feature import DeviceKey

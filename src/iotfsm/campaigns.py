@@ -23,9 +23,9 @@ from functools import partial
 import attrs
 import cattrs
 
-from .adapters.registry import ChangeCounter
+from .adapters.identity.registry import ChangeCounter
 from .adapters.runtime import Runtime
-from .adapters.store import SessionStore
+from .adapters.store.session_store import SessionStore
 from .fsm.effects import CancelTimer, Effect, Log, SetTimer
 from .fsm.events import Event, TimerFired
 from .fsm.machine import Machine

@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from .adapters.log_upload import LogUploadOptions
+from .adapters.http.log_upload import LogUploadOptions
 from .campaigns import CampaignSettings
 from .device import Device
 from .platform import FirmwareStatus

@@ -196,7 +196,7 @@ def _registered(entry: dict[str, Any], where: str) -> DevicesEntry:
     _known_keys(entry, {"product", "devices", "auth", "enabled"}, where)
     auth = entry.get("auth", "key")
     if auth not in ("key", "cert"):
-        raise DesiredStateError(f"{where}: 'auth' must be \"key\" or \"cert\", got {auth!r}")
+        raise DesiredStateError(f'{where}: \'auth\' must be "key" or "cert", got {auth!r}')
     enabled = entry.get("enabled", True)
     if not isinstance(enabled, bool):
         raise DesiredStateError(f"{where}: 'enabled' must be true or false")

@@ -25,13 +25,13 @@ from typing import Any
 from ._role import RoleFacade
 from .adapters.connect import Broker, MqttOptions, transport_for
 from .adapters.durable import fsync_dir, read_json, write_json_atomic
-from .adapters.firmware_signing import FirmwareVerifier, PublicKeySource
-from .adapters.http_transfer import file_md5
-from .adapters.log_upload import LogUploader, LogUploadOptions
+from .adapters.http.log_upload import LogUploader, LogUploadOptions
+from .adapters.http.transfer import file_md5
+from .adapters.http.url_policy import UrlPolicy
+from .adapters.identity.firmware_signing import FirmwareVerifier, PublicKeySource
 from .adapters.runtime import Runtime
 from .adapters.topics import check_key
 from .adapters.transfer_runner import TransferRunner
-from .adapters.url_policy import UrlPolicy
 from .device_messaging import BroadcastHook, DeviceMessaging, ShadowDeltaHook
 from .fsm.clock import Clock
 from .fsm.events import Event

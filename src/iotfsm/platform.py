@@ -20,18 +20,24 @@ from typing import Any, Literal
 import attrs
 
 from ._role import RoleFacade
-from .adapters.broker_account import BrokerAccount
-from .adapters.broker_auth import BrokerAuthServer, platform_broker_auth
-from .adapters.config_store import ConfigError, ConfigRecords, ConfigVersion
 from .adapters.connect import Broker, MqttOptions, transport_for
-from .adapters.file_service import FileRef, FileService, UploadRecord
-from .adapters.firmware_signing import FirmwareSigner, PrivateKeySource, load_private_key
-from .adapters.http_transfer import file_md5
-from .adapters.log_endpoint import LogEndpoint, LogFollower, LogLine
-from .adapters.log_upload import REPORT_LOG_PATH
-from .adapters.registry import AuthKind, ProductSecrets, RegisteredDevice, Registry, RegistryError
+from .adapters.http.broker_auth import BrokerAuthServer, platform_broker_auth
+from .adapters.http.file_service import FileRef, FileService, UploadRecord
+from .adapters.http.log_endpoint import LogEndpoint, LogFollower, LogLine
+from .adapters.http.log_upload import REPORT_LOG_PATH
+from .adapters.http.transfer import file_md5
+from .adapters.identity.broker_account import BrokerAccount
+from .adapters.identity.firmware_signing import FirmwareSigner, PrivateKeySource, load_private_key
+from .adapters.identity.registry import (
+    AuthKind,
+    ProductSecrets,
+    RegisteredDevice,
+    Registry,
+    RegistryError,
+)
 from .adapters.runtime import Runtime
-from .adapters.store import MemoryStore, SessionStore, SqliteStore
+from .adapters.store.config_store import ConfigError, ConfigRecords, ConfigVersion
+from .adapters.store.session_store import MemoryStore, SessionStore, SqliteStore
 from .adapters.topics import check_key
 from .campaigns import CampaignRunner, CampaignSettings, CampaignStatus
 from .fsm.clock import Clock

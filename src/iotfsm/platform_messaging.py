@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .adapters.registry import Registry
+from .adapters.identity.registry import Registry
 from .adapters.runtime import Runtime
 from .adapters.topics import check_key
 from .machines import DeviceKey

@@ -12,9 +12,9 @@ from pathlib import Path
 import attrs
 
 from ..machines.feature import DeviceKey
-from .credentials import DeviceCredentials
-from .memory_broker import MemoryBroker
-from .mqtt_transport import MqttProtocol, MqttTransport, settings_from_url
+from .identity.credentials import DeviceCredentials
+from .mqtt.memory_broker import MemoryBroker
+from .mqtt.transport import MqttProtocol, MqttTransport, settings_from_url
 from .transport import Transport
 
 Broker = MemoryBroker | Transport | str

@@ -34,7 +34,7 @@ from ..machines.feature import DeviceKey, Feature, Role, inbound_direction, outb
 from ..machines.messages import Message, RawMessage
 from .codec import Codec, DecodeError
 from .scheduler import ThreadScheduler
-from .store import SessionStore
+from .store.session_store import SessionStore
 from .topics import TopicError, Topics, check_key
 from .transport import Transport, TransportError
 

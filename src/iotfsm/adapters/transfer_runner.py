@@ -34,7 +34,7 @@ from ..machines.transfer import (
     TransferStarted,
     percent,
 )
-from .http_transfer import DEFAULT_CHUNK, TransferError, download, upload
+from .http.transfer import DEFAULT_CHUNK, TransferError, download, upload
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 One subcommand per broker. `rabbitmq` writes `rabbitmq.conf`, `advanced.config` and
 `enabled_plugins` (the MQTT plugin and the HTTP auth backend pointed at the platform's
 `--broker-auth` listener); the test suite boots its private node from the same generator
-(`iotfsm.adapters.rabbitmq_config`), so what this writes is what the tests ran.
+(`iotfsm.adapters.amqp.rabbitmq_config`), so what this writes is what the tests ran.
 `mosquitto` (certificate devices, per-device ACL, the platform's password) lives in
 `commands/mosquitto_broker.py` and is mounted here; another flavour adds an `_add_FLAVOUR(sub)`.
 """
@@ -14,7 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..adapters.rabbitmq_config import BrokerConfigError, RabbitConfig
+from ..adapters.amqp.rabbitmq_config import BrokerConfigError, RabbitConfig
 from .common import CommandError
 
 EXAMPLE = """examples:

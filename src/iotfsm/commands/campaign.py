@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from ..adapters.store import SqliteStore, StoreCorruptError
+from ..adapters.store.session_store import SqliteStore, StoreCorruptError
 from ..campaigns import ACTIONS, CampaignStatus, queue_command, stored_statuses
 from ..machines.campaign import CampaignError
 from .common import STORE_DAMAGED, CommandError

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..adapters.codec import Codec, DecodeError
 from ..adapters.connect import transport_for
-from ..adapters.http_transfer import TransferError, upload
+from ..adapters.http.transfer import TransferError, upload
 from ..adapters.topics import Topics
 from ..machines import all_features, config, log_level, ota, resources
 from ..machines.feature import DeviceKey

@@ -10,7 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..adapters.firmware_signing import FirmwareKeyError, generate_key_pair, key_id, load_public_key
+from ..adapters.identity.firmware_signing import (
+    FirmwareKeyError,
+    generate_key_pair,
+    key_id,
+    load_public_key,
+)
 from .common import CommandError
 
 EXAMPLE = """example:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..adapters.certificates import CertificateError, PlatformCA
-from ..adapters.registry import RegistryError
+from ..adapters.identity.certificates import CertificateError, PlatformCA
+from ..adapters.identity.registry import RegistryError
 from ..machines.feature import DeviceKey
 from .common import CommandError
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..adapters.certificates import CertificateError, PlatformCA
-from ..adapters.mosquitto_config import (
+from ..adapters.identity.certificates import CertificateError, PlatformCA
+from ..adapters.identity.registry import Registry, RegistryError
+from ..adapters.mqtt.mosquitto_config import (
     MosquittoConfigError,
     MosquittoSetup,
     files_in,
@@ -20,7 +21,6 @@ from ..adapters.mosquitto_config import (
     write_access,
     write_config,
 )
-from ..adapters.registry import Registry, RegistryError
 from ..machines.feature import DeviceKey
 from .common import CommandError
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..adapters.store import StoreCorruptError, reset_if_damaged
+from ..adapters.store.session_store import StoreCorruptError, reset_if_damaged
 from ..desired import DesiredStateError
 from ..platform import Platform
 from ..reconcile import Reconciler

@@ -13,8 +13,8 @@ import json
 import os
 from pathlib import Path
 
-from ..adapters.registry import ProductSecrets, RegisteredDevice, Registry, RegistryError
-from ..adapters.store import SessionStore, SqliteStore
+from ..adapters.identity.registry import ProductSecrets, RegisteredDevice, Registry, RegistryError
+from ..adapters.store.session_store import SessionStore, SqliteStore
 from ..machines import DeviceKey, all_features
 from .common import CommandError
 from .store_option import add_store_argument, open_dsn
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
         return issue_cert.run(args)
     registry, store = open_registry(args.data_dir, args.secrets_dir, args.store)
+
     # a removed device's sessions go too (a running platform holds them in memory, unused,
     # until it restarts: it admits nothing of that device any more)
     def forget(entry: RegisteredDevice, present: bool) -> None:

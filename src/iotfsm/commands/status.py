@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..adapters.store import SessionStore, SqliteStore, StoreCorruptError
+from ..adapters.store.session_store import SessionStore, SqliteStore, StoreCorruptError
 from ..campaigns import stored_statuses
 from .campaign import wave_summary
 from .common import STORE_DAMAGED, CommandError

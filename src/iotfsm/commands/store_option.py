@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..adapters.store import SessionStore
-from ..adapters.store_location import is_postgres_dsn
+from ..adapters.store.location import is_postgres_dsn
+from ..adapters.store.session_store import SessionStore
 from .common import CommandError
 
 HELP = (
@@ -29,7 +29,7 @@ def open_dsn(dsn: str) -> SessionStore:
     if not is_postgres_dsn(dsn):
         raise CommandError("--store must be a postgresql://USER@HOST:PORT/DB connection string")
     try:
-        from ..adapters.postgres_store import (
+        from ..adapters.store.postgres import (
             PostgresStore,
             StoreUnavailableError,
             describe,
@@ -52,6 +52,6 @@ def open_dsn(dsn: str) -> SessionStore:
 
 def describe_store(dsn: str) -> str:
     """The DSN as titles and messages may show it: no password (psycopg is there once opened)."""
-    from ..adapters.postgres_store import describe
+    from ..adapters.store.postgres import describe
 
     return describe(dsn)

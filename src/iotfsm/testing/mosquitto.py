@@ -31,8 +31,13 @@ from types import TracebackType
 
 import attrs
 
-from ..adapters.certificates import PlatformCA
-from ..adapters.mosquitto_config import MosquittoFiles, MosquittoSetup, write_access, write_config
+from ..adapters.identity.certificates import PlatformCA
+from ..adapters.mqtt.mosquitto_config import (
+    MosquittoFiles,
+    MosquittoSetup,
+    write_access,
+    write_config,
+)
 from ..machines.feature import DeviceKey
 
 log = logging.getLogger(__name__)
@@ -501,7 +506,7 @@ class Mosquitto:
 class SecureMosquitto(Mosquitto):
     """A broker configured exactly as `iotfsm broker-config mosquitto` configures one.
 
-    The configuration comes from the same generator (adapters/mosquitto_config.py) for the
+    The configuration comes from the same generator (adapters/mqtt/mosquitto_config.py) for the
     platform data directory `data_dir` and the certificate devices `devices`, so the tests of
     the broker's enforcement test the configuration operators deploy. `port` is the device
     (mutual TLS) listener, `platform_port` the platform's password listener. After a registry

@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from ..adapters.connect import MqttOptions
-from ..adapters.memory_broker import MemoryBroker
+from ..adapters.mqtt.memory_broker import MemoryBroker
 from ..adapters.runtime import Runtime
 from ..device import Device
 from ..fsm.clock import ManualClock

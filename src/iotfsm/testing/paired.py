@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 
 from ..adapters.codec import Codec
-from ..adapters.memory_broker import Drop, MemoryBroker
+from ..adapters.mqtt.memory_broker import Drop, MemoryBroker
 from ..adapters.runtime import EffectHandler, Runtime
 from ..fsm.clock import ManualClock
 from ..fsm.effects import CancelTimer, Effect, Log, Publish, SetTimer

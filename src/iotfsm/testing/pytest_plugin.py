@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from ..adapters.memory_broker import MemoryBroker
+from ..adapters.mqtt.memory_broker import MemoryBroker
 from ..fsm.clock import ManualClock
 from .coverage import MachineCoverage, TransitionCoverage, recording
 from .mosquitto import Mosquitto

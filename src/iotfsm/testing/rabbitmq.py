@@ -11,7 +11,7 @@ of that. Each `RabbitMQ` has
 - its own epmd, started by us on a free port (ERL_EPMD_PORT is honoured by both the node and the
   CLI), listening on 127.0.0.1 only, so nothing is registered with the machine's epmd;
 - free ports for AMQP, MQTT and distribution (RABBITMQ_DIST_PORT, bound to 127.0.0.1);
-- its own rabbitmq.conf (from `iotfsm.adapters.rabbitmq_config`, the generator behind `iotfsm
+- its own rabbitmq.conf (from `iotfsm.adapters.amqp.rabbitmq_config`, the generator behind `iotfsm
   broker-config rabbitmq`), enabled_plugins file, rabbitmq-env.conf (empty, so the system's is not
   read), mnesia and log directories, all in one temp directory removed by `close()`.
 
@@ -36,7 +36,7 @@ import weakref
 from pathlib import Path
 from types import TracebackType
 
-from ..adapters.rabbitmq_config import RabbitConfig
+from ..adapters.amqp.rabbitmq_config import RabbitConfig
 from .mosquitto import free_port
 
 log = logging.getLogger(__name__)

@@ -118,7 +118,15 @@ _METHODS: dict[str, tuple[str, ...]] = {
     "_handle_publish": ("self",),
     "_send_puback": ("self", "mid"),
     "_send_publish": (
-        "self", "mid", "topic", "payload", "qos", "retain", "dup", "info", "properties"
+        "self",
+        "mid",
+        "topic",
+        "payload",
+        "qos",
+        "retain",
+        "dup",
+        "info",
+        "properties",
     ),
     "_mid_generate": ("self",),
     "_raise_for_invalid_topic": ("topic",),
@@ -557,6 +565,4 @@ def _joined(batch: list[_OutPacket]) -> bytes | bytearray:
     if len(batch) == 1:
         packet = batch[0]
         return packet["packet"][packet["pos"] :] if packet["pos"] else packet["packet"]
-    return b"".join(
-        memoryview(p["packet"])[p["pos"] :] if p["pos"] else p["packet"] for p in batch
-    )
+    return b"".join(memoryview(p["packet"])[p["pos"] :] if p["pos"] else p["packet"] for p in batch)

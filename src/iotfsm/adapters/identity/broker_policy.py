@@ -29,10 +29,10 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Protocol
 
-from ..machines.feature import DeviceKey, Feature
-from .amqp_routing import routing_key
+from ...machines.feature import DeviceKey, Feature
+from ..amqp.routing import routing_key
+from ..topics import DEVICE_NAME, PRODUCT_ID
 from .broker_account import BrokerAccount
-from .topics import DEVICE_NAME, PRODUCT_ID
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ older ones are found again through the registry."""
 
 
 class DeviceDirectory(Protocol):
-    """What the policy needs of `iotfsm.adapters.registry.Registry`."""
+    """What the policy needs of `iotfsm.adapters.identity.registry.Registry`."""
 
     def check_login(
         self, username: str, password: str, client_id: str | None = None
@@ -57,7 +57,7 @@ class DeviceDirectory(Protocol):
 
 
 DeviceTopics = Callable[[DeviceKey], tuple[list[str], list[str]]]
-"""A device's (publish, subscribe) topics: `iotfsm.adapters.registry.device_topics`."""
+"""A device's (publish, subscribe) topics: `iotfsm.adapters.identity.registry.device_topics`."""
 
 
 class _Platform:

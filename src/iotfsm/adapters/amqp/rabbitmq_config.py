@@ -6,8 +6,9 @@ node of `iotfsm.testing.rabbitmq`), so the file an operator deploys is the file 
 What it sets, and why:
 - `auth_backends.1 = http` with the four `auth_http.*_path` URLs under the platform's broker-auth
   listener: every login, vhost, queue, exchange and topic decision is asked of the platform, which
-  answers from its device registry (`iotfsm.adapters.broker_auth`). The internal user database is
-  not consulted at all, so the `guest` account the node creates on first boot cannot log in.
+  answers from its device registry (`iotfsm.adapters.http.broker_auth`). The internal user
+  database is not consulted at all, so the `guest` account the node creates on first boot cannot
+  log in.
 - `mqtt.allow_anonymous = false`: RabbitMQ 3.10 would otherwise log an MQTT client without a
   username in as `mqtt.default_user` (guest).
 - `ignore_colons_in_username` (advanced.config: the 3.10 schema has no rabbitmq.conf key for it):

@@ -39,12 +39,12 @@ from typing import Any, Protocol
 
 import attrs
 
-from ..fsm.clock import Clock, RealClock
-from ..machines.feature import DeviceKey
+from ...fsm.clock import Clock, RealClock
+from ...machines.feature import DeviceKey
+from ..store.session_store import SessionStore
+from ..topics import TopicError, check_key
 from .file_service import PostRequest, PostResponse
 from .log_upload import ALGORITHMS, TENCENT_LOG_HOST, signature
-from .store import SessionStore
-from .topics import TopicError, check_key
 
 log = logging.getLogger(__name__)
 
@@ -259,9 +259,7 @@ class LogEndpoint:
             rows.append([seq, now, cut])
             stored.append(LogLine(key.product, key.device, seq, now, cut))
             seq += 1
-        self._store.put(
-            LOGS_TABLE, record, {"next": seq, "lines": rows[-self.lines_per_device :]}
-        )
+        self._store.put(LOGS_TABLE, record, {"next": seq, "lines": rows[-self.lines_per_device :]})
         return stored
 
     def _notify(self, lines: list[LogLine]) -> None:

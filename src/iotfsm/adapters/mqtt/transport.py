@@ -53,12 +53,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from iotfsm.adapters.credentials import DeviceCredentials
-from iotfsm.adapters.paho_io import BatchedIOClient
-from iotfsm.adapters.topic_filter import validate_filter, validate_topic
+from iotfsm.adapters.identity.credentials import DeviceCredentials
+from iotfsm.adapters.mqtt.paho_io import BatchedIOClient
+from iotfsm.adapters.mqtt.topic_filter import validate_filter, validate_topic
 from iotfsm.adapters.transport import ConnectionHandler, MessageHandler, TransportError
 
-from .limits import MAX_PAYLOAD_BYTES, MAX_TOPIC_BYTES
+from ..limits import MAX_PAYLOAD_BYTES, MAX_TOPIC_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ class _ClosingSSLSocket(ssl.SSLSocket):
 
 
 class _PahoClient(BatchedIOClient):
-    """paho's client with batched socket I/O (adapters/paho_io.py) and one hook on `reconnect` (a
+    """paho's client with batched socket I/O (`paho_io`) and one hook on `reconnect` (a
     public method paho's loop calls for every attempt): it reports why an attempt failed (paho's
     own callback does not say) and refuses new attempts once the transport is stopping."""
 

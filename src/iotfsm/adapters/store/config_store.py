@@ -20,10 +20,10 @@ from typing import Any
 
 import attrs
 
-from ..machines.config import ProductConfig
-from .codec import document_problem
-from .limits import MAX_PAYLOAD_BYTES
-from .store import SessionStore
+from ...machines.config import ProductConfig
+from ..codec import document_problem
+from ..limits import MAX_PAYLOAD_BYTES
+from .session_store import SessionStore
 
 HISTORY = 5
 TABLE = "product_config"

@@ -73,7 +73,7 @@ from urllib.parse import urljoin, urlsplit
 
 import attrs
 
-from .durable import fsync_dir
+from ..durable import fsync_dir
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..machines.feature import DeviceKey
-from .topics import TopicError, check_key
+from ...machines.feature import DeviceKey
+from ..topics import TopicError, check_key
 
 log = logging.getLogger(__name__)
 

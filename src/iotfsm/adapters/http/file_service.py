@@ -64,8 +64,9 @@ import attrs
 
 from iotfsm.fsm.clock import Clock, RealClock
 
-from ..machines.names import MAX_NAME_LENGTH, check_name, name_problem
-from .bounded_http import (
+from ...machines.names import MAX_NAME_LENGTH, check_name, name_problem
+from ..durable import fsync_dir
+from .bounded_server import (
     DEFAULT_BACKLOG,
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -73,7 +74,6 @@ from .bounded_http import (
     BoundedHTTPServer,
     PooledRequestHandler,
 )
-from .durable import fsync_dir
 
 logger = logging.getLogger(__name__)
 

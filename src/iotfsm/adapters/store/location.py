@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .store import SessionStore, SqliteStore
+from .session_store import SessionStore, SqliteStore
 
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -24,7 +24,7 @@ def open_store(location: str | Path) -> SessionStore:
     if not is_postgres_dsn(text):
         return SqliteStore(location)
     try:
-        from .postgres_store import PostgresStore
+        from .postgres import PostgresStore
     except ImportError as exc:
         raise ImportError(
             f"a postgresql:// store needs psycopg ({exc}): pip install 'iotfsm[postgres]'"

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ..machines.log_level import python_level
+from ...machines.log_level import python_level
 
 log = logging.getLogger(__name__)
 
@@ -406,9 +406,7 @@ class LogUploader(logging.Handler):
         if status >= 500 or status in _RETRYABLE:
             log.debug("log upload answered %d; retrying", status)
             return "retry"
-        log.warning(
-            "log upload refused (%d %s): %d lines dropped", status, error or "", len(lines)
-        )
+        log.warning("log upload refused (%d %s): %d lines dropped", status, error or "", len(lines))
         return "refused"
 
 

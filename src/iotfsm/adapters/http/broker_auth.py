@@ -1,6 +1,6 @@
 """The platform's broker-auth listener: RabbitMQ's HTTP auth backend asks it about every login.
 
-RabbitMQ (`auth_backends.1 = http`, see `iotfsm.adapters.rabbitmq_config`) POSTs a form to
+RabbitMQ (`auth_backends.1 = http`, see `iotfsm.adapters.amqp.rabbitmq_config`) POSTs a form to
 `/auth/user`, `/auth/vhost`, `/auth/resource` and `/auth/topic` and reads a 200 answer whose body
 is `allow` or `deny` (for `user`, `allow` may be followed by tags such as `administrator`; the
 platform hands out none: no login here may use the management UI). What each question means and
@@ -31,12 +31,12 @@ from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 
-from ..machines import all_features
-from .broker_account import BrokerAccount, platform_account
-from .broker_policy import KINDS, BrokerPolicy, DeviceDirectory
-from .connect import MqttOptions
-from .rabbitmq_config import AUTH_PATH_PREFIX
-from .registry import device_topics
+from ...machines import all_features
+from ..amqp.rabbitmq_config import AUTH_PATH_PREFIX
+from ..connect import MqttOptions
+from ..identity.broker_account import BrokerAccount, platform_account
+from ..identity.broker_policy import KINDS, BrokerPolicy, DeviceDirectory
+from ..identity.registry import device_topics
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import attrs
 
-from ..machines import all_features
-from ..machines.feature import DeviceKey, Direction
-from .certificates import PlatformCA, device_identity
-from .registry import device_topics
+from ...machines import all_features
+from ...machines.feature import DeviceKey, Direction
+from ..identity.certificates import PlatformCA, device_identity
+from ..identity.registry import device_topics
 
 PLATFORM_USERNAME = "iotfsm-platform"
 PLATFORM_PASSWORD_FILE = "broker-password"

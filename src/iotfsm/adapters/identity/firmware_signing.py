@@ -36,8 +36,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..machines.ota import version_problem
-from .store import SessionStore
+from ...machines.ota import version_problem
+from ..store.session_store import SessionStore
 
 MANIFEST_HEADER = b"iotfsm-firmware-ed25519-v1\n"
 """Domain separation: these bytes can never be mistaken for anything else the key might sign."""

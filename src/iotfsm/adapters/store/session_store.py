@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..machines.feature import DeviceKey
-from .durable import fsync_dir
+from ...machines.feature import DeviceKey
+from ..durable import fsync_dir
 
 log = logging.getLogger(__name__)
 

@@ -31,9 +31,9 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from ..machines.feature import DeviceKey
+from ...machines.feature import DeviceKey
 from .postgres_schema import migrate
-from .store import WARN_EVERY
+from .session_store import WARN_EVERY
 
 log = logging.getLogger(__name__)
 

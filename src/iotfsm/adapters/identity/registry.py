@@ -35,12 +35,12 @@ from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
-from ..fsm.clock import Clock, RealClock
-from ..machines import all_features
-from ..machines.feature import DeviceKey
+from ...fsm.clock import Clock, RealClock
+from ...machines import all_features
+from ...machines.feature import DeviceKey
+from ..store.session_store import SessionStore
+from ..topics import TopicError, check_key
 from .credentials import DeviceCredentials, parse_username
-from .store import SessionStore
-from .topics import TopicError, check_key
 
 log = logging.getLogger(__name__)
 

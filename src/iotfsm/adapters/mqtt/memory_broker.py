@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import attrs
 
-from iotfsm.adapters.topic_filter import (
+from iotfsm.adapters.mqtt.topic_filter import (
     FilterIndex,
     compile_filter,
     split_shared,

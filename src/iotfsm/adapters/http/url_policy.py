@@ -25,7 +25,7 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 
-from .http_transfer import TransferCode, TransferError
+from .transfer import TransferCode, TransferError
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 LINK_LOCAL_V4 = ipaddress.IPv4Network("169.254.0.0/16")

@@ -1,0 +1,3 @@
+"""MQTT: the paho transport and its batched I/O, the embedded broker, topic filters, Mosquitto's
+configuration.
+"""

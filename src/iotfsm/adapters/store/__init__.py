@@ -1,0 +1,3 @@
+"""Stores: where the platform keeps sessions and records (SQLite, PostgreSQL), and how a --store
+value names one.
+"""
