@@ -20,12 +20,10 @@ from iotfsm.machines.campaign import (
     CampaignError,
     Cancel,
     CancelDevice,
-    DailyWindow,
     DeviceAttemptFailed,
     DeviceFailed,
     DeviceSucceeded,
     Firmware,
-    Interval,
     Launch,
     NextWave,
     Pause,
@@ -40,6 +38,7 @@ from iotfsm.machines.campaign import (
     wave_counts,
     window_open,
 )
+from iotfsm.machines.windows import DailyWindow, Interval
 
 T0 = datetime(2026, 12, 3, 0, 0, tzinfo=timezone.utc).timestamp()
 """Midnight UTC, 01:00 in Berlin (CET)."""

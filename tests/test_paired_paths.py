@@ -89,7 +89,7 @@ def test_a_platform_that_forgets_to_push_a_level_is_caught(plans: dict[str, Pair
 
 def test_a_device_that_never_offers_its_burn_is_caught(plans: dict[str, PairedPlan]) -> None:
     """Without `_burn` the device never says `burning`: the platform's state tells."""
-    broken = _mutant(ota.FEATURE, "device", "TransferDone", "_current_done")
+    broken = _mutant(ota.FEATURE, "device", "TransferDone", "_done_burn_now")
     failures = _failures(plans["ota"], broken)
     assert failures
     assert any("expected ('burning', 'burning')" in str(f) for f in failures)

@@ -33,6 +33,7 @@ from .fsm.session import Session
 from .fsm.snapshot import SnapshotError, restore, snapshot
 from .machines import DeviceKey, campaign, ota
 from .machines.campaign import CampaignContext, CampaignEnded, CampaignError, Plan
+from .machines.windows import DailyWindow, Interval
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +82,11 @@ class CampaignSettings:
     rate: campaign.Rate | None = None
     abort: tuple[campaign.AbortRule, ...] = ()
     device_timeout: float = 0.0
-    daily_windows: tuple[campaign.DailyWindow, ...] = ()
-    intervals: tuple[campaign.Interval, ...] = ()
+    daily_windows: tuple[DailyWindow, ...] = ()
+    intervals: tuple[Interval, ...] = ()
     cancel_on_abort: bool = False
     start_at: float = 0.0
+    burn: str = "allow"
 
 
 class CampaignRunner:
@@ -279,7 +281,8 @@ class CampaignRunner:
         plan: Plan = session.ctx.plan
         if isinstance(effect, campaign.StartDevice):
             fw = plan.firmware
-            deploy = ota.DeployFirmware(fw.version, fw.file_id, fw.size, fw.md5)
+            burn = campaign.burn_windows(plan)
+            deploy = ota.DeployFirmware(fw.version, fw.file_id, fw.size, fw.md5, burn)
             self.runtime.post("ota", DeviceKey(plan.product, effect.device), deploy)
         elif isinstance(effect, campaign.CancelDevice):
             self.runtime.post("ota", DeviceKey(plan.product, effect.device), ota.CancelFirmware())

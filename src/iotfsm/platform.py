@@ -381,7 +381,15 @@ class Platform(RoleFacade, PlatformMessaging):
 
     def _offer(self, key: DeviceKey, effect: ota.OfferFirmware) -> None:
         url = self.files.signed_get_url(effect.file_id, self.url_ttl)
-        offer = ota.UpdateFirmware(effect.size, effect.md5, url, effect.version)
+        windows = ota.burn_windows_at(effect.burn, self.runtime.clock.now())
+        if effect.burn and windows is None:  # an offer without them would let it burn anywhere
+            log.warning(
+                "ota %s/%s: %s not offered: its burn windows have all passed", *key, effect.version
+            )
+            return
+        offer = ota.UpdateFirmware(
+            effect.size, effect.md5, url, effect.version, burn_windows=windows
+        )
         if self.firmware_signer is not None:
             try:
                 signed = self.firmware_signer.signature(

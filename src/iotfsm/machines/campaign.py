@@ -19,16 +19,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from datetime import datetime, time, timedelta
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
 
 from ..fsm import ANY_STATE, Effect, Event, Log, MachineSpec, On, SetTimer, State, timer
+from .windows import (
+    DailyWindow,
+    Interval,
+    WindowError,
+    Windows,
+    check_windows,
+    is_open,
+    opening_after,
+)
 
 ADVANCE_MODES = ("threshold", "immediate", "operator")
 """When the next wave starts: its predecessor reached `success_percent`, at once once every
 device of the predecessor was started, or when an operator says NextWave."""
+BURN_RULES = ("allow", "wait")
+"""Whether a device may burn outside the maintenance windows (`Plan.burn`)."""
 MAX_HISTORY = 200
 """Notes kept per campaign (wave started, paused, aborted...): enough for an operator's story."""
 
@@ -76,24 +85,6 @@ class AbortRule:
 
 
 @attrs.frozen
-class DailyWindow:
-    """Every day from `start` to `end` ("HH:MM", local time of `tz`); an end before the start
-    crosses midnight, equal ends mean all day."""
-
-    start: str
-    end: str
-    tz: str = "UTC"
-
-
-@attrs.frozen
-class Interval:
-    """One explicit window, `start` <= t < `end`, in epoch seconds."""
-
-    start: float
-    end: float
-
-
-@attrs.frozen
 class Plan:
     """Everything a campaign was told at launch. Frozen: operators act by commands, not edits."""
 
@@ -119,25 +110,10 @@ class Plan:
     """On abort also cancel the devices still in progress (else they may finish)."""
     start_at: float = 0.0
     """Epoch seconds before which nothing starts (0: at once)."""
-
-
-def _hhmm(text: str) -> time:
-    hours, sep, minutes = text.partition(":")
-    if not (sep and hours.isdigit() and minutes.isdigit() and len(minutes) == 2):
-        raise CampaignError(f"window time {text!r} must be HH:MM, e.g. 02:30")
-    h, m = int(hours), int(minutes)
-    if h > 23 or m > 59:
-        raise CampaignError(f"window time {text!r} is not a time of day")
-    return time(h, m)
-
-
-def _zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise CampaignError(
-            f"time zone {name!r} is unknown; use an IANA name like Europe/Berlin"
-        ) from exc
+    burn: str = "allow"
+    """Outside a window a started device's download goes on; may it also burn there? `allow`:
+    yes, whenever the image is ready; `wait`: the offer names the windows and an iotfsm device
+    burns only inside one (docs/PROTOCOL-extensions.md, "Burn windows")."""
 
 
 def check_plan(plan: Plan) -> Plan:
@@ -166,13 +142,14 @@ def check_plan(plan: Plan) -> Plan:
             raise CampaignError(f"abort rule {rule} needs 0 < percent <= 100, min_finished >= 1")
     if plan.device_timeout < 0:
         raise CampaignError("device_timeout must be >= 0 seconds (0: no limit)")
-    for w in plan.daily_windows:
-        _hhmm(w.start)
-        _hhmm(w.end)
-        _zone(w.tz)
-    for i in plan.intervals:
-        if not i.end > i.start:
-            raise CampaignError(f"window {i} ends before it starts")
+    try:
+        check_windows(windows_of(plan))
+    except WindowError as exc:
+        raise CampaignError(str(exc)) from None
+    if plan.burn not in BURN_RULES:
+        raise CampaignError(f"burn {plan.burn!r} must be one of {', '.join(BURN_RULES)}")
+    if plan.burn == "wait" and not windows_of(plan):
+        raise CampaignError('burn "wait" needs maintenance windows to wait for')
     return plan
 
 
@@ -209,39 +186,23 @@ def plan_waves(
 # ---- windows --------------------------------------------------------------------------------
 
 
-def _daily_bounds(w: DailyWindow, now: float) -> list[tuple[float, float]]:
-    """The window's occurrences that could contain or follow `now`: yesterday's to tomorrow's."""
-    zone = _zone(w.tz)
-    start, end = _hhmm(w.start), _hhmm(w.end)
-    today = datetime.fromtimestamp(now, zone).date()
-    out = []
-    for offset in (-1, 0, 1, 2):
-        day = today + timedelta(days=offset)
-        opens = datetime.combine(day, start, zone)
-        closes_day = day if end > start else day + timedelta(days=1)
-        closes = datetime.combine(closes_day, end, zone)
-        out.append((opens.timestamp(), closes.timestamp()))
-    return out
-
-
-def _windows(plan: Plan, now: float) -> list[tuple[float, float]]:
-    found = [(i.start, i.end) for i in plan.intervals]
-    for w in plan.daily_windows:
-        found.extend(_daily_bounds(w, now))
-    return found
+def windows_of(plan: Plan) -> Windows:
+    return Windows(plan.daily_windows, plan.intervals)
 
 
 def window_open(plan: Plan, now: float) -> bool:
     """May a device start at `now`? Always, when the plan has no windows."""
-    if not plan.intervals and not plan.daily_windows:
-        return True
-    return any(opens <= now < closes for opens, closes in _windows(plan, now))
+    return is_open(windows_of(plan), now)
 
 
 def next_opening(plan: Plan, now: float) -> float | None:
     """When the next window opens after `now`; None when no window is left."""
-    later = [opens for opens, _ in _windows(plan, now) if opens > now]
-    return min(later) if later else None
+    return opening_after(windows_of(plan), now)
+
+
+def burn_windows(plan: Plan) -> Windows:
+    """The windows a started device is told to burn in (rule `wait`), or none (`allow`)."""
+    return windows_of(plan) if plan.burn == "wait" else Windows()
 
 
 # ---- commands, outcomes, effects ------------------------------------------------------------

@@ -63,9 +63,15 @@ def _firmware_offers(ctx: ota.DeviceContext) -> list[Event]:
         ota.UpdateFirmware(2048, OTHER_MD5, URL, "2.1.0"),
         ota.UpdateFirmware(1024, MD5, URL, ctx.version),
         ota.UpdateFirmware(1024, "not-an-md5", URL, "2.0.0"),
+        # burn windows (epoch seconds; paths start at 0): open now, ahead, all passed, malformed
+        ota.UpdateFirmware(1024, MD5, URL, "3.0.0", burn_windows=((0, 10**10),)),
+        ota.UpdateFirmware(1024, MD5, URL, "3.1.0", burn_windows=((10**9, 10**10),)),
+        ota.UpdateFirmware(1024, MD5, URL, "3.2.0", burn_windows=((-2, -1),)),
+        ota.UpdateFirmware(1024, MD5, URL, "3.3.0", burn_windows=((5, 5),)),
     ]
     if ctx.target:
-        offers.append(ota.UpdateFirmware(ctx.size, ctx.md5, URL, ctx.target))
+        windows = ctx.burn_windows or None
+        offers.append(ota.UpdateFirmware(ctx.size, ctx.md5, URL, ctx.target, burn_windows=windows))
     return offers
 
 

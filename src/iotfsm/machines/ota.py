@@ -48,6 +48,7 @@ from .transfer import (
     percent,
     progress_due,
 )
+from .windows import Windows, upcoming
 
 MD5_HEX = re.compile(r"[0-9a-fA-F]{32}")
 MAX_VERSION_LENGTH = 32
@@ -58,6 +59,11 @@ IMAGE_REFUSED = MD5_MISMATCH
 """The fail code for an image that failed its signature check (-4, "image verification
 failed"): like an md5 mismatch, the bytes are not the ones the offer vouches for, the image
 is deleted, and the same download would fail again, unlike a failed burn (-5)."""
+MAX_BURN_WINDOWS = 16
+"""Most windows an offer may name (the platform sends 8: about a week of a daily window)."""
+HOLD_REPORT = 120.0
+"""While a ready image waits for its burn window the device repeats `downloading 100` this
+often, well inside the platform's SILENCE_TIMEOUT, so the wait is not taken for silence."""
 RSP_TIMEOUT = 10.0
 """Seconds a device waits for report_version_rsp before reporting again."""
 MAX_REPORTS = 3
@@ -122,6 +128,11 @@ class UpdateFirmware(Message):
     )
     """iotfsm's extension: base64 Ed25519 signature of the image's manifest. Both fields are
     left out of unsigned offers, which stay exactly Tencent's form; Tencent's SDKs ignore them."""
+    burn_windows: tuple[tuple[int, int], ...] | None = attrs.field(
+        default=None, metadata=wire(omit_if_none=True)
+    )
+    """iotfsm's extension: `[[start, end], ...]` in epoch seconds, the only times the device may
+    burn this image (a campaign's `burn = "wait"`); absent, it burns when the image is ready."""
 
 
 @attrs.frozen
@@ -241,6 +252,10 @@ class DeviceContext:
     sha256: str = ""
     signature: str = ""
     """The current offer's signature fields ("" when it had none)."""
+    burn_windows: tuple[tuple[int, int], ...] = ()
+    """The current offer's burn windows (none: burn when ready)."""
+    image: str = ""
+    """The ready image's path while it waits for a burn window."""
 
 
 def _report(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
@@ -285,6 +300,11 @@ def _offer_problem(event: UpdateFirmware) -> str:
         return f"md5sum {event.md5sum[:40]!r} is not 32 hex digits"
     if not event.url:
         return "url is empty"
+    windows = event.burn_windows
+    if windows is not None and not (
+        0 < len(windows) <= MAX_BURN_WINDOWS and all(end > start for start, end in windows)
+    ):
+        return f"burn_windows must be 1-{MAX_BURN_WINDOWS} [start, end] pairs with end > start"
     return ""
 
 
@@ -313,7 +333,8 @@ def _same_download(ctx: DeviceContext, event: UpdateFirmware) -> bool:
     the transfer, which resumes from the checkpoint, so the latest offer's signature counts)."""
     offered = (event.version, event.file_size, event.md5sum.lower())
     signed = (event.sha256 or "", event.signature or "")
-    return offered == (ctx.target, ctx.size, ctx.md5) and signed == (ctx.sha256, ctx.signature)
+    same = offered == (ctx.target, ctx.size, ctx.md5) and signed == (ctx.sha256, ctx.signature)
+    return same and (event.burn_windows or ()) == ctx.burn_windows
 
 
 def _start(ctx: DeviceContext, event: UpdateFirmware, now: float) -> Iterable[Effect]:
@@ -322,6 +343,8 @@ def _start(ctx: DeviceContext, event: UpdateFirmware, now: float) -> Iterable[Ef
         effects.append(CancelTransfer(ctx.transfer))
     ctx.target, ctx.size, ctx.md5 = event.version, event.file_size, event.md5sum.lower()
     ctx.sha256, ctx.signature = event.sha256 or "", event.signature or ""
+    ctx.burn_windows = event.burn_windows or ()
+    ctx.image = ""
     ctx.transfer += 1
     ctx.last_progress_at = float("-inf")
     ctx.fetched = ctx.told = 0
@@ -380,6 +403,54 @@ def _burn(
     ctx: DeviceContext, event: TransferDone | FirmwareVerified, now: float
 ) -> Iterable[Effect]:
     return (Publish(ReportProgress.burning(ctx.target), 1), BurnFirmware(event.path, ctx.target))
+
+
+def _burn_now(ctx: DeviceContext, event: TransferDone | FirmwareVerified) -> bool:
+    return not ctx.burn_windows
+
+
+def _done_burn_now(ctx: DeviceContext, event: TransferDone) -> bool:
+    return _current_done(ctx, event) and _burn_now(ctx, event)
+
+
+def _look_at_windows(ctx: DeviceContext, now: float) -> list[Effect]:
+    """Inside a window: burn at once (zero-delay `burn`); a window ahead: look again at its
+    opening, or sooner to repeat the 100 % report; none left: give the attempt up
+    (zero-delay `window_gone`). Timers decide because guards do not see the clock."""
+    if any(start <= now < end for start, end in ctx.burn_windows):
+        return [SetTimer("burn", 0.0)]
+    later = [start for start, _ in ctx.burn_windows if start > now]
+    if not later:
+        return [SetTimer("window_gone", 0.0)]
+    return [SetTimer("window", min(min(later) - now, HOLD_REPORT))]
+
+
+def _hold(
+    ctx: DeviceContext, event: TransferDone | FirmwareVerified, now: float
+) -> Iterable[Effect]:
+    ctx.image = event.path
+    return _look_at_windows(ctx, now)
+
+
+def _look_again(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
+    return [Publish(ReportProgress.downloading(ctx.target, 100), 0), *_look_at_windows(ctx, now)]
+
+
+def _burn_held(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
+    path, ctx.image = ctx.image, ""
+    return (Publish(ReportProgress.burning(ctx.target), 1), BurnFirmware(path, ctx.target))
+
+
+def _window_gone(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
+    """The last window closed before the image was ready (or while the device was off): fail
+    the attempt with -1 and report again later, so the platform re-offers with fresh windows
+    (the complete image on disk is picked up again by the resumed download)."""
+    target, ctx.target, ctx.image = ctx.target, "", ""
+    return (
+        Publish(ReportProgress.fail(target, TIMEOUT, "no burn window left"), 1),
+        Log.warning(f"firmware {target} is ready but its last burn window has passed"),
+        SetTimer("retry", DEVICE_RETRY),
+    )
 
 
 def _rejected(ctx: DeviceContext, event: FirmwareRejected, now: float) -> Iterable[Effect]:
@@ -455,7 +526,7 @@ def _busy_burning(ctx: DeviceContext, event: UpdateFirmware, now: float) -> Iter
 
 
 IDLE = ("offline", "reporting", "idle")
-BUSY = ("downloading", "verifying", "burning")
+BUSY = ("downloading", "verifying", "holding", "burning")
 
 DEVICE = MachineSpec(
     name="ota.device",
@@ -466,6 +537,7 @@ DEVICE = MachineSpec(
         State("idle", doc="waiting for an offer"),
         State("downloading", doc="the firmware streams to the state directory"),
         State("verifying", doc="the image's signature is checked with the platform's key"),
+        State("holding", doc="the image is ready; burning waits for a window the offer named"),
         State("burning", doc="the application installs the verified image"),
     ],
     transitions=[
@@ -479,11 +551,17 @@ DEVICE = MachineSpec(
         On(timer("rsp"), "reporting", "idle"),
         On(UpdateFirmware, IDLE, "idle", guard=_offers_running, action=_report_busy),
         On(UpdateFirmware, IDLE, "downloading", guard=_valid_offer, action=_start),
-        On(UpdateFirmware, "downloading", None, guard=_same_download),
-        On(UpdateFirmware, "downloading", "downloading", guard=_valid_offer, action=_start),
+        On(UpdateFirmware, ("downloading", "holding"), None, guard=_same_download),
         On(
             UpdateFirmware,
-            ("offline", "reporting", "idle", "downloading"),
+            ("downloading", "holding"),
+            "downloading",
+            guard=_valid_offer,
+            action=_start,
+        ),
+        On(
+            UpdateFirmware,
+            ("offline", "reporting", "idle", "downloading", "holding"),
             None,
             action=_refuse_offer,
         ),
@@ -497,8 +575,13 @@ DEVICE = MachineSpec(
             guard=_current_done_signed_only,
             action=_verify,
         ),
-        On(TransferDone, "downloading", "burning", guard=_current_done, action=_burn),
-        On(FirmwareVerified, "verifying", "burning", action=_burn),
+        On(TransferDone, "downloading", "burning", guard=_done_burn_now, action=_burn),
+        On(TransferDone, "downloading", "holding", guard=_current_done, action=_hold),
+        On(FirmwareVerified, "verifying", "burning", guard=_burn_now, action=_burn),
+        On(FirmwareVerified, "verifying", "holding", action=_hold),
+        On(timer("window"), "holding", None, action=_look_again),
+        On(timer("burn"), "holding", "burning", action=_burn_held),
+        On(timer("window_gone"), "holding", "idle", action=_window_gone),
         On(FirmwareRejected, "verifying", "idle", action=_rejected),
         On(TransferFailed, "downloading", "idle", guard=_current_failure, action=_download_failed),
         On(timer("stall"), "downloading", "idle", action=_stalled),
@@ -517,12 +600,14 @@ DEVICE = MachineSpec(
 
 @attrs.frozen
 class DeployFirmware(Event):
-    """Platform command: this device should run `version`, served as `file_id`."""
+    """Platform command: this device should run `version`, served as `file_id`; `burn` names
+    the windows it may burn in (none: whenever the image is ready)."""
 
     version: str
     file_id: str
     size: int
     md5: str
+    burn: Windows = attrs.field(factory=Windows)
 
 
 @attrs.frozen
@@ -533,12 +618,14 @@ class CancelFirmware(Event):
 @attrs.frozen
 class OfferFirmware(Effect):
     """Send `update_firmware` with a freshly signed URL for `file_id` (signing needs a secret
-    and the clock, so the runtime does it, not the machine)."""
+    and the clock, so the runtime does it, not the machine). `burn`: the task's burn windows,
+    turned into the offer's `burn_windows` from the clock at sending (`burn_windows_at`)."""
 
     version: str
     file_id: str
     size: int
     md5: str
+    burn: Windows = attrs.field(factory=Windows)
 
 
 @attrs.frozen
@@ -559,6 +646,14 @@ class OtaAttemptFailed(Effect):
     version: str
     code: int
     message: str
+
+
+def burn_windows_at(burn: Windows, now: float) -> tuple[tuple[int, int], ...] | None:
+    """The offer's `burn_windows` for a task's windows at `now`: the open and coming ones (None
+    when the task has none). Computed per offer, so a re-offer days later names fresh ones."""
+    if not burn:
+        return None
+    return upcoming(burn, now) or None
 
 
 # ---- platform -------------------------------------------------------------------------------
@@ -583,6 +678,8 @@ class PlatformContext:
     drift: str = ""
     """The version a device reported after it had reached the target (rolled back, reflashed
     by hand): it is offered the target again; cleared when it reports the target once more."""
+    burn: Windows = attrs.field(factory=Windows)
+    """The task's burn windows (a campaign's `burn = "wait"`); none: burn when ready."""
 
 
 def _valid_version(ctx: PlatformContext, event: ReportVersion) -> bool:
@@ -606,7 +703,7 @@ def _offer(ctx: PlatformContext) -> list[Effect]:
     ctx.offers += 1
     ctx.progressed = False
     return [
-        OfferFirmware(ctx.target, ctx.file_id, ctx.size, ctx.md5),
+        OfferFirmware(ctx.target, ctx.file_id, ctx.size, ctx.md5, ctx.burn),
         SetTimer("silence", SILENCE_TIMEOUT),
     ]
 
@@ -663,6 +760,7 @@ def _runs_deployed(ctx: PlatformContext, event: DeployFirmware) -> bool:
 
 def _set_task(ctx: PlatformContext, event: DeployFirmware) -> None:
     ctx.target, ctx.file_id, ctx.size, ctx.md5 = event.version, event.file_id, event.size, event.md5
+    ctx.burn = event.burn
     ctx.percent, ctx.result_code, ctx.result_msg, ctx.attempts = 0, 0, "", 0
 
 
