@@ -117,6 +117,22 @@ def test_a_launch_in_the_future_waits_on_the_begin_timer() -> None:
     assert s.ctx.devices["d1"].started == T0 + 600
 
 
+def test_a_campaign_paused_before_its_first_wave_starts_nobody_until_resumed() -> None:
+    s = launched(plan(start_at=T0 + 600))
+    assert s.step(Pause()) == [CancelTimer("begin")]
+    assert s.state == "paused" and s.ctx.wave == -1
+    assert s.advance(3600) == []
+    # resumed after its start time: it begins at once; before it, it waits for it again
+    assert s.step(Resume()) == [SetTimer("begin", 0.0, 2)]
+    assert s.state == "scheduled"
+    assert s.advance(0)[:2] == [StartDevice("d1"), StartDevice("d2")]
+    assert s.ctx.devices["d1"].started == T0 + 3600
+    early = launched(plan(start_at=T0 + 600))
+    early.step(Pause())
+    assert early.step(Resume()) == [SetTimer("begin", 600.0, 2)]
+    assert [n.text for n in early.ctx.history][1:] == ["paused before its first wave", "resumed"]
+
+
 def test_a_second_launch_is_refused_and_changes_nothing() -> None:
     s = launched(plan())
     with pytest.raises(StepIgnoredError):

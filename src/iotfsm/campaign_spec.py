@@ -248,7 +248,10 @@ class _Fields:
 
 
 def _positive(value: Any, kinds: tuple[type, ...]) -> bool:
-    return isinstance(value, kinds) and not isinstance(value, bool) and value > 0
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        return False
+    number: float = value  # type: ignore[assignment]  # int or float: kinds says so
+    return number > 0
 
 
 def _waves(

@@ -12,6 +12,14 @@ reconciles every device toward, and reloads when it changes.
     version = "0.2"
     file = "fw-0.2.bin"      # relative to this file
 
+    [[campaigns]]            # a staged rollout, started once; `state` pauses, resumes, cancels
+    id = "spring-0.3"
+    product = "P"
+    version = "0.3"
+    file = "fw-0.3.bin"
+    wave_percents = [10, 30] # of every registered device; see campaign_spec for every field
+    state = "running"
+
 Every entry is checked before anything is applied, so a typo never half-applies a file; an error
 names the entry and the field.
 """
@@ -27,6 +35,8 @@ from typing import Any
 import attrs
 
 from .adapters.topics import DEVICE_NAME, PRODUCT_ID
+from .campaign_spec import CampaignSpec, CampaignSpecError
+from .campaign_spec import parse as parse_campaign
 from .machines.log_level import LEVELS
 from .machines.names import name_problem
 
@@ -34,6 +44,9 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
+
+
+SECTIONS = ("devices", "firmware", "config", "log_level", "resource", "campaigns")
 
 
 class DesiredStateError(ValueError):
@@ -88,6 +101,7 @@ class DesiredState:
     config: tuple[ConfigEntry, ...] = ()
     log_level: tuple[LogLevelEntry, ...] = ()
     resource: tuple[ResourceEntry, ...] = ()
+    campaigns: tuple[CampaignSpec, ...] = ()
 
 
 def fingerprint(entry: Entry) -> str:
@@ -110,12 +124,9 @@ def load(path: Path) -> DesiredState:
         raise DesiredStateError(f"{path}: cannot read it ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise DesiredStateError(f"{path}: not valid TOML ({exc})") from None
-    unknown = sorted(set(doc) - {"devices", "firmware", "config", "log_level", "resource"})
+    unknown = sorted(set(doc) - set(SECTIONS))
     if unknown:
-        raise DesiredStateError(
-            f"{path}: unknown section(s) {unknown}; use devices, firmware, config, log_level,"
-            " resource"
-        )
+        raise DesiredStateError(f"{path}: unknown section(s) {unknown}; use {', '.join(SECTIONS)}")
     base = path.parent
     return DesiredState(
         devices=tuple(
@@ -137,7 +148,26 @@ def load(path: Path) -> DesiredState:
             _resource(e, base, f"{path}: resource[{i}]")
             for i, e in enumerate(_list(doc, "resource", path))
         ),
+        campaigns=_campaigns(_list(doc, "campaigns", path), base, path),
     )
+
+
+def _campaigns(entries: list[dict[str, Any]], base: Path, path: Path) -> tuple[CampaignSpec, ...]:
+    found: dict[str, int] = {}
+    specs = []
+    for i, entry in enumerate(entries):
+        where = f"{path}: campaigns[{i}]"
+        try:
+            spec = parse_campaign(entry, where, base)
+        except CampaignSpecError as exc:
+            raise DesiredStateError(str(exc)) from None
+        if spec.id in found:
+            raise DesiredStateError(
+                f"{where}: 'id': {spec.id!r} is also campaigns[{found[spec.id]}]; ids are unique"
+            )
+        found[spec.id] = i
+        specs.append(spec)
+    return tuple(specs)
 
 
 def _list(doc: dict[str, Any], key: str, path: Path) -> list[dict[str, Any]]:

@@ -39,6 +39,7 @@ from .adapters.runtime import Runtime
 from .adapters.store.config_store import ConfigError, ConfigRecords, ConfigVersion
 from .adapters.store.session_store import MemoryStore, SessionStore, SqliteStore
 from .adapters.topics import check_key
+from .campaign_spec import CampaignSpec
 from .campaigns import CampaignRunner, CampaignSettings, CampaignStatus
 from .fsm.clock import Clock
 from .fsm.events import Event
@@ -439,6 +440,36 @@ class Platform(RoleFacade, PlatformMessaging):
         firmware = Firmware(version, ref.file_id, ref.size, ref.md5)
         options = attrs.asdict(settings or CampaignSettings(), recurse=False)
         return self.campaigns.launch(Plan(product_id, firmware, groups, **options), campaign_id)
+
+    def start_declared_campaign(self, spec: CampaignSpec) -> str:
+        """Start a campaign as declared (desired-state `[[campaigns]]`, `iotfsm campaign start`):
+        its waves split over the product's devices now, its id the operator's. Paused when
+        declared so; a declared `cancelled` is refused (there is nothing to start)."""
+        if spec.state == "cancelled":
+            raise CampaignError(f"campaign {spec.id!r} is declared cancelled: nothing to start")
+        waves = spec.split(self.product_devices(spec.product))
+        cid = self.start_campaign(
+            spec.product,
+            spec.version,
+            spec.file,
+            waves,
+            settings=spec.settings,
+            campaign_id=spec.id,
+        )
+        if spec.state == "paused":
+            self.pause_campaign(cid)
+        return cid
+
+    def product_devices(self, product_id: str) -> list[str]:
+        """The product's registered devices (and, under an open registry, those with sessions)."""
+        names = {d.device for d in self.registry.devices(product_id)}
+        if self.registry.open:
+            names |= {
+                k.device
+                for _, s in self.runtime.all_sessions()
+                if (k := s.key).product == product_id
+            }
+        return sorted(names)
 
     def campaign_status(self, campaign_id: str) -> CampaignStatus:
         """State, per-wave counts, reason and history of a campaign."""

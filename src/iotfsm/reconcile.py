@@ -3,13 +3,22 @@
 Each entry is applied once: its fingerprint (content and file bytes) is remembered in the
 platform's store, so a restart or a reload re-applies only what changed. A file that does not
 validate is refused as a whole and the platform keeps what it had.
+
+Campaigns are not entries to re-apply: a `[[campaigns]]` table is started once under its id,
+and afterwards only a change of its declared `state` acts (pause, resume, cancel). The state
+last acted on is kept per id (table `desired_campaigns`), so an operator's `iotfsm campaign
+pause` is not undone by an unrelated edit of the file, and a restart starts nobody again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
+import attrs
+
+from .campaign_spec import CampaignSpec
 from .desired import (
     ConfigEntry,
     DesiredState,
@@ -22,9 +31,15 @@ from .desired import (
     fingerprint,
     load,
 )
+from .machines.campaign import CampaignError
 from .platform import EVERY_DEVICE, Platform
 
 log = logging.getLogger(__name__)
+
+CAMPAIGNS = "desired_campaigns"
+"""Per declared campaign id: {"state": the declared state last acted on, "plan": a mark of
+the rest of its declaration}."""
+FINAL = ("succeeded", "cancelled")
 
 
 class Reconciler:
@@ -38,6 +53,7 @@ class Reconciler:
         Raises DesiredStateError (nothing applied) when the file is not valid."""
         state = load(self.path)
         self._seen = self._stamp()
+        self._check_campaigns(state)
         applied = []
         for entry in _entries(state):
             mark = fingerprint(entry)
@@ -47,8 +63,89 @@ class Reconciler:
             self.platform.store.put("desired_applied", mark, _describe(entry))
             applied.append(_describe(entry))
             log.info("desired state: applied %s", _describe(entry))
+        for spec in state.campaigns:
+            line = self._campaign(spec)
+            if line:
+                applied.append(line)
+                log.info("desired state: %s", line)
         self.platform.store.commit()
         return applied
+
+    def _check_campaigns(self, state: DesiredState) -> None:
+        """Before anything is applied: every campaign to be started names devices that are
+        registered or declared in this file, and has devices at all."""
+        p = self.platform
+        declared = {(e.product, d) for e in state.devices for d in e.devices}
+        for i, spec in enumerate(state.campaigns):
+            if spec.id in p.campaigns.ids() or p.store.get(CAMPAIGNS, spec.id) is not None:
+                continue
+            where = f"{self.path}: campaigns[{i}]"
+            if p.registry.open:
+                continue
+            field = "waves" if spec.waves else "devices"
+            for device in spec.named_devices():
+                if (spec.product, device) not in declared and p.registry.get(
+                    spec.product, device
+                ) is None:
+                    raise DesiredStateError(
+                        f"{where}: {field!r}: {spec.product}/{device} is not registered;"
+                        " declare it under [[devices]] or `iotfsm registry add` it"
+                    )
+            known = {d for pr, d in declared if pr == spec.product}
+            if (
+                spec.devices == ("*",)
+                and not spec.waves
+                and not (known or p.product_devices(spec.product))
+            ):
+                raise DesiredStateError(
+                    f"{where}: 'devices': {spec.product} has no registered devices to update"
+                )
+
+    def _campaign(self, spec: CampaignSpec) -> str:
+        """Start a declared campaign once, then follow changes of its declared state."""
+        p = self.platform
+        plan = _spec_mark(spec)
+        record = p.store.get(CAMPAIGNS, spec.id)
+        line = ""
+        if record is None and spec.id not in p.campaigns.ids():
+            if spec.state == "cancelled":
+                line = f"campaign {spec.id} declared cancelled: not started"
+            else:
+                try:
+                    p.start_declared_campaign(spec)
+                except (CampaignError, ValueError, OSError) as exc:
+                    log.error("desired state: campaign %s not started: %s", spec.id, exc)
+                    return f"campaign {spec.id} not started: {exc}"
+                line = (
+                    f"campaign {spec.id} started ({spec.product} -> {spec.version}, {spec.state})"
+                )
+        elif record is None or record.get("state") != spec.state:
+            line = self._move(spec)
+        elif record.get("plan") != plan:
+            log.warning(
+                "desired state: campaign %s changed but only its state acts once started; "
+                "give a new id to roll out something else",
+                spec.id,
+            )
+        p.store.put(CAMPAIGNS, spec.id, {"state": spec.state, "plan": plan})
+        return line
+
+    def _move(self, spec: CampaignSpec) -> str:
+        p = self.platform
+        now = p.campaign_status(spec.id).state
+        act = {
+            "paused": p.pause_campaign if now in ("scheduled", "running", "waiting") else None,
+            "running": p.resume_campaign if now == "paused" else None,
+            "cancelled": p.cancel_campaign if now not in FINAL else None,
+        }[spec.state]
+        if act is None:
+            return f"campaign {spec.id} is {now}: nothing to do for {spec.state}"
+        try:
+            act(spec.id)
+        except CampaignError as exc:
+            log.error("desired state: campaign %s not %s: %s", spec.id, spec.state, exc)
+            return f"campaign {spec.id} not {spec.state}: {exc}"
+        return f"campaign {spec.id} {spec.state}"
 
     def poll(self) -> list[str]:
         """Apply again if the file changed since the last look; errors are logged, not raised."""
@@ -94,6 +191,12 @@ class Reconciler:
                     p.set_log_level(entry.product, device, entry.level)
         else:
             p.offer_resource(entry.product, list(entry.devices), entry.name, entry.file)
+
+
+def _spec_mark(spec: CampaignSpec) -> str:
+    """What was declared apart from the state (file bytes included): a change is warned about."""
+    text = repr(attrs.evolve(spec, state="")) + hashlib.md5(spec.file.read_bytes()).hexdigest()
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _entries(state: DesiredState) -> list[Entry]:

@@ -472,6 +472,10 @@ def _unplanned(ctx: CampaignContext, event: Launch) -> bool:
     return ctx.plan is None
 
 
+def _launched(ctx: CampaignContext, event: Event) -> bool:
+    return ctx.plan is not None
+
+
 def _breached(ctx: CampaignContext, event: Event) -> bool:
     return bool(breach(ctx))
 
@@ -583,6 +587,21 @@ def _pause(ctx: CampaignContext, event: Pause, now: float) -> Iterable[Effect]:
 def _resume(ctx: CampaignContext, event: Resume, now: float) -> Iterable[Effect]:
     _note(ctx, now, "resumed")
     return _starting(ctx, now)
+
+
+def _pause_early(ctx: CampaignContext, event: Pause, now: float) -> Iterable[Effect]:
+    """Paused before its first wave (declared paused, or a start time not yet reached)."""
+    _note(ctx, now, "paused before its first wave")
+    return ()
+
+
+def _never_begun(ctx: CampaignContext, event: Resume) -> bool:
+    return ctx.wave < 0
+
+
+def _resume_early(ctx: CampaignContext, event: Resume, now: float) -> Iterable[Effect]:
+    _note(ctx, now, "resumed")
+    return (SetTimer("begin", max(0.0, _plan(ctx).start_at - now)),)
 
 
 def _cancel(ctx: CampaignContext, event: Cancel, now: float) -> Iterable[Effect]:
@@ -722,6 +741,8 @@ SPEC: MachineSpec[CampaignContext] = MachineSpec(
         On(timer("in_progress"), COUNTING, None, action=_timed_out),
         On(timer("in_progress"), "aborted", None, action=_late_timed_out),
         On(Pause, ACTIVE, "paused", action=_pause),
+        On(Pause, "scheduled", "paused", guard=_launched, action=_pause_early),
+        On(Resume, "paused", "scheduled", guard=_never_begun, action=_resume_early),
         On(Resume, "paused", "running", action=_resume),
         On(RetryFailed, "paused", None, guard=_has_failed, action=_retry_paused),
         On(RetryFailed, (*ACTIVE, "aborted"), "running", guard=_has_failed, action=_retry),
