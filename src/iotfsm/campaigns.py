@@ -19,6 +19,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import attrs
 import cattrs
@@ -42,8 +43,12 @@ COMMANDS = "campaign_commands"
 """Operator commands from another process (`iotfsm campaign pause …`): key, {campaign, action,
 time}; the running platform's runner applies and deletes them (`CampaignRunner.apply_commands`)."""
 ACTIONS = ("pause", "resume", "cancel", "next-wave", "retry-failed")
+START = "start"
+"""A queued start carries the declaration (`campaign_spec`) under "spec"; the platform's
+`starter` checks it again and starts it under the id the command line printed."""
 
 EndedHook = Callable[[str, CampaignEnded], None]
+Starter = Callable[[dict[str, Any]], str]
 
 
 @attrs.frozen
@@ -96,6 +101,8 @@ class CampaignRunner:
         self.machine: Machine[CampaignContext] = Machine(campaign.SPEC)
         self.sessions: dict[str, Session] = {}
         self.on_ended: EndedHook | None = None
+        self.starter: Starter | None = None
+        """Starts a queued `start` command's declaration (the platform publishes its image)."""
         self._converter = cattrs.Converter()
         self._lock = threading.RLock()
         self._queue: deque[tuple[str, Event]] = deque()
@@ -180,10 +187,16 @@ class CampaignRunner:
                 "retry-failed": self.retry_failed,
             }.get(action)
             try:
-                if apply is None:
+                if action == START and self.starter is not None:
+                    spec = doc.get("spec")
+                    if not isinstance(spec, dict) or spec.get("id") != cid:
+                        raise CampaignError("the queued start holds no declaration for this id")
+                    self.starter(spec)
+                elif apply is None:
                     raise CampaignError(f"unknown action {action!r}")
-                apply(cid)
-            except CampaignError as exc:
+                else:
+                    apply(cid)
+            except (CampaignError, ValueError, OSError) as exc:
                 log.warning("campaign command %s %s refused: %s", action, cid, exc)
                 lines.append(f"campaign {cid} {action} refused: {exc}")
             else:
@@ -341,6 +354,22 @@ def stored_statuses(store: SessionStore) -> list[CampaignStatus]:
         except (SnapshotError, CampaignError) as exc:
             log.warning("stored campaign %s skipped: %s", cid, exc)
     return found
+
+
+def queue_start(store: SessionStore, spec: dict[str, Any], now: float) -> str:
+    """Queue a checked declaration (`campaign_spec.parse` accepted it) for the running platform
+    to start; returns the record's key. Raises CampaignError when its id is taken, by a stored
+    campaign or by a start still queued (nothing is written then)."""
+    cid = str(spec["id"])
+    taken = store.get(TABLE, cid) is not None or any(
+        d.get("campaign") == cid and d.get("action") == START for _, d in store.items(COMMANDS)
+    )
+    if taken:
+        raise CampaignError(f"campaign {cid!r} exists; choose another --id")
+    key = f"{now:017.6f}-{secrets.token_hex(4)}"
+    store.put(COMMANDS, key, {"campaign": cid, "action": START, "spec": spec, "time": now})
+    store.commit()
+    return key
 
 
 def queue_command(store: SessionStore, campaign_id: str, action: str, now: float) -> str:

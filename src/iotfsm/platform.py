@@ -40,6 +40,7 @@ from .adapters.store.config_store import ConfigError, ConfigRecords, ConfigVersi
 from .adapters.store.session_store import MemoryStore, SessionStore, SqliteStore
 from .adapters.topics import check_key
 from .campaign_spec import CampaignSpec
+from .campaign_spec import parse as parse_campaign
 from .campaigns import CampaignRunner, CampaignSettings, CampaignStatus
 from .fsm.clock import Clock
 from .fsm.events import Event
@@ -263,6 +264,7 @@ class Platform(RoleFacade, PlatformMessaging):
         self.files.add_post_route(REPORT_LOG_PATH, self.logs.handle, max_body=256 * 1024)
         self.campaigns = CampaignRunner(self.runtime, store)
         """Rollout campaigns (issue 18), kept in the store; `start_campaign` and friends."""
+        self.campaigns.starter = self._start_queued
 
     def _session_id(self) -> str | None:
         """A platform with a data directory keeps one MQTT client id for good, with a persistent
@@ -459,6 +461,12 @@ class Platform(RoleFacade, PlatformMessaging):
         if spec.state == "paused":
             self.pause_campaign(cid)
         return cid
+
+    def _start_queued(self, doc: dict[str, Any]) -> str:
+        """A start queued by `iotfsm campaign start`: checked again here (the file it names is
+        absolute), then started like a declared one."""
+        where = f"campaign start {str(doc.get('id'))[:64]!r}"
+        return self.start_declared_campaign(parse_campaign(doc, where, Path("/")))
 
     def product_devices(self, product_id: str) -> list[str]:
         """The product's registered devices (and, under an open registry, those with sessions)."""
