@@ -108,7 +108,7 @@ def test_missing_fields_and_misplaced_flags(
     data_dir = str(pair.root / "platform")
     assert main(["campaign", "start", "--data-dir", data_dir, "--product", PRODUCT]) == 1
     assert "campaign start: missing 'version'" in capsys.readouterr().err
-    assert main(start(pair)[:-2] + ["--image", str(tmp_path / "gone.bin")]) == 1
+    assert main([*start(pair)[:-2], "--image", str(tmp_path / "gone.bin")]) == 1
     assert "gone.bin does not exist" in capsys.readouterr().err
     assert main(["campaign", "pause", "x", "--data-dir", data_dir, "--rate", "5"]) == 1
     assert "--rate: only for campaign start" in capsys.readouterr().err
