@@ -1,0 +1,60 @@
+"""The burn rule end to end (issue 18): a campaign with `burn="wait"` starts a device inside its
+maintenance window; the device, online only after the window closed, downloads at once, holds
+the image, keeps the platform from taking it for silent, and burns when the next window opens.
+Real device and platform over the memory broker, firmware over real HTTP, the manual clock."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from iotfsm.campaigns import CampaignSettings
+from iotfsm.machines.windows import Interval
+from iotfsm.testing import Pair
+
+PRODUCT = "CAMP000005"
+IMAGE = random.Random(5).randbytes(12_000)
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Iterator[Pair]:
+    p = Pair(tmp_path, product=PRODUCT)
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize("burn", ["wait", "allow"])
+def test_a_device_burns_only_inside_a_window_when_told_to_wait(pair: Pair, burn: str) -> None:
+    t = pair.clock.now()
+    windows = (Interval(t, t + 60), Interval(t + 3600, t + 3660))
+    burned: list[float] = []
+    device = pair.device(
+        "dev-0", version="1.0", burn=lambda image, v: burned.append(pair.clock.now())
+    )
+    settings = CampaignSettings(intervals=windows, burn=burn)
+    cid = pair.platform.start_campaign(PRODUCT, "2.0", IMAGE, [["dev-0"]], settings=settings)
+    runs = pair.platform.campaigns.context(cid).devices
+    pair.run_until("the start", lambda: runs["dev-0"].starts == 1)
+    assert runs["dev-0"].started == t
+    pair.advance(120)  # the device comes online after the window closed
+    device.start()
+    if burn == "allow":
+        pair.run_until("the update", lambda: device.version == "2.0")
+        assert burned == [t + 120]
+        offer = [d for d in pair.wire("$ota/update") if d["type"] == "update_firmware"][-1]
+        assert "burn_windows" not in offer
+        return
+    pair.run_until("the image held", lambda: device.state("ota") == "holding")
+    offer = [d for d in pair.wire("$ota/update") if d["type"] == "update_firmware"][-1]
+    assert offer["burn_windows"] == [[int(t + 3600), int(t + 3660)]]
+    pair.run_until("the update", lambda: device.version == "2.0", timeout=60)
+    assert len(burned) == 1 and t + 3600 <= burned[0] < t + 3660
+    # the wait was not silence: one offer since the device came online, no failed attempt
+    status = pair.platform.firmware_status(PRODUCT, "dev-0")
+    assert status.state == "succeeded" and status.result_code == 0
+    assert pair.platform.campaign_status(cid).state == "succeeded"
+    held = [d for d in pair.wire("$ota/report") if d.get("report", {}).get("progress")]
+    assert not [d for d in held if d["report"]["progress"]["state"] == "fail"]
