@@ -10,10 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres_fixtures import fresh_database
 
+from iotfsm.adapters.store.postgres import PostgresStore
 from iotfsm.campaigns import COMMANDS
 from iotfsm.cli import main
 from iotfsm.testing import Pair
+from iotfsm.testing.postgres import PostgreSQL
 
 PRODUCT = "CAMP000004"
 IMAGE = random.Random(4).randbytes(8_000)
@@ -122,3 +125,32 @@ def test_a_start_the_platform_cannot_carry_out_is_refused_and_deleted(
     [line] = pair.platform.campaigns.apply_commands()
     assert line.startswith("campaign ghosts start refused:") and "ghost is not registered" in line
     assert pair.platform.campaigns.ids() == [] and pair.platform.store.items(COMMANDS) == []
+
+
+def test_start_and_pause_through_a_postgres_store(
+    postgres_cluster: PostgreSQL,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pool's platform keeps its store in PostgreSQL: `--store DSN` reaches it the same way."""
+    name = fresh_database(postgres_cluster)
+    dsn = postgres_cluster.url(name)
+    monkeypatch.setenv("PGPASSFILE", str(postgres_cluster.passfile))
+    (tmp_path / "fw.bin").write_bytes(IMAGE)
+    p = Pair(tmp_path, product=PRODUCT, store=PostgresStore(postgres_cluster.conninfo(name)))
+    try:
+        p.platform.register_device(PRODUCT, "dev-0")
+        flags = ["--store", dsn, "--product", PRODUCT, "--version", "2.0", "--id", "pg"]
+        image = ["--image", str(tmp_path / "fw.bin"), "--advance", "operator"]
+        assert main(["campaign", "start", *flags, *image]) == 0
+        assert capsys.readouterr().out.strip() == "pg"
+        assert p.platform.campaigns.apply_commands() == ["campaign pg start"]
+        p.run_until("waiting", lambda: p.platform.campaign_status("pg").state == "waiting")
+        assert main(["campaign", "cancel", "pg", "--store", dsn]) == 0
+        assert p.platform.campaigns.apply_commands() == ["campaign pg cancel"]
+        assert main(["campaign", "status", "pg", "--store", dsn, "--json"]) == 0
+        capsys.readouterr()
+        assert p.platform.campaign_status("pg").state == "cancelled"
+    finally:
+        p.close()

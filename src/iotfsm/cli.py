@@ -183,9 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "campaign",
         campaign,
-        "pause, resume, cancel a rollout campaign, or show its waves",
-        "Operate a platform's rollout campaigns through its data directory (a running platform "
-        "applies a command within a second). " + campaign.EXAMPLE,
+        "start, pause, resume, cancel a rollout campaign, or show its waves",
+        "Operate a platform's rollout campaigns through its data directory or its PostgreSQL "
+        "store (a running platform applies a command within a second). " + campaign.EXAMPLE,
         epilog=status.EXIT_CODES,
     )
     _mount(

@@ -5,9 +5,10 @@ campaigns of a platform through its data directory.
 `campaign_spec`, the same checks), picks the id (or takes `--id`), queues it and prints the id;
 the running platform starts it once.
 
-The operator commands are queued as records in the platform's store (`campaign_commands`); a
-running `iotfsm platform` sees another process's commit within about a second (SQLite's
-data_version) and applies each command once. `status` reads the campaign snapshots from the
+The operator commands are queued as records in the platform's store (`campaign_commands`, the
+SQLite file of `--data-dir` or the PostgreSQL of `--store`); a running `iotfsm platform` sees
+another process's commit within about a second (the store's change counter) and applies each
+command once. `status` reads the campaign snapshots from the
 store directly, so it works with the platform running or stopped.
 """
 
@@ -22,12 +23,13 @@ from typing import Any
 
 import attrs
 
-from ..adapters.store.session_store import SqliteStore, StoreCorruptError
+from ..adapters.store.session_store import SessionStore, SqliteStore, StoreCorruptError
 from ..campaign_spec import CampaignSpecError
 from ..campaign_spec import parse as parse_campaign
 from ..campaigns import ACTIONS, START, CampaignStatus, queue_command, queue_start, stored_statuses
 from ..machines.campaign import CampaignError
 from .common import STORE_DAMAGED, CommandError
+from .store_option import add_store_argument, describe_store, open_dsn
 
 EXAMPLE = """examples:
   iotfsm campaign start --data-dir ./platform --product P --version 2.0 --image fw-2.0.bin \\
@@ -36,13 +38,16 @@ EXAMPLE = """examples:
   iotfsm campaign status --data-dir ./platform
   iotfsm campaign pause c-1a2b3c4d --data-dir ./platform
   iotfsm campaign resume c-1a2b3c4d --data-dir ./platform --json
+  PGPASSFILE=~/.pgpass iotfsm campaign status --store postgresql://iotfsm@db:5432/iotfsm
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=(START, *ACTIONS, "status"))
     parser.add_argument("campaign", nargs="?", help="the campaign's id (status: all when omitted)")
-    parser.add_argument("--data-dir", required=True, type=Path)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", type=Path, help="a platform's data directory (SQLite)")
+    add_store_argument(where)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     start = parser.add_argument_group("start (the fields of a [[campaigns]] table)")
     add = start.add_argument
@@ -157,7 +162,7 @@ def _start(args: argparse.Namespace) -> int:
         spec = parse_campaign(doc, "campaign start", Path.cwd())
     except CampaignSpecError as exc:
         raise CommandError(str(exc)) from None
-    store = open_store(args.data_dir)
+    store = open_store(args.data_dir, args.store)
     try:
         key = queue_start(store, doc, time.time())
     except CampaignError as exc:
@@ -171,7 +176,11 @@ def _start(args: argparse.Namespace) -> int:
     return 0
 
 
-def open_store(data_dir: Path) -> SqliteStore:
+def open_store(data_dir: Path | None, dsn: str | None = None) -> SessionStore:
+    """The platform's store: its PostgreSQL (`--store`) or the SQLite file in `data_dir`."""
+    if dsn:
+        return open_dsn(dsn)
+    data_dir = data_dir or Path(".")
     path = data_dir / "platform.sqlite3"
     if not path.is_file():
         raise CommandError(f"{data_dir} holds no platform store (no platform.sqlite3)")
@@ -181,8 +190,10 @@ def open_store(data_dir: Path) -> SqliteStore:
         raise CommandError(str(exc), STORE_DAMAGED) from None
 
 
-def statuses(data_dir: Path, campaign_id: str | None = None) -> list[CampaignStatus]:
-    store = open_store(data_dir)
+def statuses(
+    data_dir: Path | None, campaign_id: str | None = None, dsn: str | None = None
+) -> list[CampaignStatus]:
+    store = open_store(data_dir, dsn)
     try:
         found = stored_statuses(store)
     finally:
@@ -190,7 +201,8 @@ def statuses(data_dir: Path, campaign_id: str | None = None) -> list[CampaignSta
     if campaign_id is not None:
         found = [s for s in found if s.id == campaign_id]
         if not found:
-            raise CommandError(f"no campaign {campaign_id!r} in {data_dir}")
+            where = describe_store(dsn) if dsn else data_dir
+            raise CommandError(f"no campaign {campaign_id!r} in {where}")
     return found
 
 
@@ -222,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
         return _status(args)
     if not args.campaign:
         raise CommandError(f"campaign {args.action} needs the campaign's id")
-    store = open_store(args.data_dir)
+    store = open_store(args.data_dir, args.store)
     try:
         key = queue_command(store, args.campaign, args.action, time.time())
     except CampaignError as exc:
@@ -238,7 +250,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    found = statuses(args.data_dir, args.campaign)
+    found = statuses(args.data_dir, args.campaign, args.store)
     if args.json:
         docs: list[dict[str, Any]] = [attrs.asdict(s) for s in found]
         print(json.dumps(docs, indent=2))
