@@ -200,3 +200,15 @@ def test_unregistered_devices_refuse_the_whole_file(pair: Pair, tmp_path: Path) 
     assert pair.platform.registry.devices(PRODUCT) == []  # the [[devices]] entry was not applied
     with pytest.raises(DesiredStateError, match=r"'devices': CAMP000003 has no registered dev"):
         Reconciler(pair.platform, write(tmp_path, campaign())).apply()
+
+
+def test_a_campaign_started_elsewhere_under_the_declared_id_is_adopted(
+    pair: Pair, tmp_path: Path
+) -> None:
+    Reconciler(pair.platform, write(tmp_path, DEVICES)).apply()
+    pair.platform.start_campaign(PRODUCT, "2.0", IMAGE, [NAMES], campaign_id="spring")
+    pair.run_until("started", lambda: started(pair) == set(NAMES))
+    path = write(tmp_path, DEVICES + campaign("paused"))
+    assert Reconciler(pair.platform, path).apply() == ["campaign spring paused"]
+    assert pair.platform.campaigns.ids() == ["spring"]
+    assert len(pair.platform.campaigns.context("spring").devices) == 4  # its own plan, kept

@@ -119,7 +119,9 @@ class Reconciler:
                 line = (
                     f"campaign {spec.id} started ({spec.product} -> {spec.version}, {spec.state})"
                 )
-        elif record is None or record.get("state") != spec.state:
+        elif record is None:  # started meanwhile (the command line, or a crash before the record)
+            line = self._move(spec, quiet=True)
+        elif record.get("state") != spec.state:
             line = self._move(spec)
         elif record.get("plan") != plan:
             log.warning(
@@ -130,8 +132,10 @@ class Reconciler:
         p.store.put(CAMPAIGNS, spec.id, {"state": spec.state, "plan": plan})
         return line
 
-    def _move(self, spec: CampaignSpec) -> str:
+    def _move(self, spec: CampaignSpec, quiet: bool = False) -> str:
         p = self.platform
+        if spec.id not in p.campaigns.ids():
+            return f"campaign {spec.id} is not in this platform's store: nothing to {spec.state}"
         now = p.campaign_status(spec.id).state
         act = {
             "paused": p.pause_campaign if now in ("scheduled", "running", "waiting") else None,
@@ -139,7 +143,7 @@ class Reconciler:
             "cancelled": p.cancel_campaign if now not in FINAL else None,
         }[spec.state]
         if act is None:
-            return f"campaign {spec.id} is {now}: nothing to do for {spec.state}"
+            return "" if quiet else f"campaign {spec.id} is {now}: nothing to do for {spec.state}"
         try:
             act(spec.id)
         except CampaignError as exc:
