@@ -211,6 +211,12 @@ class _Fields:
             self.fail(key, f"must be {span}, got {value!r}")
         return float(value)
 
+    def whole(self, key: str, default: int, low: int) -> int:
+        value = self.entry.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            self.fail(key, f"must be a whole number >= {low}, got {value!r}")
+        return int(value)
+
     def time(self, key: str, value: Any) -> float:
         """A TOML offset date-time, an ISO 8601 string with an offset, or epoch seconds."""
         if isinstance(value, str):
@@ -245,6 +251,20 @@ class _Fields:
         if not isinstance(value, list) or not value or not all(_positive(v, kinds) for v in value):
             self.fail(key, f"must be a non-empty list of {what} > 0, got {value!r}")
         return tuple(value)
+
+
+def _table(
+    value: dict[str, Any], where: str, keys: Sequence[str], required: Sequence[str]
+) -> _Fields:
+    """A nested table (a rate, an abort rule, a window): only `keys`, `required` present."""
+    sub = _Fields(value, where)
+    extra = sorted(set(value) - set(keys))
+    if extra:
+        sub.fail(extra[0], f"unknown; use {', '.join(keys)}")
+    for key in required:
+        if key not in value:
+            raise CampaignSpecError(f"{where}: missing {key!r}")
+    return sub
 
 
 def _positive(value: Any, kinds: tuple[type, ...]) -> bool:
@@ -285,33 +305,20 @@ def _rate(f: _Fields) -> Rate | None:
         return None
     if not isinstance(value, dict):
         return Rate(f.value_number(value, "rate", 0.001))
-    sub = _Fields(value, f"{f.where}: rate")
-    extra = sorted(set(value) - {"per_minute", "growth", "every", "max_per_minute"})
-    if extra:
-        sub.fail(extra[0], "unknown; use per_minute, growth, every, max_per_minute")
-    if "per_minute" not in value:
-        raise CampaignSpecError(f"{f.where}: rate: missing 'per_minute'")
-    every = value.get("every", 0)
-    if isinstance(every, bool) or not isinstance(every, int) or every < 0:
-        sub.fail("every", f"must be a whole number >= 0, got {every!r}")
+    keys = ("per_minute", "growth", "every", "max_per_minute")
+    sub = _table(value, f"{f.where}: rate", keys, ("per_minute",))
     return Rate(
         sub.number("per_minute", 0, 0.001),
         sub.number("growth", 1.0, 1),
-        every,
+        sub.whole("every", 0, 0),
         sub.number("max_per_minute", 0.0, 0),
     )
 
 
 def _abort(f: _Fields, i: int, table: dict[str, Any]) -> AbortRule:
-    sub = _Fields(table, f"{f.where}: abort[{i}]")
-    extra = sorted(set(table) - {"percent", "min_finished", "codes", "timeouts"})
-    if extra:
-        sub.fail(extra[0], "unknown; use percent, min_finished, codes, timeouts")
-    if "percent" not in table:
-        raise CampaignSpecError(f"{sub.where}: missing 'percent'")
-    minimum = table.get("min_finished", 1)
-    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
-        sub.fail("min_finished", f"must be a whole number >= 1, got {minimum!r}")
+    keys = ("percent", "min_finished", "codes", "timeouts")
+    sub = _table(table, f"{f.where}: abort[{i}]", keys, ("percent",))
+    minimum = sub.whole("min_finished", 1, 1)
     codes = table.get("codes", [])
     if not isinstance(codes, list) or not all(
         isinstance(c, int) and not isinstance(c, bool) for c in codes
@@ -323,10 +330,7 @@ def _abort(f: _Fields, i: int, table: dict[str, Any]) -> AbortRule:
 
 
 def _daily(f: _Fields, i: int, table: dict[str, Any]) -> DailyWindow:
-    sub = _Fields(table, f"{f.where}: windows[{i}]")
-    extra = sorted(set(table) - {"start", "end", "tz"})
-    if extra:
-        sub.fail(extra[0], "unknown; use start, end, tz")
+    sub = _table(table, f"{f.where}: windows[{i}]", ("start", "end", "tz"), ("start", "end"))
     window = DailyWindow(sub.text("start"), sub.text("end"), table.get("tz", "UTC"))
     if not isinstance(window.tz, str):
         sub.fail("tz", f"must be a time zone name like Europe/Berlin, got {window.tz!r}")
@@ -338,13 +342,7 @@ def _daily(f: _Fields, i: int, table: dict[str, Any]) -> DailyWindow:
 
 
 def _interval(f: _Fields, i: int, table: dict[str, Any]) -> Interval:
-    sub = _Fields(table, f"{f.where}: intervals[{i}]")
-    extra = sorted(set(table) - {"start", "end"})
-    if extra:
-        sub.fail(extra[0], "unknown; use start, end")
-    for key in ("start", "end"):
-        if key not in table:
-            raise CampaignSpecError(f"{sub.where}: missing {key!r}")
+    sub = _table(table, f"{f.where}: intervals[{i}]", ("start", "end"), ("start", "end"))
     start, end = sub.time("start", table["start"]), sub.time("end", table["end"])
     if not end > start:
         sub.fail("end", "must be after start")
