@@ -217,3 +217,9 @@ def test_a_campaign_started_elsewhere_under_the_declared_id_is_adopted(
     assert Reconciler(pair.platform, path).apply() == ["campaign spring paused"]
     assert pair.platform.campaigns.ids() == ["spring"]
     assert len(pair.platform.campaigns.context("spring").devices) == 4  # its own plan, kept
+
+
+def test_a_device_in_two_explicit_waves_is_refused(tmp_path: Path) -> None:
+    text = campaign(wave_counts="", waves='[["a", "b"], ["b"]]')
+    with pytest.raises(DesiredStateError, match=r"campaigns\[0\]: device 'b' is in more than one"):
+        load(write(tmp_path, text))

@@ -162,9 +162,7 @@ def plan_of(spec: CampaignSpec, waves: tuple[tuple[str, ...], ...], firmware: Fi
 
 def _check_whole(spec: CampaignSpec, where: str) -> None:
     """What only the fields together can say (a device in two waves, `wait` without windows)."""
-    waves = spec.waves or ((spec.devices if spec.devices != ("*",) else ("x",)),)
-    if spec.counts or spec.percents:
-        waves = spec.split(["x"]) if spec.devices == ("*",) else spec.split(spec.devices)
+    waves = spec.split(["x"])  # a stand-in for "every registered device"
     try:
         check_plan(plan_of(spec, waves, Firmware(spec.version, "-", 1, "0" * 32)))
     except CampaignError as exc:

@@ -1,18 +1,21 @@
-"""The burn rule end to end (issue 18): a campaign with `burn="wait"` starts a device inside its
-maintenance window; the device, online only after the window closed, downloads at once, holds
-the image, keeps the platform from taking it for silent, and burns when the next window opens.
-Real device and platform over the memory broker, firmware over real HTTP, the manual clock."""
+"""Maintenance windows through the platform (issue 18), on the manual clock: nobody starts
+outside a daily window; and the burn rule end to end: a campaign with `burn="wait"` starts a
+device inside its window; the device, online only after the window closed, downloads at once,
+holds the image, keeps the platform from taking it for silent, and burns when the next window
+opens. Real device and platform over the memory broker, firmware over real HTTP."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from iotfsm.campaigns import CampaignSettings
-from iotfsm.machines.windows import Interval
+from iotfsm.machines.campaign import Rate
+from iotfsm.machines.windows import DailyWindow, Interval
 from iotfsm.testing import Pair
 
 PRODUCT = "CAMP000005"
@@ -58,3 +61,22 @@ def test_a_device_burns_only_inside_a_window_when_told_to_wait(pair: Pair, burn:
     assert pair.platform.campaign_status(cid).state == "succeeded"
     held = [d for d in pair.wire("$ota/report") if d.get("report", {}).get("progress")]
     assert not [d for d in held if d["report"]["progress"]["state"] == "fail"]
+
+
+def test_through_the_platform_nobody_starts_outside_a_daily_window(pair: Pair) -> None:
+    """A 10-minute nightly window, 1 start a minute, 15 devices: 10 start tonight, 5 the next
+    night, each inside a window, on the recorded start times of the manual clock."""
+    names = [f"dev-{i:02d}" for i in range(15)]
+    for n in names:
+        pair.platform.register_device(PRODUCT, n)
+    t = pair.clock.now()
+    opens = datetime.fromtimestamp(t + 3600, timezone.utc).strftime("%H:%M")
+    closes = datetime.fromtimestamp(t + 3600 + 600, timezone.utc).strftime("%H:%M")
+    window = DailyWindow(opens, closes, "UTC")
+    settings = CampaignSettings(rate=Rate(1), daily_windows=(window,), advance="immediate")
+    cid = pair.platform.start_campaign(PRODUCT, "2.0", IMAGE, [names], settings=settings)
+    runs = pair.platform.campaigns.context(cid).devices
+    pair.run_until("every start", lambda: all(r.starts for r in runs.values()), timeout=60)
+    at = sorted(r.started for r in runs.values())
+    first = t + 3600 - (t + 3600) % 60  # HH:MM: the window opens on the minute
+    assert [a - first for a in at] == [*range(0, 600, 60), *range(86400, 86400 + 300, 60)]
