@@ -443,8 +443,7 @@ def _burn_held(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]
 
 def _window_gone(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
     """The last window closed before the image was ready (or while the device was off): fail
-    the attempt with -1 and report again later, so the platform re-offers with fresh windows
-    (the complete image on disk is picked up again by the resumed download)."""
+    the attempt with -1 and report again later, so the platform re-offers with fresh windows."""
     target, ctx.target, ctx.image = ctx.target, "", ""
     return (
         Publish(ReportProgress.fail(target, TIMEOUT, "no burn window left"), 1),
