@@ -12,7 +12,7 @@ from iotfsm.adapters.limits import MAX_PAYLOAD_BYTES
 from iotfsm.adapters.topics import SUFFIX_VALUE, TopicError, Topics
 from iotfsm.fsm import CancelTimer, Disconnected, Log, Publish, SetTimer, Stepper
 from iotfsm.machines import all_features
-from iotfsm.machines.feature import DeviceKey
+from iotfsm.machines.feature import DeviceKey, Direction
 from iotfsm.machines.rrpc import (
     DEVICE,
     FORGET_AFTER,
@@ -239,7 +239,11 @@ def test_an_oversized_rrpc_payload_is_refused_both_ways() -> None:
 
 @given(st.binary(max_size=MAX_PAYLOAD_BYTES), st.from_regex(SUFFIX_VALUE, fullmatch=True))
 def test_rrpc_messages_round_trip_through_topic_and_codec(payload: bytes, process_id: str) -> None:
-    for cls, direction in ((RrpcRequest, "down"), (RrpcReply, "up")):
+    pairs: tuple[tuple[type[RrpcRequest | RrpcReply], Direction], ...] = (
+        (RrpcRequest, "down"),
+        (RrpcReply, "up"),
+    )
+    for cls, direction in pairs:
         message = cls(payload=payload, process_id=process_id)
         topic = TOPICS.topic("rrpc", direction, KEY, message.process_id)
         route = TOPICS.parse(topic)

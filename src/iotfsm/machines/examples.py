@@ -403,7 +403,8 @@ def _rrpc_open(n: int) -> Callable[[Any], rrpc.DeviceContext]:
 
 
 def _rrpc_answers(ctx: rrpc.DeviceContext) -> list[Event]:
-    return [rrpc.AnswerRrpc(p, b"ok") for p in ctx.open] + [rrpc.AnswerRrpc("999", b"late")]
+    answers: list[Event] = [rrpc.AnswerRrpc(p, b"ok") for p in ctx.open]
+    return [*answers, rrpc.AnswerRrpc("999", b"late")]
 
 
 def _rrpc_replies(ctx: rrpc.PlatformContext) -> list[Event]:
