@@ -142,3 +142,26 @@ def test_stop_ends_waiting_calls(tmp_path: Path) -> None:
     pair.close()
     with pytest.raises(RrpcTimeout, match="platform stopped"):
         future.result(timeout=0)
+
+
+def test_call_raises_the_machines_timeout_at_the_deadline(tmp_path: Path) -> None:
+    with Pair(tmp_path) as pair:
+        pair.device("dev-1").start()  # no on_rrpc: it never answers
+        key = DeviceKey(pair.product, "dev-1")
+        caught: list[BaseException] = []
+
+        def caller() -> None:
+            try:
+                pair.platform.call(key, b"x", timeout=2.0)
+            except RrpcTimeout as exc:
+                caught.append(exc)
+
+        thread = threading.Thread(target=caller)
+        thread.start()
+        session = pair.platform.runtime.session("rrpc", key)
+        pair.wait_for("the call", lambda: bool(session.ctx.pending))
+        pair.advance(2.0)
+        thread.join(timeout=10)
+        assert [str(e).split(";")[0] for e in caught] == [
+            f"RRPC to {pair.product}/dev-1: no answer within 2 s"
+        ]

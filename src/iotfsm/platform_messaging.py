@@ -109,6 +109,8 @@ class PlatformMessaging:
         future = self.call_async(key, payload, timeout)
         try:
             return future.result(timeout=timeout + GRACE)
+        except RrpcTimeout:  # a TimeoutError too: the machine's own, at the deadline
+            raise
         except FutureTimeout:
             raise RrpcTimeout(DeviceKey(*key), timeout, "the platform did not step") from None
 
