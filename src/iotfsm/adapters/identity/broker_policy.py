@@ -89,7 +89,7 @@ class BrokerPolicy:
         }
         for feature in features:
             for direction in ("up", "down"):
-                template = feature.topic_template(direction)  # type: ignore[arg-type]
+                template = feature.topic_template(direction)
                 if not template:
                     continue  # a direction the feature does not use
                 prefix = template.split("/{product}", 1)[0]
