@@ -133,6 +133,10 @@ def test_device_hands_each_request_over_and_answers_on_its_process_id() -> None:
 
 def test_device_refuses_duplicates_malformed_ids_and_late_answers_changing_nothing() -> None:
     s = Stepper(DEVICE, key=KEY, start=10.0)
+    assert s.step(RrpcRequest(payload=b"a", process_id="-1")) == [
+        Log.warning("refused an RRPC request: processId '-1'")
+    ]
+    assert (s.state, s.ctx) == ("idle", DeviceContext())
     s.step(RrpcRequest(payload=b"a", process_id="5"))
     before = (s.state, repr(s.ctx))
     assert s.step(RrpcRequest(payload=b"a", process_id="5")) == [

@@ -426,8 +426,9 @@ RRPC_DEVICE = Examples(
         rrpc.AnswerRrpc: _rrpc_answers,
         Disconnected: always(Disconnected()),
     },
-    # a device with MAX_OPEN - 1 and MAX_OPEN requests open: one more is refused in either state
-    starts=tuple(_rrpc_open(n) for n in (rrpc.MAX_OPEN - 1, rrpc.MAX_OPEN)),
+    # a device with MAX_OPEN - 1 requests open (the planner's paths are too short to open
+    # them one by one): one more fills it, the next is refused
+    starts=(_rrpc_open(rrpc.MAX_OPEN - 1),),
 )
 
 RRPC_PLATFORM = Examples(

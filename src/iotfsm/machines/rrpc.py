@@ -260,7 +260,7 @@ DEVICE = MachineSpec(
     transitions=[
         On(RrpcRequest, ANY_STATE, None, guard=_malformed_request, action=_refuse_malformed),
         On(RrpcRequest, ANY_STATE, None, guard=_duplicate, action=_refuse_duplicate),
-        On(RrpcRequest, ANY_STATE, None, guard=_full, action=_refuse_full),
+        On(RrpcRequest, "answering", None, guard=_full, action=_refuse_full),
         On(RrpcRequest, ANY_STATE, "answering", action=_open),
         On(AnswerRrpc, "answering", "idle", guard=_answers_last, action=_send_answer),
         On(AnswerRrpc, "answering", None, guard=_answers_open, action=_send_answer),
