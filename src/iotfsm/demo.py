@@ -308,7 +308,7 @@ class _Scenario:
 
         def reported() -> bool:
             state = platform.shadow(PRODUCT, first)["state"]
-            return state["reported"].get("color") == "blue" and state["delta"] == {}
+            return bool(state["reported"].get("color") == "blue" and state["delta"] == {})
 
         self.pair.run_until("the shadow round trip", reported)
         doc = platform.shadow(*key)
