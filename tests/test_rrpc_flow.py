@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from iotfsm import DeviceKey, RrpcTimeout
+from iotfsm import DeviceKey, MemoryBroker, Platform, RrpcTimeout
 from iotfsm.adapters.identity.registry import RegistryError
+from iotfsm.fsm import ManualClock
 from iotfsm.fsm.trace import StepRecord
-from iotfsm.testing.pair import Pair
+from iotfsm.testing.pair import START, Pair
 
 
 def test_a_call_is_answered_on_the_process_id_of_its_request(tmp_path: Path) -> None:
@@ -165,3 +166,28 @@ def test_call_raises_the_machines_timeout_at_the_deadline(tmp_path: Path) -> Non
         assert [str(e).split(";")[0] for e in caught] == [
             f"RRPC to {pair.product}/dev-1: no answer within 2 s"
         ]
+
+
+def test_calls_in_flight_at_a_restart_expire_quietly_and_process_ids_keep_counting(
+    tmp_path: Path,
+) -> None:
+    clock = ManualClock(START)
+    broker = MemoryBroker(scheduler=clock)
+    first = Platform(broker, data_dir=tmp_path / "data", clock=clock).start()
+    first.register_device("P1", "dev-1")
+    key = DeviceKey("P1", "dev-1")
+    waiting = first.call_async(key, b"x", timeout=5.0)  # nobody is online to answer
+    (old,) = first.runtime.session("rrpc", key).ctx.pending
+    first.stop()
+    with pytest.raises(RrpcTimeout, match="platform stopped"):
+        waiting.result(timeout=0)
+    again = Platform(broker, data_dir=tmp_path / "data", clock=clock).start()
+    try:
+        session = again.runtime.session("rrpc", key)
+        assert session.state == "waiting" and list(session.ctx.pending) == [old]
+        clock.advance(5.0)  # its deadline: timed out in the session, no caller to tell
+        assert (session.state, session.ctx.timed_out) == ("idle", 1)
+        fresh = again.call_async(key, b"y", timeout=5.0)
+        assert list(session.ctx.pending) == [str(int(old) + 1)] and not fresh.done()
+    finally:
+        again.stop()
