@@ -117,7 +117,8 @@ class PlatformMessaging:
     def call_async(
         self, key: DeviceKey, payload: bytes | str, timeout: float = DEFAULT_TIMEOUT
     ) -> Future[bytes]:
-        """Like `call`, without waiting: the future holds the answer or an RrpcTimeout.
+        """Like `call`, without waiting: the future holds the answer or an RrpcTimeout
+        (its done-callbacks run on the platform's runtime thread: keep them short).
         Raises at once for an unregistered device (RegistryError), a payload that is not
         bytes/str or is over 16 KB, or a timeout outside (0, 60] seconds."""
         if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(p, str) for p in key)):
