@@ -61,6 +61,10 @@ RESTING: dict[str, frozenset[str]] = {
     "broadcast.platform": frozenset({"ready"}),
     "shadow.device": frozenset({"offline", "synced"}),
     "shadow.platform": frozenset({"empty", "kept"}),
+    # `answering` waits for the application (the forget timer ends it), `waiting` for answers
+    # (the deadline timer ends it)
+    "rrpc.device": frozenset({"idle"}),
+    "rrpc.platform": frozenset({"idle"}),
 }
 """States that wait for the other side (a message, a command, a connection) by design."""
 

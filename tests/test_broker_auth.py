@@ -66,6 +66,7 @@ def test_routing_keys_are_what_rabbitmq_checks() -> None:
     assert routing_key("$ota/report/PROD1/dev:a_1-x") == "$ota.report.PROD1.dev:a_1-x"
     assert routing_key("$ota/report/+/+") == "$ota.report.*.*"
     assert routing_key("$log/operation/#") == "$log.operation.#"
+    assert routing_key("$rrpc/txd/PROD1/dev-1/+") == "$rrpc.txd.PROD1.dev-1.*"
 
 
 def test_a_device_gets_its_own_topics_only(policy: BrokerPolicy, registry: Registry) -> None:
@@ -128,6 +129,30 @@ def test_the_platform_account_reads_uplinks_and_writes_downlinks(policy: BrokerP
                             ("write", "$ota.update.*.*"), ("write", f"$ota.report.{PRODUCT}.d"),
                             ("write", "$ota.update.P.bad/name"), ("read", "$ota.report.#")]:  # fmt: skip
         assert not policy.decide("topic", _topic(user, permission, key)), key
+
+
+def test_rrpc_topics_end_with_any_process_id_never_a_wildcard_published(
+    policy: BrokerPolicy, registry: Registry
+) -> None:
+    user = _login(policy, registry)
+    me = f"{PRODUCT}.dev:a_1-x"
+    allowed = [("read", f"$rrpc.rxd.{me}.*"), ("write", f"$rrpc.txd.{me}.469"),
+               ("write", f"$rrpc.txd.{me}.*")]  # fmt: skip
+    refused = [("write", f"$rrpc.txd.{PRODUCT}.dev-b.469"), ("read", f"$rrpc.rxd.{PRODUCT}.dev-b.*"),
+               ("write", f"$rrpc.rxd.{me}.469"), ("read", f"$rrpc.txd.{me}.*"),
+               ("write", f"$rrpc.txd.{me}.#"), ("write", f"$rrpc.txd.{me}.1.2"),
+               ("read", f"$rrpc.rxd.{me}.#"), ("write", f"$rrpc.txd.{me}." + "1" * 17)]  # fmt: skip
+    assert [policy.decide("topic", _topic(user, p, k)) for p, k in allowed] == [True] * 3
+    assert [policy.decide("topic", _topic(user, p, k)) for p, k in refused] == [False] * 8
+    platform = ACCOUNT.username
+    pid = "iotfsm-platform-1"
+    for permission, key in [("read", "$rrpc.txd.*.*.*"), ("read", f"$rrpc.txd.{PRODUCT}.*.*"),
+                            ("write", f"$rrpc.rxd.{me}.469")]:  # fmt: skip
+        assert policy.decide("topic", _topic(platform, permission, key, pid)), key
+    for permission, key in [("write", f"$rrpc.rxd.{me}.*"), ("write", "$rrpc.rxd.*.*.1"),
+                            ("read", "$rrpc.rxd.*.*.*"), ("read", "$rrpc.txd.*.*.5"),
+                            ("write", f"$rrpc.txd.{me}.5"), ("write", f"$rrpc.rxd.{me}")]:  # fmt: skip
+        assert not policy.decide("topic", _topic(platform, permission, key, pid)), key
 
 
 def test_questions_without_a_login_or_with_missing_fields_are_denied(policy: BrokerPolicy) -> None:

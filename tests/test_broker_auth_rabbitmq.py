@@ -193,6 +193,33 @@ def test_own_topics_pass_and_others_are_refused_by_the_node(
     assert auth.policy.decisions[("topic", False)] >= 2
 
 
+def test_rrpc_topics_carry_any_process_id_of_the_device_only(
+    auth: BrokerAuthServer, probes: Callable[..., Probe], directory: Registry
+) -> None:
+    platform = probes("iotfsm-platform-rrpc", ACCOUNT.username, ACCOUNT.password)
+    assert platform.first("connack") == ("connack", 0)
+    platform.client.subscribe("$rrpc/txd/+/+/+", 1)
+    assert platform.first("suback") == ("suback", (1,))
+    device = _device(probes, directory, DEV_A)
+    assert device.first("connack") == ("connack", 0)
+    device.client.subscribe(f"$rrpc/rxd/{PRODUCT}/{DEV_A.device}/+", 1)
+    assert device.first("suback") == ("suback", (1,))
+    request = f"$rrpc/rxd/{PRODUCT}/{DEV_A.device}/469"
+    platform.client.publish(request, b"closed", qos=1)
+    device.wait(lambda ev: ("message", request, b"closed") in ev, "the request")
+    answer = f"$rrpc/txd/{PRODUCT}/{DEV_A.device}/469"
+    device.client.publish(answer, b"ok", qos=1)
+    platform.wait(lambda ev: ("message", answer, b"ok") in ev, "the answer")
+
+    forger = _device(probes, directory, DEV_B)
+    assert forger.first("connack") == ("connack", 0)
+    forger.client.publish(answer, b"forged", qos=1)  # an answer to a call made to dev-a
+    forger.first("closed")
+    device.client.publish(answer.replace("469", "470"), b"marker", qos=1)
+    platform.wait(lambda ev: any(e[-1:] == (b"marker",) for e in ev), "the marker")
+    assert [m[1] for m in platform.messages()] == [b"ok", b"marker"]
+
+
 def test_logins_the_node_refuses_and_a_re_enabled_device_back_in(
     auth: BrokerAuthServer, probes: Callable[..., Probe], directory: Registry
 ) -> None:

@@ -18,7 +18,8 @@ def test_demo_passes_every_check(capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["passed"] is True
     assert doc["devices"] == 3
     names = " ".join(c["name"] for c in doc["checks"])
-    for feature in ("log level", "config", "ota", "upload", "download", "campaign", "wire"):
+    features = ("log level", "config", "ota", "upload", "download", "rrpc", "broadcast", "shadow")
+    for feature in (*features, "campaign", "wire"):
         assert feature in names
     assert all(c["passed"] for c in doc["checks"])
 

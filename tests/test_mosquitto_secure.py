@@ -161,6 +161,12 @@ def forgeries(evil_url: str) -> list[tuple[str, bytes]]:
         forged(
             "$ota/report/S3EUVBRJLB/idle", {"type": "report_version", "report": {"version": "2.0"}}
         ),
+        forged(  # an answer to an RRPC call made to the victim
+            "$rrpc/txd/S3EUVBRJLB/victim/1", {"answer": "forged"}
+        ),
+        forged(  # an RRPC request the victim would run
+            "$rrpc/rxd/S3EUVBRJLB/victim/2", {"command": "reboot"}
+        ),
         forged(  # a file stored as the victim's upload
             "$resource/up/service/S3EUVBRJLB/victim",
             {**upload, "md5sum": hashlib.md5(b"forge").hexdigest()},
@@ -176,9 +182,14 @@ def test_acl_gives_each_device_exactly_its_own_topics() -> None:
         assert sorted(blocks[f"user {key.product}/{key.device}"]) == sorted(
             [f"topic write {t}" for t in publish] + [f"topic read {t}" for t in subscribe]
         )
-    # log, ota, resource (one pair for two), config, shadow; broadcast only comes down
-    assert (len(publish), len(subscribe)) == (5, 6)
+    # log, ota, resource (one pair for two), config, shadow, rrpc; broadcast only comes down
+    assert (len(publish), len(subscribe)) == (6, 7)
     assert "topic read $ota/report/+/+" in text and "topic write $ota/update/+/+" in text
+    # RRPC: any processId of its own topics; the platform's filters have a level more
+    assert "topic write $rrpc/txd/S3EUVBRJLB/victim/+" in text
+    assert "topic read $rrpc/rxd/S3EUVBRJLB/victim/+" in text
+    assert "topic read $rrpc/txd/+/+/+" in text and "topic write $rrpc/rxd/+/+/+" in text
+    assert all(line.split(" ", 2)[2:] != [""] for line in text.splitlines() if line)
     assert "#" not in text.replace("# written", "")
 
 
@@ -253,7 +264,13 @@ def test_attacks_refused_by_mosquitto_while_a_valid_device_works(
     # has no per-topic refusal Mosquitto uses here) but nothing of another device is delivered
     attacker = mqtt_clients(
         attacker_settings,
-        subscribe=[("$ota/#", 1), ("$config/#", 1), ("$resource/#", 1), ("$log/#", 1)],
+        subscribe=[
+            ("$ota/#", 1),
+            ("$config/#", 1),
+            ("$resource/#", 1),
+            ("$log/#", 1),
+            ("$rrpc/#", 1),
+        ],
     )
     try:
         platform.start()
@@ -314,6 +331,9 @@ def test_revoked_device_is_cut_off_after_a_reload_without_restart(
         own = "$ota/report/S3EUVBRJLB/attacker"
         attacker.transport.publish(own, b'{"type":"report_version"}', qos=1)
         wait_for("its own report accepted", lambda: f"m1, '{own}'" in broker.log_text())
+        own_rrpc = "$rrpc/txd/S3EUVBRJLB/attacker/5"  # an answer on any processId of its own
+        attacker.transport.publish(own_rrpc, b"ok", qos=1)
+        wait_for("its own RRPC answer accepted", lambda: f"m2, '{own_rrpc}'" in broker.log_text())
         assert denied(broker) == []
 
         # disabled or removed: ACL without it, certificate revoked, SIGHUP, no restart

@@ -192,7 +192,10 @@ def test_device_topics_come_from_the_declarations() -> None:
     assert f"$resource/up/service/{PRODUCT}/d1" in publish
     assert f"$log/operation/result/{PRODUCT}/d1" in subscribe
     assert not set(publish) & set(subscribe)
-    assert all(t.endswith(f"/{PRODUCT}/d1") for t in publish + subscribe)
+    # RRPC's topics end with the processId: any one, `+`
+    assert f"$rrpc/txd/{PRODUCT}/d1/+" in publish
+    assert f"$rrpc/rxd/{PRODUCT}/d1/+" in subscribe
+    assert all(t.removesuffix("/+").endswith(f"/{PRODUCT}/d1") for t in publish + subscribe)
 
 
 def _ask(broker: MemoryBroker, device: str) -> None:

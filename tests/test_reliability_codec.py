@@ -133,9 +133,9 @@ def accepts(feature: str, direction: str, payload: bytes) -> Message | None:
 
 
 def test_every_message_type_has_a_valid_example() -> None:
-    # broadcast and shadow have their own example and hypothesis tests
-    # (tests/test_broadcast_machines.py, tests/test_shadow_machines.py)
-    own = {"broadcast", "shadow"}
+    # broadcast, shadow and rrpc have their own example and hypothesis tests
+    # (tests/test_broadcast_machines.py, test_shadow_machines.py, test_rrpc_machines.py)
+    own = {"broadcast", "shadow", "rrpc"}
     declared = {
         (f.name, d, m.TYPE)
         for f in all_features()

@@ -35,7 +35,9 @@ def test_every_topic_takes_the_longest_names(feature: Feature, direction: Direct
     if not feature.topic_template(direction):
         return  # a direction the feature does not use (broadcast is down only)
     key = DeviceKey(PRODUCT, LONGEST)
-    topic = TOPICS.topic(feature.name, direction, key)
+    # RRPC's topics end with a processId, at most 16 characters
+    suffix = "9" * 16 if TOPICS.suffixed(feature.name) else ""
+    topic = TOPICS.topic(feature.name, direction, key, suffix)
     assert len(topic.encode()) > 64  # what used to be refused
     assert len(topic.encode()) <= MAX_TOPIC_BYTES
     assert len(topic.encode()) - len(PRODUCT) - len(LONGEST) <= MAX_TOPIC_NAME_BYTES
@@ -78,7 +80,11 @@ def test_every_feature_in_both_roles_with_the_longest_names(
             on_resource=lambda path, name: received.update({name: path.read_bytes()}),
             on_config=configs.append,
             logger=app_log,
+            on_rrpc=lambda payload, process_id: b'{"answer":' + payload + b"}",
         ).start()
+        call = pair.platform.call_async(DeviceKey(PRODUCT, LONGEST), b"[1]")
+        pair.wait_for("the RRPC answer", call.done)
+        assert call.result() == b'{"answer":[1]}'
         pair.platform.set_log_level(PRODUCT, LONGEST, 1)
         pair.wait_for("the log level", lambda: app_log.level == logging.ERROR)
         pair.platform.set_config(PRODUCT, {"baud": 9600})

@@ -58,11 +58,14 @@ def test_filters_per_role() -> None:
     assert "$log/operation/result" in downs and "$resource/down/service" in downs
     # a device subscribes its own concrete down topics, once per topic pair
     device = TOPICS.filters("device", device=DeviceKey("P1", "d1"))
-    assert device == [f"{prefix}/P1/d1" for prefix in downs]
+    # (RRPC's, declared last, with `+` for the processId)
+    assert device == [*(f"{prefix}/P1/d1" for prefix in downs), "$rrpc/rxd/P1/d1/+"]
     # a platform every product's up topics, spelled out for $ topics, or chosen products only
-    assert TOPICS.filters("platform") == [f"{prefix}/+/+" for prefix in ups]
+    assert TOPICS.filters("platform") == [*(f"{prefix}/+/+" for prefix in ups), "$rrpc/txd/+/+/+"]
     assert TOPICS.filters("platform", products=["P1", "P2"]) == [
-        f"{prefix}/{product}/+" for prefix in ups for product in ("P1", "P2")
+        *(f"{prefix}/{product}/+" for prefix in ups for product in ("P1", "P2")),
+        "$rrpc/txd/P1/+/+",
+        "$rrpc/txd/P2/+/+",
     ]
     with pytest.raises(TopicError):
         TOPICS.filters("platform", products=["bad/+"])

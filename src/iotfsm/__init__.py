@@ -11,6 +11,7 @@ from .adapters.http.log_upload import LogUploadOptions
 from .adapters.mqtt.memory_broker import MemoryBroker
 from .adapters.store.config_store import ConfigError, ConfigVersion
 from .device import BurnHook, ConfigHook, Device, ResourceHook, UploadHook
+from .device_messaging import RrpcHook
 from .machines.config import ConfigStatus, ProductConfig
 from .machines.feature import DeviceKey
 from .platform import (
@@ -21,6 +22,7 @@ from .platform import (
     SessionStatus,
     UploadInfo,
 )
+from .platform_messaging import RrpcTimeout
 
 __version__ = "0.1.0"
 
@@ -42,6 +44,8 @@ __all__ = [
     "Platform",
     "ProductConfig",
     "ResourceHook",
+    "RrpcHook",
+    "RrpcTimeout",
     "SessionStatus",
     "UploadHook",
     "UploadInfo",

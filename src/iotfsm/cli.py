@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         "device",
         device,
         "run the device role of every feature until SIGINT or SIGTERM",
-        "Run the device role (OTA, log level) against a broker. " + device.EXAMPLE,
+        "Run the device role of every feature against a broker (RRPC calls answered with"
+        " --rrpc-commands). " + device.EXAMPLE,
     )
     _mount(
         sub,

@@ -10,6 +10,7 @@ cut connection costs no wall time.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import random
 import tempfile
@@ -22,6 +23,7 @@ import attrs
 from .adapters.http.log_upload import LogUploadOptions
 from .campaigns import CampaignSettings
 from .device import Device
+from .machines.feature import DeviceKey
 from .platform import FirmwareStatus
 from .testing.pair import Pair
 
@@ -63,9 +65,21 @@ class _App:
     uploads: list[tuple[str, bool, int, str]] = attrs.Factory(list)
     installed: list[tuple[str, str]] = attrs.Factory(list)
     """(version, md5 of the image) for each burn."""
+    broadcasts: list[bytes] = attrs.Factory(list)
+    deltas: list[dict[str, Any]] = attrs.Factory(list)
 
     def burn(self, image: Path, version: str) -> None:
         self.installed.append((version, hashlib.md5(image.read_bytes()).hexdigest()))
+
+    def rrpc(self, payload: bytes, process_id: str) -> bytes:
+        """An RRPC handler: answers `{"uptime": …}` to `{"ask": "uptime"}`, an error else."""
+        asked = json.loads(payload) if payload.startswith(b"{") else {}
+        if asked == {"ask": "uptime"}:
+            return json.dumps({"uptime": 42, "process_id": process_id}).encode()
+        return b'{"error":"unknown request"}'
+
+    def shadow_delta(self, delta: dict[str, Any]) -> None:
+        self.deltas.append(delta)  # applied: None reports the delta as it is
 
 
 def run_demo(
@@ -110,6 +124,9 @@ def run_demo(
                 on_upload_finished=lambda *outcome, app=app: app.uploads.append(outcome),
                 burn=app.burn,
                 log_upload=LogUploadOptions(platform.log_url, interval=0.2),
+                on_rrpc=app.rrpc,
+                on_broadcast=app.broadcasts.append,
+                on_shadow_delta=app.shadow_delta,
             ).start()
         pair.run_until("every device to connect", lambda: all(d.connected for d in fleet.values()))
         pair.run_until(
@@ -124,6 +141,7 @@ def run_demo(
             scenario.ota,
             scenario.upload,
             scenario.download,
+            scenario.messaging,
             scenario.campaign,
             scenario.wire,
         ):
@@ -259,6 +277,49 @@ class _Scenario:
             all(a.resources.get("faces.db") == data for a in self.apps.values()),
             f"{len(data)} bytes to {len(self.fleet)} devices",
         )
+
+    def messaging(self) -> None:
+        """RRPC, broadcast and the device shadow (seed 004 §1.2-1.3)."""
+        platform = self.pair.platform
+        first = next(iter(self.fleet))
+        key = DeviceKey(PRODUCT, first)
+        ask = b'{"ask":"uptime"}'
+        calls = {n: platform.call_async(DeviceKey(PRODUCT, n), ask) for n in self.fleet}
+        self.pair.run_until("every RRPC answer", lambda: all(c.done() for c in calls.values()))
+        answers = {n: json.loads(c.result()) for n, c in calls.items()}
+        issued = {
+            n: platform.runtime.session("rrpc", DeviceKey(PRODUCT, n)).ctx.last_id for n in calls
+        }
+        self.check(
+            "rrpc: a call to every device answered on its request's processId",
+            all(a == {"uptime": 42, "process_id": str(issued[n])} for n, a in answers.items()),
+            f"{len(answers)} answers; processIds (per device) {sorted(set(issued.values()))}",
+        )
+        sent = platform.broadcast(PRODUCT, b'{"notice":"maintenance at 02:00"}')
+        apps = self.apps.values()
+        self.pair.run_until("the broadcast", lambda: all(a.broadcasts for a in apps))
+        self.check(
+            "broadcast: one call reached every device of the product once",
+            sent == len(self.fleet)
+            and all(a.broadcasts == [b'{"notice":"maintenance at 02:00"}'] for a in apps),
+            f"published to {sent} devices",
+        )
+        platform.set_desired(PRODUCT, first, {"color": "blue"})
+
+        def reported() -> bool:
+            state = platform.shadow(PRODUCT, first)["state"]
+            return bool(state["reported"].get("color") == "blue" and state["delta"] == {})
+
+        self.pair.run_until("the shadow round trip", reported)
+        doc = platform.shadow(*key)
+        self.check(
+            "shadow: desired -> delta -> applied on the device -> reported, no delta left",
+            self.apps[first].deltas == [{"color": "blue"}]
+            and self.fleet[first].shadow["version"] == doc["version"],
+            f"version {doc['version']}, reported {doc['state']['reported']}",
+        )
+        for name in self.fleet:
+            self.progress(name, "messaging", 100)
 
     def campaign(self) -> None:
         """Two waves on three extra devices: wave 1's burn failure (-5) aborts wave 2."""

@@ -32,7 +32,7 @@ from .adapters.identity.firmware_signing import FirmwareVerifier, PublicKeySourc
 from .adapters.runtime import Runtime
 from .adapters.topics import check_key
 from .adapters.transfer_runner import TransferRunner
-from .device_messaging import BroadcastHook, DeviceMessaging, ShadowDeltaHook
+from .device_messaging import BroadcastHook, DeviceMessaging, RrpcHook, ShadowDeltaHook
 from .fsm.clock import Clock
 from .fsm.events import Event
 from .fsm.trace import Tracer
@@ -88,6 +88,7 @@ class Device(RoleFacade, DeviceMessaging):
         trusted_url_bases: Sequence[str] = (),
         on_broadcast: BroadcastHook | None = None,
         on_shadow_delta: ShadowDeltaHook | None = None,
+        on_rrpc: RrpcHook | None = None,
     ) -> None:
         """`version` is the firmware the application runs (a version adopted by an earlier
         burn, remembered in the state directory, takes its place). `burn` installs an image;
@@ -111,7 +112,9 @@ class Device(RoleFacade, DeviceMessaging):
         FirmwareKeyError for the key) when either cannot be used. `on_broadcast(payload)`
         receives each broadcast of the product (bytes as the server sent them);
         `on_shadow_delta(delta)` applies the shadow's desired values, and what it returns is
-        reported (`report(state)` reports at any time)."""
+        reported (`report(state)` reports at any time). `on_rrpc(payload, process_id)`
+        answers the platform's RRPC calls: it returns the answer, or None and answers later
+        with `answer_rrpc(process_id, answer)`."""
         self.key = check_key(DeviceKey(product_id, device_name))
         self.state_dir = Path(state_dir)
         self._ota_dir = self.state_dir / "ota"
@@ -143,6 +146,7 @@ class Device(RoleFacade, DeviceMessaging):
         self._on_upload_finished = on_upload_finished
         self._on_broadcast = on_broadcast
         self._on_shadow_delta = on_shadow_delta
+        self._on_rrpc = on_rrpc
         self._on_config = on_config
         self._config_file = self.state_dir / "config" / "config.json"
         if log_upload is not None and not psk:

@@ -12,10 +12,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .adapters.limits import MAX_PAYLOAD_BYTES
 from .adapters.runtime import Runtime
 from .fsm.effects import Effect
 from .machines import DeviceKey
 from .machines.broadcast import DeliverBroadcast
+from .machines.rrpc import AnswerRrpc, HandleRrpc, is_process_id
 from .machines.shadow import ApplyShadowDelta, ReportShadow
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,10 @@ BroadcastHook = Callable[[bytes], None]
 ShadowDeltaHook = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 """`on_shadow_delta(delta)`: move to the desired values in `delta`; return what was applied
 (reported back; None reports `delta` as it is, {} reports nothing)."""
+RrpcHook = Callable[[bytes, str], "bytes | str | None"]
+"""`on_rrpc(payload, process_id)`: the answer to an RRPC request (bytes, or str sent as
+UTF-8). It runs on the device's runtime thread, so it must be quick: return None and answer
+later with `Device.answer_rrpc(process_id, answer)` from another thread for slow work."""
 
 
 class DeviceMessaging:
@@ -34,6 +40,7 @@ class DeviceMessaging:
     key: DeviceKey
     _on_broadcast: BroadcastHook | None = None
     _on_shadow_delta: ShadowDeltaHook | None = None
+    _on_rrpc: RrpcHook | None = None
 
     def _messaging_handlers(
         self,
@@ -41,6 +48,7 @@ class DeviceMessaging:
         return {
             DeliverBroadcast: self._deliver_broadcast,
             ApplyShadowDelta: self._apply_shadow_delta,
+            HandleRrpc: self._handle_rrpc,
         }
 
     # ---- shadow -----------------------------------------------------------------------------
@@ -71,6 +79,27 @@ class DeviceMessaging:
         if state:
             self.runtime.post("shadow", key, ReportShadow(copy.deepcopy(state)))
 
+    # ---- rrpc -------------------------------------------------------------------------------
+
+    def answer_rrpc(self, process_id: str, answer: bytes | str) -> None:
+        """Answer RRPC request `process_id` (the one given to `on_rrpc`), from any thread. An
+        answer to a request that is not open (answered already, or older than 60 s) is
+        dropped and logged. TypeError/ValueError for an answer that cannot be sent."""
+        if not isinstance(process_id, str) or not is_process_id(process_id):
+            raise ValueError(f"{str(process_id)[:20]!r} is not an RRPC processId")
+        self.runtime.post("rrpc", self.key, AnswerRrpc(process_id, _answer_bytes(answer)))
+
+    def _handle_rrpc(self, key: DeviceKey, effect: HandleRrpc) -> None:
+        if self._on_rrpc is None:
+            log.info("RRPC request %s came; no on_rrpc answers it", effect.process_id)
+            return
+        try:
+            answer = self._on_rrpc(effect.payload, effect.process_id)
+            if answer is not None:
+                self.runtime.post("rrpc", key, AnswerRrpc(effect.process_id, _answer_bytes(answer)))
+        except Exception:  # the application's bug: this request goes unanswered, nothing else
+            log.exception("on_rrpc failed on request %s; it goes unanswered", effect.process_id)
+
     def _deliver_broadcast(self, key: DeviceKey, effect: DeliverBroadcast) -> None:
         if self._on_broadcast is None:
             log.info("a broadcast of %d bytes came; no on_broadcast takes it", len(effect.payload))
@@ -78,4 +107,16 @@ class DeviceMessaging:
         self._on_broadcast(effect.payload)
 
 
-__all__ = ["BroadcastHook", "DeviceMessaging", "ShadowDeltaHook"]
+def _answer_bytes(answer: bytes | str) -> bytes:
+    if isinstance(answer, str):
+        data = answer.encode("utf-8")
+    elif isinstance(answer, bytes | bytearray):
+        data = bytes(answer)
+    else:
+        raise TypeError(f"an RRPC answer is bytes or str, got {type(answer).__name__}")
+    if len(data) > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"an RRPC answer of {len(data)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    return data
+
+
+__all__ = ["BroadcastHook", "DeviceMessaging", "RrpcHook", "ShadowDeltaHook"]

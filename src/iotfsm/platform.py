@@ -45,7 +45,7 @@ from .campaigns import CampaignRunner, CampaignSettings, CampaignStatus
 from .fsm.clock import Clock
 from .fsm.events import Event
 from .fsm.trace import Tracer
-from .machines import DeviceKey, all_features, ota, resources
+from .machines import DeviceKey, all_features, ota, resources, rrpc
 from .machines.campaign import CampaignError, Firmware, Plan
 from .machines.config import (
     ConfigChanged,
@@ -185,6 +185,7 @@ class Platform(RoleFacade, PlatformMessaging):
         offers then carry `firmware_sha256` and `firmware_signature` (FirmwareKeyError, a
         ValueError, for a key it cannot use or a file others may read).
         `max_upload` bounds a device upload in bytes (None: only the free disk space does)."""
+        self._messaging_init()
         signing_key = None if firmware_key is None else load_private_key(firmware_key)
         if max_upload is not None and max_upload < 1:
             raise ValueError(f"max_upload must be a positive number of bytes, got {max_upload}")
@@ -250,12 +251,14 @@ class Platform(RoleFacade, PlatformMessaging):
                 resources.SendDownloadTask: self._send_download_task,
                 resources.ResourceDelivered: self._resource_delivered,
                 LoadProductConfig: self._load_config,
+                **self._messaging_handlers(),
             },
         )
         self.runtime.on_session_created = self._session_created
         self.runtime.restorable = self._restorable
         self.registry.on_change = self._registry_changed
         self.runtime.contexts["log_level"] = self._log_level_context
+        self.runtime.contexts["rrpc"] = self._rrpc_context
         self.files.on_upload(self._upload_stored)
         self.configs = ConfigRecords(store)
         """Each product's remote config: the last five versions and the switch."""
@@ -298,6 +301,7 @@ class Platform(RoleFacade, PlatformMessaging):
     def stop(self) -> None:
         self.campaigns.stop()
         super().stop()
+        self._fail_calls()
         if self.broker_auth is not None:
             self.broker_auth.stop()
         self.files.stop()
@@ -373,6 +377,12 @@ class Platform(RoleFacade, PlatformMessaging):
         """A device first seen gets its product's level, if one was set for every device."""
         level = self.store.get("product_log_level", key.product)
         return PlatformLogContext(key.product, level if isinstance(level, int) else 0)
+
+    def _rrpc_context(self, key: DeviceKey) -> rrpc.PlatformContext:
+        """A device's first processIds start from the clock's milliseconds, so a new session
+        (a platform without a store, restarted) never reissues a recent processId whose late
+        answer could be taken for a new call's."""
+        return rrpc.PlatformContext(last_id=int(self.runtime.clock.now() * 1000) % 10**13)
 
     def _session_created(self, feature: str, key: DeviceKey) -> None:
         if feature != "ota":

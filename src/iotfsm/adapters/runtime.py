@@ -45,6 +45,9 @@ EffectHandler = Callable[[DeviceKey, Any], None]
 
 
 class Runtime:
+    _drainer: int | None = None
+    """The thread running this runtime's steps right now, if any (`stepping_here`)."""
+
     def __init__(
         self,
         role: Role,
@@ -231,6 +234,12 @@ class Runtime:
         with self._lock:
             return not self._draining and not self._queue
 
+    @property
+    def stepping_here(self) -> bool:
+        """Whether the calling thread is the one running this runtime's steps (an effect
+        handler or a tracer): code that waits for a later step must not wait there."""
+        return self._draining and self._drainer == threading.get_ident()
+
     # ---- events -----------------------------------------------------------------------------
 
     def post(self, feature: str, key: DeviceKey, event: Event) -> None:
@@ -243,6 +252,7 @@ class Runtime:
                 self._queue.append((feature, key, event))
                 return
             self._draining = True
+            self._drainer = threading.get_ident()
             first = not self._queue  # else an interrupted drain left events: keep the order
             if not first:
                 self._queue.append((feature, key, event))
@@ -253,12 +263,14 @@ class Runtime:
                 with self._lock:
                     if not self._queue or self._stopped:
                         self._draining = False
+                        self._drainer = None
                         break
                     item = self._queue.popleft()
                 self._step(*item)
         except BaseException:
             with self._lock:
                 self._draining = False
+                self._drainer = None
             raise
         if self.store is not None and not self._stopped:
             self.store.commit()

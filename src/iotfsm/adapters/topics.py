@@ -156,6 +156,16 @@ class Topics:
         return [_with_key(p, f"{product}/+") for p in prefixes for product in products]
 
 
+def template_filter(template: str, product: str, device: str) -> str:
+    """A feature's topic template for one device (or `+` for either name) as a topic filter:
+    the level after the device of a suffixed topic (RRPC's processId) becomes `+`. For broker
+    ACLs and allow-lists, which name every topic a device may use."""
+    head, _, last = template.rpartition("/")
+    if not template.endswith(_SUFFIX) and last.startswith("{") and last.endswith("}"):
+        return f"{head.format(product=product, device=device)}/+"
+    return template.format(product=product, device=device)
+
+
 def _with_key(prefix: str, key: str) -> str:
     """`prefix/key`, or `prefix/key/+` for a suffixed prefix (marked by a trailing `/+`)."""
     if prefix.endswith("/+"):

@@ -21,11 +21,12 @@ from .common import (
     stop_on_signals,
     wait_connected,
 )
+from .rrpc_commands import RrpcCommands, load_commands
 
 EXAMPLE = """example:
   iotfsm device --broker mqtt://127.0.0.1:1883 --product-id S3EUVBRJLB \\
       --device-name dev-1 --psk-file dev-1.psk --version 1.0 \\
-      --state-dir ./dev-1 --events jsonl
+      --state-dir ./dev-1 --events jsonl --rrpc-commands ./rrpc-commands.json
   (or IOTFSM_PSK in the environment; a certificate device gives --cert and --key instead)
 """
 
@@ -58,6 +59,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "are always refused",
     )
     parser.add_argument(
+        "--rrpc-commands",
+        type=Path,
+        metavar="FILE",
+        help='answer RRPC calls {"command": NAME} by running the command FILE names for NAME '
+        '(a JSON object such as {"disk": ["df", "-h", "/"]}, not writable by group or others;'
+        " no shell, nothing from the call on the command line)",
+    )
+    parser.add_argument(
+        "--rrpc-timeout",
+        type=float,
+        default=8.0,
+        help="seconds an RRPC command may run before it is killed (default 8, under the"
+        " platform's 10 s call deadline)",
+    )
+    parser.add_argument(
         "--events", choices=["jsonl"], help="print one JSON object per state change"
     )
     parser.add_argument(
@@ -81,6 +97,11 @@ def _burn_with(command: str) -> object:
 def run(args: argparse.Namespace) -> int:
     mqtt, psk = login_options(args, device=True)
     events = JsonLines() if args.events == "jsonl" else None
+    rrpc = None
+    if args.rrpc_commands is not None:
+        if not 0 < args.rrpc_timeout <= 60:
+            raise CommandError(f"--rrpc-timeout {args.rrpc_timeout}: give 0-60 seconds")
+        rrpc = RrpcCommands(load_commands(args.rrpc_commands), args.rrpc_timeout)
     try:
         device = Device(
             args.product_id,
@@ -94,9 +115,12 @@ def run(args: argparse.Namespace) -> int:
             mqtt=mqtt,
             firmware_public_key=args.firmware_pubkey,
             trusted_url_bases=args.trusted_url_base,
+            on_rrpc=rrpc,
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    if rrpc is not None:
+        rrpc.answer = device.answer_rrpc
     stop = stop_on_signals()
     # The version it starts with: by the time the first connection is seen, an OTA offered at
     # once may already have been adopted.
@@ -110,4 +134,6 @@ def run(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         device.stop()
+        if rrpc is not None:
+            rrpc.close()
     return 0

@@ -3,7 +3,7 @@
 from typing import Any
 
 from ..fsm.spec import MachineSpec
-from . import broadcast, campaign, config, log_level, ota, resources, shadow
+from . import broadcast, campaign, config, log_level, ota, resources, rrpc, shadow
 from .feature import (
     ROLES,
     DeviceKey,
@@ -26,6 +26,7 @@ def all_features() -> tuple[Feature, ...]:
         config.FEATURE,
         broadcast.FEATURE,
         shadow.FEATURE,
+        rrpc.FEATURE,
     )
 
 
@@ -53,6 +54,7 @@ __all__ = [
     "outbound_direction",
     "platform_machines",
     "resources",
+    "rrpc",
     "shadow",
     "wire",
 ]

@@ -16,7 +16,7 @@ from ..fsm.effects import Effect
 from ..fsm.events import Connected, Disconnected, Event
 from ..fsm.examples import ExampleFn, Examples, always
 from ..fsm.spec import MachineSpec
-from . import broadcast, config, log_level, ota, resources, shadow
+from . import broadcast, config, log_level, ota, resources, rrpc, shadow
 from .feature import DeviceKey
 from .messages import Message
 from .transfer import (
@@ -392,6 +392,61 @@ SHADOW_PLATFORM = Examples(
 )
 
 
+# ---- rrpc -----------------------------------------------------------------------------------
+
+
+def _rrpc_requests(ctx: rrpc.DeviceContext) -> list[Event]:
+    request = rrpc.RrpcRequest
+    fresh = str(max((int(p) for p in [*ctx.open, *ctx.recent]), default=0) + 1)
+    out: list[Event] = [request(payload=b"uptime", process_id=fresh)]
+    out += [request(payload=b"again", process_id=p) for p in [*ctx.open, *ctx.recent][:1]]
+    out.append(request(payload=b"x", process_id="not-a-number"))
+    return out
+
+
+def _rrpc_open(n: int) -> Callable[[Any], rrpc.DeviceContext]:
+    return lambda key: rrpc.DeviceContext(open={str(i): 60.0 for i in range(1, n + 1)})
+
+
+def _rrpc_answers(ctx: rrpc.DeviceContext) -> list[Event]:
+    answers: list[Event] = [rrpc.AnswerRrpc(p, b"ok") for p in ctx.open]
+    return [*answers, rrpc.AnswerRrpc("999", b"late")]
+
+
+def _rrpc_replies(ctx: rrpc.PlatformContext) -> list[Event]:
+    reply = rrpc.RrpcReply
+    out: list[Event] = [reply(payload=b"ok", process_id=p) for p in ctx.pending]
+    out += [
+        reply(payload=b"late", process_id=str(max(ctx.last_id, 1))),
+        reply(payload=b"unknown", process_id=str(ctx.last_id + 1)),
+        reply(payload=b"bad", process_id="x1"),
+    ]
+    return out
+
+
+RRPC_DEVICE = Examples(
+    rrpc.DEVICE,
+    KEY,
+    {
+        rrpc.RrpcRequest: _rrpc_requests,
+        rrpc.AnswerRrpc: _rrpc_answers,
+        Disconnected: always(Disconnected()),
+    },
+    # a device with MAX_OPEN - 1 requests open (the planner's paths are too short to open
+    # them one by one): one more fills it, the next is refused
+    starts=(_rrpc_open(rrpc.MAX_OPEN - 1),),
+)
+
+RRPC_PLATFORM = Examples(
+    rrpc.PLATFORM,
+    KEY,
+    {
+        rrpc.CallDevice: always(rrpc.CallDevice("c-1", b"uptime", 5.0)),
+        rrpc.RrpcReply: _rrpc_replies,
+    },
+)
+
+
 ALL = (
     OTA_DEVICE,
     OTA_PLATFORM,
@@ -407,6 +462,8 @@ ALL = (
     BROADCAST_PLATFORM,
     SHADOW_DEVICE,
     SHADOW_PLATFORM,
+    RRPC_DEVICE,
+    RRPC_PLATFORM,
 )
 
 

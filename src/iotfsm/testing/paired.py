@@ -39,7 +39,7 @@ from ..fsm.machine import Machine
 from ..fsm.session import Session
 from ..fsm.trace import StepRecord
 from ..machines.feature import ROLES, DeviceKey, Feature, Role, inbound_direction
-from ..machines.messages import Message
+from ..machines.messages import Message, RawMessage
 from .pair import START
 from .paths import Edge, Limits, PlanError, edge_of, edges, next_now, search, trail
 
@@ -188,6 +188,11 @@ class _Exchange:
             _, decoded = self.codec.decode_any(
                 [self.feature.name], direction, self.codec.encode(message)
             )
+            if isinstance(message, RawMessage) and message.SUFFIX:
+                # the value the topic carries after the device (RRPC's processId), as the
+                # runtime puts it back from the topic
+                carried: dict[str, Any] = {message.SUFFIX: getattr(message, message.SUFFIX)}
+                decoded = attrs.evolve(decoded, **carried)
             post(_peer(sender), decoded)
 
         def step(to: Role, ev: Event) -> None:

@@ -31,7 +31,7 @@ from typing import Protocol
 
 from ...machines.feature import DeviceKey, Feature
 from ..amqp.routing import routing_key
-from ..topics import DEVICE_NAME, PRODUCT_ID
+from ..topics import DEVICE_NAME, PRODUCT_ID, SUFFIX_VALUE
 from .broker_account import BrokerAccount
 
 log = logging.getLogger(__name__)
@@ -82,14 +82,23 @@ class BrokerPolicy:
         self._account = account
         self._device_topics = device_topics
         self.vhost = vhost
-        up: set[tuple[str, ...]] = set()
-        down: set[tuple[str, ...]] = set()
+        # per direction, the routing-key prefixes before `{product}`: plain topics end with the
+        # device, suffixed ones (RRPC) have one more level (the processId)
+        prefixes: dict[tuple[str, bool], set[tuple[str, ...]]] = {
+            (d, suffixed): set() for d in ("up", "down") for suffixed in (False, True)
+        }
         for feature in features:
-            for direction, into in (("up", up), ("down", down)):
-                prefix = feature.topic_template(direction).rsplit("/", 2)[0]  # type: ignore[arg-type]
-                into.add(tuple(routing_key(prefix).split(".")))
-        self._up = frozenset(up)
-        self._down = frozenset(down)
+            for direction in ("up", "down"):
+                template = feature.topic_template(direction)
+                if not template:
+                    continue  # a direction the feature does not use
+                prefix = template.split("/{product}", 1)[0]
+                suffixed = not template.endswith("{device}")
+                prefixes[(direction, suffixed)].add(tuple(routing_key(prefix).split(".")))
+        self._up = frozenset(prefixes[("up", False)])
+        self._down = frozenset(prefixes[("down", False)])
+        self._up_suffixed = frozenset(prefixes[("up", True)])
+        self._down_suffixed = frozenset(prefixes[("down", True)])
         self._logins: OrderedDict[str, DeviceKey] = OrderedDict()
         self._lock = threading.Lock()
         self.decisions: Counter[tuple[str, bool]] = Counter()
@@ -175,15 +184,30 @@ class BrokerPolicy:
             return False
         if isinstance(identity, DeviceKey):
             publish, subscribe = self._device_topics(identity)
-            allowed = publish if permission == "write" else subscribe
-            return key in {routing_key(topic) for topic in allowed}
+            allowed = {routing_key(topic) for topic in publish if permission == "write"}
+            allowed |= {routing_key(topic) for topic in subscribe if permission == "read"}
+            if key in allowed:
+                return True
+            # an RRPC answer: `$rrpc.txd.{p}.{d}.*` allows the one processId published to
+            head, _, last = key.rpartition(".")
+            return permission == "write" and f"{head}.*" in allowed and _is_value(last)
         parts = key.split(".")
         if len(parts) < 3:
             return False
-        prefix, product, device = tuple(parts[:-2]), parts[-2], parts[-1]
+        if self._platform_topic(tuple(parts[:-2]), parts[-2], parts[-1], permission, False):
+            return True
+        value = parts[-1]  # a suffixed topic: subscribed as `*`, published with a processId
+        if len(parts) < 4 or not (value == "*" if permission == "read" else _is_value(value)):
+            return False
+        return self._platform_topic(tuple(parts[:-3]), parts[-3], parts[-2], permission, True)
+
+    def _platform_topic(
+        self, prefix: tuple[str, ...], product: str, device: str, permission: str, suffixed: bool
+    ) -> bool:
         if permission == "write":  # a downlink to one device, never a wildcard
-            return prefix in self._down and _is_name(product, device)
-        if prefix not in self._up:
+            down = self._down_suffixed if suffixed else self._down
+            return prefix in down and _is_name(product, device)
+        if prefix not in (self._up_suffixed if suffixed else self._up):
             return False
         if product == "*":
             return device == "*"
@@ -224,6 +248,11 @@ def _client_id(key: DeviceKey) -> str:
 
 def _is_name(product: str, device: str) -> bool:
     return PRODUCT_ID.fullmatch(product) is not None and DEVICE_NAME.fullmatch(device) is not None
+
+
+def _is_value(level: str) -> bool:
+    """A concrete value after the device (an RRPC processId), never a wildcard."""
+    return SUFFIX_VALUE.fullmatch(level) is not None
 
 
 def _describe(kind: str, params: Mapping[str, str]) -> str:

@@ -39,7 +39,7 @@ from ...fsm.clock import Clock, RealClock
 from ...machines import all_features
 from ...machines.feature import DeviceKey
 from ..store.session_store import SessionStore
-from ..topics import TopicError, check_key
+from ..topics import TopicError, check_key, template_filter
 from .credentials import DeviceCredentials, parse_username
 
 log = logging.getLogger(__name__)
@@ -180,10 +180,11 @@ def device_topics(key: DeviceKey) -> tuple[list[str], list[str]]:
     down: dict[str, None] = {}
     for feature in all_features():
         # a feature may have one direction only (broadcast is down only): "" means none
+        # RRPC's processId level is `+`: publish `$rrpc/txd/{p}/{d}/+`, subscribe `…/rxd/…/+`
         if feature.up_topic:
-            up[feature.up_topic.format(product=key.product, device=key.device)] = None
+            up[template_filter(feature.up_topic, key.product, key.device)] = None
         if feature.down_topic:
-            down[feature.down_topic.format(product=key.product, device=key.device)] = None
+            down[template_filter(feature.down_topic, key.product, key.device)] = None
     return list(up), list(down)
 
 

@@ -38,6 +38,7 @@ from ...machines import all_features
 from ...machines.feature import DeviceKey, Direction
 from ..identity.certificates import PlatformCA, device_identity
 from ..identity.registry import device_topics
+from ..topics import template_filter
 
 PLATFORM_USERNAME = "iotfsm-platform"
 PLATFORM_PASSWORD_FILE = "broker-password"
@@ -76,7 +77,8 @@ def acl_text(devices: Iterable[DeviceKey], platform_username: str = PLATFORM_USE
 def _every_device(direction: Direction) -> list[str]:
     """The platform's filters: every feature's topic of `direction` for `+/+`."""
     templates = (f.topic_template(direction) for f in all_features())
-    return list(dict.fromkeys(t.format(product="+", device="+") for t in templates))
+    # "" is a direction a feature does not use (broadcast sends nothing up)
+    return list(dict.fromkeys(template_filter(t, "+", "+") for t in templates if t))
 
 
 @attrs.frozen
