@@ -1,0 +1,403 @@
+"""The shapes the API reads and writes, as attrs classes: the OpenAPI schemas are made from these.
+
+Field metadata carries the bounds the schema publishes (`maximum`, `maxLength`, ...); the bounds
+are also checked where the value is used, so a client that skips the schema is refused the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+# ---- common -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ErrorDetail:
+    code: str
+    message: str
+
+
+@attrs.frozen
+class ErrorBody:
+    """Every 4xx and 5xx answer: what went wrong and what to fix."""
+
+    error: ErrorDetail
+
+
+@attrs.frozen
+class Accepted:
+    accepted: bool = True
+
+
+@attrs.frozen
+class Health:
+    status: str
+
+
+# ---- devices ------------------------------------------------------------------------------
+
+NAME = {"minLength": 1, "maxLength": 48}
+
+
+@attrs.frozen
+class DeviceIn:
+    """Register a device. Its key is derived from the product secret (`iotfsm registry key`
+    writes it to a file); keys never travel through the API."""
+
+    product: str = attrs.field(metadata=NAME)
+    device: str = attrs.field(metadata=NAME)
+    auth: Literal["key", "cert"] = "key"
+
+
+@attrs.frozen
+class DeviceOut:
+    """A device as the registry and this platform's sessions know it."""
+
+    product: str
+    device: str
+    registered: bool
+    enabled: bool
+    auth: str
+    last_seen: float | None
+    version: str
+    states: dict[str, str]
+
+
+@attrs.frozen
+class FirmwareState:
+    state: str
+    target: str
+    reported: str
+    percent: int
+    result_code: int
+    result_msg: str
+    drift: str
+
+
+@attrs.frozen
+class DeviceDetail:
+    product: str
+    device: str
+    registered: bool
+    enabled: bool
+    auth: str
+    last_seen: float | None
+    version: str
+    states: dict[str, str]
+    firmware: FirmwareState
+    log_level: int
+
+
+@attrs.frozen
+class DevicePage:
+    items: list[DeviceOut]
+    total: int
+    offset: int
+    limit: int
+
+
+@attrs.frozen
+class LogLevelIn:
+    level: int = attrs.field(metadata={"minimum": 0, "maximum": 4})
+
+
+@attrs.frozen
+class LogLevelOut:
+    level: int
+
+
+@attrs.frozen
+class LogLineOut:
+    seq: int
+    received_at: float
+    text: str
+    level: str
+
+
+@attrs.frozen
+class LogPage:
+    items: list[LogLineOut]
+    total: int
+    offset: int
+    limit: int
+
+
+# ---- firmware and deployments -------------------------------------------------------------
+
+
+@attrs.frozen
+class Image:
+    """A firmware image uploaded for a product and version, served by the file service."""
+
+    product: str
+    version: str
+    file_id: str
+    size: int
+    md5: str
+    uploaded_at: float
+
+
+@attrs.frozen
+class ImagePage:
+    items: list[Image]
+    total: int
+    offset: int
+    limit: int
+
+
+@attrs.frozen
+class DeploymentIn:
+    """Offer an uploaded image to devices (a list of names, or "*": every device of the
+    product, including ones first seen later)."""
+
+    product: str = attrs.field(metadata=NAME)
+    version: str = attrs.field(metadata={"minLength": 1, "maxLength": 32})
+    devices: list[str] | Literal["*"] = attrs.field(metadata={"maxItems": 10000})
+
+
+@attrs.frozen
+class DeploymentOut:
+    product: str
+    devices: list[str]
+    version: str
+    file_id: str
+    size: int
+    md5: str
+
+
+@attrs.frozen
+class DeploymentPage:
+    items: list[DeploymentOut]
+    total: int
+    offset: int
+    limit: int
+
+
+# ---- campaigns ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RateIn:
+    per_minute: float
+    growth: float = 1.0
+    every: int = 0
+    max_per_minute: float = 0.0
+
+
+@attrs.frozen
+class AbortIn:
+    percent: float
+    min_finished: int = 1
+    codes: list[int] = attrs.Factory(list)
+    timeouts: bool = False
+
+
+@attrs.frozen
+class SettingsIn:
+    advance: Literal["threshold", "operator"] = "threshold"
+    success_percent: float = 100.0
+    device_timeout: float = 0.0
+    cancel_on_abort: bool = False
+    start_at: float = 0.0
+    rate: RateIn | None = None
+    abort: list[AbortIn] = attrs.Factory(list)
+
+
+@attrs.frozen
+class CampaignIn:
+    """Roll an uploaded image out in waves of registered devices."""
+
+    product: str = attrs.field(metadata=NAME)
+    version: str = attrs.field(metadata={"minLength": 1, "maxLength": 32})
+    waves: list[list[str]] = attrs.field(metadata={"maxItems": 1000})
+    id: str | None = attrs.field(default=None, metadata={"maxLength": 64})
+    settings: SettingsIn | None = None
+
+
+@attrs.frozen
+class WaveOut:
+    number: int
+    size: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    timed_out: int
+    cancelled: int
+
+
+@attrs.frozen
+class HistoryEntry:
+    time: float
+    note: str
+
+
+@attrs.frozen
+class CampaignOut:
+    id: str
+    state: str
+    product: str
+    version: str
+    wave: int
+    waves: list[WaveOut]
+    reason: str
+    history: list[HistoryEntry]
+
+
+@attrs.frozen
+class CampaignPage:
+    items: list[CampaignOut]
+    total: int
+    offset: int
+    limit: int
+
+
+# ---- resources ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class DeliveryOut:
+    product: str
+    device: str
+    name: str
+    md5: str
+    size: int
+    state: str
+    code: int
+    message: str
+
+
+@attrs.frozen
+class DeliveryList:
+    items: list[DeliveryOut]
+
+
+@attrs.frozen
+class DeliveryPage:
+    items: list[DeliveryOut]
+    total: int
+    offset: int
+    limit: int
+
+
+@attrs.frozen
+class UploadOut:
+    product: str
+    device: str
+    name: str
+    md5: str
+    size: int
+    state: str
+    percent: int
+    code: int
+    message: str
+    stored: bool
+
+
+@attrs.frozen
+class UploadPage:
+    items: list[UploadOut]
+    total: int
+    offset: int
+    limit: int
+
+
+# ---- config -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class ConfigIn:
+    payload: dict[str, Any]
+
+
+@attrs.frozen
+class ConfigEnabledIn:
+    enabled: bool
+
+
+@attrs.frozen
+class ConfigOut:
+    enabled: bool
+    version: int
+    payload: dict[str, Any] | None
+
+
+@attrs.frozen
+class ConfigVersionOut:
+    version: int
+    payload: dict[str, Any]
+    created_at: float
+
+
+@attrs.frozen
+class ConfigHistory:
+    items: list[ConfigVersionOut]
+
+
+# ---- steps, audit, session, overview ------------------------------------------------------
+
+
+@attrs.frozen
+class StepEvent:
+    """One step of a machine: a device feature's (product, device set) or a campaign's."""
+
+    seq: int
+    time: float
+    machine: str
+    product: str | None
+    device: str | None
+    campaign: str | None
+    source: str
+    trigger: str
+    dest: str
+    handled: bool
+    effects: list[str]
+
+
+@attrs.frozen
+class StepList:
+    items: list[StepEvent]
+    dropped: int
+
+
+@attrs.frozen
+class AuditEntry:
+    time: float
+    token: str
+    method: str
+    path: str
+    status: int
+    result: str
+
+
+@attrs.frozen
+class AuditPage:
+    items: list[AuditEntry]
+    total: int
+    offset: int
+    limit: int
+
+
+@attrs.frozen
+class SessionIn:
+    token: str = attrs.field(metadata={"maxLength": 200})
+
+
+@attrs.frozen
+class SessionOut:
+    name: str
+    scopes: list[str]
+
+
+@attrs.frozen
+class Overview:
+    devices: int
+    enabled: int
+    online_recently: int
+    products: list[str]
+    by_state: dict[str, dict[str, int]]
+    by_version: dict[str, int]
+    campaigns: dict[str, int]
+    steps_dropped: int
