@@ -46,7 +46,7 @@ function show(c) {
   for (const button of document.querySelectorAll("button[data-command]")) {
     button.disabled = !takes(machine.layout, button.dataset.command, c.state);
   }
-  if (machine.root.dataset.state !== c.state) machine.show(c.state, lastStep && lastStep.to === c.state ? lastStep : null);
+  if (machine.root.dataset.state !== c.state) machine.show(c.state, lastStep && lastStep.dest === c.state ? lastStep : null);
 }
 
 const refresh = throttle(async () => {

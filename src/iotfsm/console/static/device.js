@@ -75,9 +75,9 @@ async function load() {
 }
 
 function traceRow(step) {
-  return el("tr", { dataset: { seq: step.seq, role: roleOf(step), machine: step.machine, to: step.to } },
+  return el("tr", { dataset: { seq: step.seq, role: roleOf(step), machine: step.machine, to: step.dest } },
     el("td", {}, step.seq), el("td", {}, when(step.time)), el("td", {}, roleOf(step)), el("td", {}, step.machine),
-    el("td", {}, step.handled ? `${step.from} → ${step.to}` : `${step.from} (ignored)`),
+    el("td", {}, step.handled ? `${step.source} → ${step.dest}` : `${step.source} (ignored)`),
     el("td", {}, step.trigger), el("td", {}, (step.effects || []).join(", ")));
 }
 

@@ -28,8 +28,8 @@ function ok(response) {
 export function stepEdges(layout, step) {
   if (!step.handled) return [];
   const pick = (t) => {
-    if (t.edges[step.from] !== undefined) return t.edges[step.from];
-    if (t.edges["*"] !== undefined && !layout.final.includes(step.from)) return t.edges["*"];
+    if (t.edges[step.source] !== undefined) return t.edges[step.source];
+    if (t.edges["*"] !== undefined && !layout.final.includes(step.source)) return t.edges["*"];
     return undefined;
   };
   if (Number.isInteger(step.transition)) {
@@ -39,8 +39,8 @@ export function stepEdges(layout, step) {
   }
   const found = new Set();
   for (const t of layout.transitions) {
-    const dest = t.dest === null ? step.from : t.dest;
-    if (t.trigger !== step.trigger || dest !== step.to) continue;
+    const dest = t.dest === null ? step.source : t.dest;
+    if (t.trigger !== step.trigger || dest !== step.dest) continue;
     const edge = pick(t);
     if (edge) found.add(edge);
   }
@@ -101,9 +101,9 @@ export class MachineView {
     data.state = state || "";
     data.edge = edges.join(" ");
     if (step && step.handled) {
-      fill(this.note, `last step: ${step.trigger}: ${step.from} → ${step.to}; now in `, el("b", {}, state));
+      fill(this.note, `last step: ${step.trigger}: ${step.source} → ${step.dest}; now in `, el("b", {}, state));
     } else if (step) {
-      fill(this.note, `last step: ${step.trigger} ignored in ${step.from}; now in `, el("b", {}, state));
+      fill(this.note, `last step: ${step.trigger} ignored in ${step.source}; now in `, el("b", {}, state));
     } else {
       fill(this.note, state ? ["now in ", el("b", {}, state)] : "no session yet");
     }
@@ -111,6 +111,6 @@ export class MachineView {
 
   // A live step of this machine's session: its destination is the new current state.
   step(step) {
-    this.show(step.to, step);
+    this.show(step.dest, step);
   }
 }
