@@ -177,7 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
         "The devices a platform admits (kept in its data directory; a running platform sees "
         "changes within a second). " + registry.EXAMPLE,
     )
-    from .commands import broker_config, campaign
+    from .commands import api_token, broker_config, campaign
+
+    _mount(
+        sub,
+        "api-token",
+        api_token,
+        "create, list and revoke the tokens of the management API",
+        "Tokens for `iotfsm platform --api` (kept hashed in the platform's store). "
+        + api_token.EXAMPLE,
+    )
 
     _mount(
         sub,

@@ -3,6 +3,7 @@ errors for what no route answers, and the web console when `iotfsm.console` is i
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 from typing import Any
@@ -35,8 +36,7 @@ CODES = {404: "not_found", 405: "method_not_allowed"}
 def _console_routes(ctx: ApiContext) -> list[BaseRoute]:
     if importlib.util.find_spec("iotfsm.console") is None:
         return []
-    import iotfsm.console as console
-
+    console: Any = importlib.import_module("iotfsm.console")
     mounted: list[BaseRoute] = console.routes(ctx)
 
     async def home(request: Request) -> Response:
@@ -64,8 +64,6 @@ def build_app(ctx: ApiContext) -> Starlette:
     routes: list[Any] = [Route(PREFIX + "/openapi.json", openapi, methods=["GET"])]
     routes += [route(ctx, e, PREFIX) for e in ENDPOINTS]
     routes += _console_routes(ctx)
-    app = Starlette(
-        routes=routes, exception_handlers={HTTPException: http_error, Exception: crash}
-    )
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
     app.state.ctx = ctx
     return app

@@ -128,7 +128,7 @@ def _parse_param(request: Request, p: Param) -> Any:
 
 def _convert(p: Param, raw: str) -> Any:
     if p.kind is int:
-        if not raw.lstrip("-").isdigit() or len(raw) > 12:  # noqa: PLR2004
+        if not raw.lstrip("-").isdigit() or len(raw) > 12:
             raise ApiError(400, "bad_request", f"query parameter {p.name!r} must be an integer")
         value: Any = int(raw)
         if (p.minimum is not None and value < p.minimum) or (
@@ -142,7 +142,7 @@ def _convert(p: Param, raw: str) -> Any:
         if raw not in ("true", "false"):
             raise ApiError(400, "bad_request", f"query parameter {p.name!r} is true or false")
         return raw == "true"
-    if len(raw) > 200:  # noqa: PLR2004
+    if len(raw) > 200:
         raise ApiError(400, "bad_request", f"query parameter {p.name!r} is too long")
     if p.choices and raw not in p.choices:
         raise ApiError(400, "bad_request", f"{p.name} must be one of {', '.join(p.choices)}")
@@ -176,7 +176,9 @@ async def _json_body(request: Request, ctx: ApiContext, kind: type[Any]) -> Any:
     try:
         return read_body(ctx.converter, doc, kind)
     except BodyError as exc:
-        raise ApiError(400, "bad_request", f"the body does not fit {kind.__name__}: {exc}") from None
+        raise ApiError(
+            400, "bad_request", f"the body does not fit {kind.__name__}: {exc}"
+        ) from None
 
 
 def _no_constant(name: str) -> Any:
@@ -221,24 +223,7 @@ def route(ctx: ApiContext, endpoint: Endpoint, prefix: str) -> Route:
         caller = Caller("-", (), False)
         try:
             if not endpoint.public:
-                found = ctx.authenticate(request)
-                if found is None:
-                    log.warning(
-                        "api: %s %s without a valid token", request.method, request.url.path
-                    )
-                    raise ApiError(
-                        401, "unauthorized", "send a valid token: Authorization: Bearer <token>"
-                    )
-                caller = found
-                if not caller.allows(endpoint.scope):
-                    raise ApiError(
-                        403, "forbidden", f"token {caller.name!r} lacks the {endpoint.scope} scope"
-                    )
-                if caller.via_cookie and request.method in UNSAFE:
-                    if request.headers.get(CONSOLE_HEADER) != "1":
-                        raise ApiError(
-                            403, "forbidden", f"a cookie-authenticated change needs {CONSOLE_HEADER}: 1"
-                        )
+                caller = _authorize(ctx, endpoint, request)
             query = {p.name: _parse_param(request, p) for p in endpoint.query}
             body: Any = None
             if endpoint.body == BINARY:
@@ -262,11 +247,30 @@ def route(ctx: ApiContext, endpoint: Endpoint, prefix: str) -> Route:
         await _audit(ctx, request, caller, status, "ok")
         if isinstance(result, Response):
             return result
-        if result is None or status == 204:  # noqa: PLR2004
+        if result is None or status == 204:
             return Response(status_code=204)
         return JSONResponse(encode(ctx.converter, result), status_code=status)
 
     return Route(prefix + endpoint.path, serve, methods=[endpoint.method], name=endpoint.summary)
+
+
+def _authorize(ctx: ApiContext, endpoint: Endpoint, request: Request) -> Caller:
+    """The caller, if its token is valid and has the scope (401 and 403 otherwise)."""
+    caller = ctx.authenticate(request)
+    if caller is None:
+        log.warning("api: %s %s without a valid token", request.method, request.url.path)
+        raise ApiError(401, "unauthorized", "send a valid token: Authorization: Bearer <token>")
+    if not caller.allows(endpoint.scope):
+        raise ApiError(403, "forbidden", f"token {caller.name!r} lacks the {endpoint.scope} scope")
+    if (
+        caller.via_cookie
+        and request.method in UNSAFE
+        and request.headers.get(CONSOLE_HEADER) != "1"
+    ):
+        raise ApiError(
+            403, "forbidden", f"a cookie-authenticated change needs the header {CONSOLE_HEADER}: 1"
+        )
+    return caller
 
 
 def _run(handler: Handler, call: Call) -> Any:

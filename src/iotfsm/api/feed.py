@@ -12,6 +12,7 @@ to non-empty, so a burst of steps costs one wake-up, not one per step.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -74,10 +75,8 @@ class Subscriber:
         was_empty = not self.buffer
         self.buffer.append(entry)
         if was_empty:
-            try:
+            with contextlib.suppress(RuntimeError):  # a closed loop: the reader is gone
                 self._loop.call_soon_threadsafe(self._ready.set)
-            except RuntimeError:  # the loop closed: the reader is gone
-                pass
 
     async def wait(self, timeout: float) -> None:
         """Until something is buffered or `timeout` seconds pass."""
@@ -86,10 +85,8 @@ class Subscriber:
         self._ready.clear()
         if self.buffer:
             return
-        try:
+        with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._ready.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
 
     def take(self) -> tuple[list[Entry], int]:
         """What was buffered, and how many were lost since the last take."""
@@ -204,9 +201,7 @@ class Taps:
         self._installed.clear()
 
 
-def device_tracer(
-    feed: StepFeed, seen: LastSeen, machine: str, triggers: frozenset[str]
-) -> Tracer:
+def device_tracer(feed: StepFeed, seen: LastSeen, machine: str, triggers: frozenset[str]) -> Tracer:
     def trace(record: StepRecord) -> None:
         if record.trigger in triggers and isinstance(record.key, DeviceKey):
             seen.times[record.key] = seen._now()

@@ -66,12 +66,15 @@ def _operation(e: Endpoint, schemas: Schemas) -> Schema:
                 "description": "text/event-stream of step records",
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             }
-        elif status == 204 or e.response is None:  # noqa: PLR2004
+        elif status == 204 or e.response is None:
             responses[str(status)] = {"description": "Done"}
         else:
-            responses[str(status)] = {"description": "OK", "content": _json(schemas.ref(e.response))}
+            responses[str(status)] = {
+                "description": "OK",
+                "content": _json(schemas.ref(e.response)),
+            }
     for status, text in ERRORS.items():
-        if status == 401 and e.public and e.body is None:  # noqa: PLR2004
+        if status == 401 and e.public and e.body is None:
             continue
         responses[str(status)] = {"description": text, "content": _json(error)}
     op: Schema = {

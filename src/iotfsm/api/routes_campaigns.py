@@ -12,6 +12,7 @@ from .lookup import page, product_of
 from .models import CampaignIn, CampaignOut, CampaignPage, HistoryEntry, SettingsIn, WaveOut
 from .routes_firmware import stored_image
 
+
 def campaign_out(status: CampaignStatus, history: bool = True) -> CampaignOut:
     waves = [
         WaveOut(
@@ -39,7 +40,9 @@ def _settings(given: SettingsIn | None) -> CampaignSettings:
     if given.rate is not None:
         r = given.rate
         rate = Rate(r.per_minute, r.growth, r.every, r.max_per_minute)
-    abort = tuple(AbortRule(a.percent, a.min_finished, tuple(a.codes), a.timeouts) for a in given.abort)
+    abort = tuple(
+        AbortRule(a.percent, a.min_finished, tuple(a.codes), a.timeouts) for a in given.abort
+    )
     return CampaignSettings(
         advance=given.advance,
         success_percent=given.success_percent,
@@ -60,7 +63,12 @@ def create(call: Call) -> CampaignOut:
         raise ApiError(409, "conflict", f"campaign {body.id!r} exists; choose another id")
     registry = platform.registry
     unknown = sorted(
-        {d for wave in body.waves for d in wave if not registry.open and registry.get(product, d) is None}
+        {
+            d
+            for wave in body.waves
+            for d in wave
+            if not registry.open and registry.get(product, d) is None
+        }
     )
     if unknown:
         raise ApiError(404, "not_found", f"not registered in {product}: {unknown[:5]}")
@@ -147,7 +155,12 @@ ENDPOINTS = (
     Endpoint("GET", ONE, get_campaign, "read", "Show a campaign", TAG, CampaignOut),
     *(
         Endpoint(
-            "POST", f"{ONE}/{action}", _platform_call(name), "write", f"Campaign: {action}", TAG,
+            "POST",
+            f"{ONE}/{action}",
+            _platform_call(name),
+            "write",
+            f"Campaign: {action}",
+            TAG,
             CampaignOut,
         )
         for action, name in COMMANDS.items()

@@ -132,9 +132,7 @@ def get_device(call: Call) -> DeviceDetail:
     key = device_of(call)
     out = _describe(call, key, _entry(call, key))
     fields: dict[str, Any] = attrs.asdict(out, recurse=False)
-    return DeviceDetail(
-        **fields, firmware=_firmware(call, key), log_level=_log_level(call, key)
-    )
+    return DeviceDetail(**fields, firmware=_firmware(call, key), log_level=_log_level(call, key))
 
 
 def _registered(call: Call) -> DeviceKey:
@@ -210,33 +208,72 @@ ENDPOINTS = (
         ),
     ),
     Endpoint(
-        "POST", "/devices", add_device, "write", "Register a device", DEVICES, DeviceOut, 201,
+        "POST",
+        "/devices",
+        add_device,
+        "write",
+        "Register a device",
+        DEVICES,
+        DeviceOut,
+        201,
         DeviceIn,
     ),
     Endpoint("GET", ONE, get_device, "read", "Show a device", DEVICES, DeviceDetail),
     Endpoint("DELETE", ONE, remove_device, "write", "Remove a device", DEVICES, None, 204),
-    Endpoint("POST", ONE + "/enable", enable_device, "write", "Enable a device", DEVICES, DeviceOut),
+    Endpoint(
+        "POST", ONE + "/enable", enable_device, "write", "Enable a device", DEVICES, DeviceOut
+    ),
     Endpoint(
         "POST", ONE + "/disable", disable_device, "write", "Disable a device", DEVICES, DeviceOut
     ),
     Endpoint(
-        "POST", ONE + "/ota/cancel", cancel_ota, "write", "Cancel a device's OTA task", DEVICES,
-        Accepted, 202,
+        "POST",
+        ONE + "/ota/cancel",
+        cancel_ota,
+        "write",
+        "Cancel a device's OTA task",
+        DEVICES,
+        Accepted,
+        202,
     ),
     Endpoint(
-        "POST", ONE + "/config/push", push_config, "write", "Push the product config to a device",
-        DEVICES, Accepted, 202,
+        "POST",
+        ONE + "/config/push",
+        push_config,
+        "write",
+        "Push the product config to a device",
+        DEVICES,
+        Accepted,
+        202,
     ),
     Endpoint(
-        "GET", ONE + "/log-level", get_log_level, "read", "A device's log level", DEVICES,
+        "GET",
+        ONE + "/log-level",
+        get_log_level,
+        "read",
+        "A device's log level",
+        DEVICES,
         LogLevelOut,
     ),
     Endpoint(
-        "PUT", ONE + "/log-level", set_log_level, "write", "Set a device's log level", DEVICES,
-        LogLevelOut, 202, LogLevelIn,
+        "PUT",
+        ONE + "/log-level",
+        set_log_level,
+        "write",
+        "Set a device's log level",
+        DEVICES,
+        LogLevelOut,
+        202,
+        LogLevelIn,
     ),
     Endpoint(
-        "GET", ONE + "/logs", device_logs, "read", "A device's uploaded log lines", DEVICES,
-        LogPage, query=(Param("since", int, 0, "lines after this seq", minimum=0), *PAGE),
+        "GET",
+        ONE + "/logs",
+        device_logs,
+        "read",
+        "A device's uploaded log lines",
+        DEVICES,
+        LogPage,
+        query=(Param("since", int, 0, "lines after this seq", minimum=0), *PAGE),
     ),
 )

@@ -30,8 +30,9 @@ def stored_image(call: Call, product: str, version: str) -> Image:
     doc = call.ctx.platform.store.get(TABLE, f"{product}/{version}")
     if not isinstance(doc, dict):
         raise ApiError(
-            404, "not_found", f"no image {product}/{version}; PUT /api/v1/firmware/{{product}}/"
-            "{version} first"
+            404,
+            "not_found",
+            f"no image {product}/{version}; PUT /api/v1/firmware/{{product}}/{{version}} first",
         )
     return Image(**doc)
 
@@ -47,8 +48,10 @@ def upload_image(call: Call) -> Answer:
             known = Image(**doc)
             if known.md5 != body.md5 or known.size != body.size:
                 raise ApiError(
-                    409, "conflict", f"{product}/{version} was uploaded with other content "
-                    f"(md5 {known.md5}); a version names one image"
+                    409,
+                    "conflict",
+                    f"{product}/{version} was uploaded with other content "
+                    f"(md5 {known.md5}); a version names one image",
                 )
             return Answer(known, 200)
         ref = platform.publish_image(body.path)
@@ -76,7 +79,9 @@ def deploy(call: Call) -> DeploymentOut:
     platform = call.ctx.platform
     if body.devices != "*":
         registry = platform.registry
-        unknown = [d for d in body.devices if not registry.open and registry.get(product, d) is None]
+        unknown = [
+            d for d in body.devices if not registry.open and registry.get(product, d) is None
+        ]
         if unknown:
             raise ApiError(404, "not_found", f"not registered in {product}: {unknown[:5]}")
     done = platform.deploy_firmware(
@@ -99,23 +104,55 @@ def list_deployments(call: Call) -> DeploymentPage:
 TAG = "firmware"
 ENDPOINTS = (
     Endpoint(
-        "PUT", "/firmware/{product}/{version}", upload_image, "write", "Upload a firmware image",
-        TAG, Image, 201, BINARY, also=(200,),
+        "PUT",
+        "/firmware/{product}/{version}",
+        upload_image,
+        "write",
+        "Upload a firmware image",
+        TAG,
+        Image,
+        201,
+        BINARY,
+        also=(200,),
     ),
     Endpoint(
-        "GET", "/firmware", list_images, "read", "List firmware images", TAG, ImagePage,
+        "GET",
+        "/firmware",
+        list_images,
+        "read",
+        "List firmware images",
+        TAG,
+        ImagePage,
         query=(Param("product", str, description="only this product"), *PAGE),
     ),
     Endpoint(
-        "GET", "/firmware/{product}/{version}", get_image, "read", "Show a firmware image", TAG,
+        "GET",
+        "/firmware/{product}/{version}",
+        get_image,
+        "read",
+        "Show a firmware image",
+        TAG,
         Image,
     ),
     Endpoint(
-        "POST", "/deployments", deploy, "write", "Offer an image to devices", "deployments",
-        DeploymentOut, 201, DeploymentIn,
+        "POST",
+        "/deployments",
+        deploy,
+        "write",
+        "Offer an image to devices",
+        "deployments",
+        DeploymentOut,
+        201,
+        DeploymentIn,
     ),
     Endpoint(
-        "GET", "/deployments", list_deployments, "read", "List deployments", "deployments",
-        DeploymentPage, query=(Param("product", str, description="only this product"), *PAGE),
+        "GET",
+        "/deployments",
+        list_deployments,
+        "read",
+        "List deployments",
+        "deployments",
+        DeploymentPage,
+        query=(Param("product", str, description="only this product"), *PAGE),
     ),
 )

@@ -35,6 +35,14 @@ def _strict(kind: type) -> Any:
     return check
 
 
+def _is_dict(kind: Any) -> bool:
+    return get_origin(kind) is dict or kind is dict
+
+
+def _is_sequence(kind: Any) -> bool:
+    return get_origin(kind) in (list, tuple)
+
+
 def strict_converter() -> cattrs.Converter:
     """A converter that never coerces ("1" is not 1, true is not 1) and refuses unknown keys."""
     converter = cattrs.Converter(forbid_extra_keys=True)
@@ -50,7 +58,7 @@ def strict_converter() -> cattrs.Converter:
         if not isinstance(value, dict):
             raise TypeError(f"expected an object, got {type(value).__name__}")
         args = get_args(kind)
-        value_type = args[1] if len(args) == 2 else Any  # noqa: PLR2004
+        value_type = args[1] if len(args) == 2 else Any
         if value_type is Any:
             return dict(value)
         return {
@@ -58,7 +66,7 @@ def strict_converter() -> cattrs.Converter:
             for k, v in value.items()
         }
 
-    converter.register_structure_hook_func(lambda t: get_origin(t) is dict or t is dict, dict_hook)
+    converter.register_structure_hook_func(_is_dict, dict_hook)
 
     def list_hook(value: Any, kind: Any) -> Any:
         if not isinstance(value, list):
@@ -68,7 +76,7 @@ def strict_converter() -> cattrs.Converter:
         made = [converter.structure(v, item) for v in value]
         return tuple(made) if get_origin(kind) is tuple else made
 
-    converter.register_structure_hook_func(lambda t: get_origin(t) in (list, tuple), list_hook)
+    converter.register_structure_hook_func(_is_sequence, list_hook)
 
     def union_hook(value: Any, kind: Any) -> Any:
         members = get_args(kind)
@@ -89,7 +97,7 @@ def strict_converter() -> cattrs.Converter:
     converter.register_structure_hook_func(_is_union, union_hook)
 
     def class_hook(kind: type) -> Any:
-        plain = make_dict_structure_fn(kind, converter, _cattrs_forbid_extra_keys=True)
+        plain: Any = make_dict_structure_fn(kind, converter, _cattrs_forbid_extra_keys=True)
 
         def structure(value: Any, _: Any) -> Any:
             if not isinstance(value, dict):
@@ -107,9 +115,11 @@ def read_body(converter: cattrs.Converter, doc: Any, kind: type[Any]) -> Any:
     try:
         return converter.structure(doc, kind)
     except Exception as exc:  # cattrs raises several kinds; all mean "does not fit"
-        problems = cattrs.transform_error(exc) if isinstance(exc, cattrs.BaseValidationError) else [
-            str(exc)
-        ]
+        problems = (
+            cattrs.transform_error(exc)
+            if isinstance(exc, cattrs.BaseValidationError)
+            else [str(exc)]
+        )
         raise BodyError("; ".join(problems)) from None
 
 
@@ -146,8 +156,8 @@ class Schemas:
             args = [a for a in get_args(kind) if a is not Ellipsis]
             return {"type": "array", "items": self.ref(args[0]) if args else {}}
         if origin is dict or kind is dict:
-            args = get_args(kind)
-            values = self.ref(args[1]) if len(args) == 2 else {}  # noqa: PLR2004
+            pair = get_args(kind)
+            values = self.ref(pair[1]) if len(pair) == 2 else {}
             return {"type": "object", "additionalProperties": values}
         if attrs.has(kind):
             name = kind.__name__

@@ -21,7 +21,11 @@ log = logging.getLogger(__name__)
 
 class ApiServer:
     def __init__(
-        self, platform: Platform, host: str = "127.0.0.1", port: int = 0, *,
+        self,
+        platform: Platform,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
         max_image: int = MAX_IMAGE,
     ) -> None:
         self.ctx = ApiContext(platform, max_image=max_image)

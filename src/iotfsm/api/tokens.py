@@ -92,7 +92,7 @@ class TokenBook:
         self._store.commit()
         self._read_at = float("-inf")
 
-    def list(self) -> list[TokenInfo]:
+    def all(self) -> list[TokenInfo]:
         found = []
         for _, doc in self._store.items(TABLE):
             try:
@@ -114,6 +114,6 @@ class TokenBook:
         with self._lock:
             now = time.monotonic()
             if now - self._read_at >= REFRESH_EVERY:
-                self._cached = self.list()
+                self._cached = self.all()
                 self._read_at = now
             return self._cached
