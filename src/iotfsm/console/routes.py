@@ -34,6 +34,7 @@ def routes(ctx: ApiContext | None = None) -> list[BaseRoute]:
     """What the API mounts at `/console`. `ctx` is accepted for the mount's signature; the
     console reaches the platform through the API's HTTP endpoints only."""
     book = DiagramBook()
+    book.render_ahead()
 
     async def index(request: Request) -> Response:
         return JSONResponse({"machines": list(book.names)}, headers={"cache-control": CACHE})

@@ -151,12 +151,14 @@ if (!product || !name) {
   say("this page needs ?product=…&device=…", "error");
 } else {
   try {
-    await load();
-    const config = await api(`/products/${enc(product)}/config`).catch(() => null);
+    const [, config, recent] = await Promise.all([
+      load(),
+      api(`/products/${enc(product)}/config`).catch(() => null),
+      api(`${base}/steps${query({ limit: 100 })}`),
+      logs(),
+    ]);
     if (config && config.payload) $("#config-payload").value = JSON.stringify(config.payload);
-    const recent = await api(`${base}/steps${query({ limit: 100 })}`);
     for (const step of recent.items) onStep(step);
-    await logs();
   } catch (error) {
     say(`cannot read the device: ${error.message}`, "error");
   }
