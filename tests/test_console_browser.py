@@ -21,6 +21,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from iotfsm.api import ApiServer
+from iotfsm.api.device_steps import device_tracer
 from iotfsm.device import Device
 from iotfsm.testing.pair import Pair
 
@@ -63,7 +64,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     name,
                     version="1.0",
                     burn=_gated(gates[name]),
-                    on_step=lambda r, f=server.ctx.feed: f.observe(r.machine.split(".")[0] + "_dev", r),
+                    on_step=device_tracer(server.ctx.feed),
                 ).start()
                 for name in NAMES
             }
@@ -79,20 +80,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             server.stop()
 
 
-def test_fleet_page_counts_and_pages_devices(
-    world: World, page: Page, artifacts_dir: Path
-) -> None:
+def test_fleet_page_counts_and_pages_devices(world: World, page: Page, artifacts_dir: Path) -> None:
     page.goto(world.url(""))
     expect(page.locator("body")).to_have_attribute("data-loaded", "yes")
     expect(page.locator("#n-devices")).to_have_text("3")
-    expect(page.locator("#page-info")).to_have_text("1–3 of 3")
+    expect(page.locator("#page-info")).to_have_text("1\u20133 of 3")
     expect(page.locator("#devices tbody tr")).to_have_count(3)
     expect(page.locator("#by-version")).to_contain_text("1.0 3")
     assert "token" not in page.url, "the token must leave the address bar once it is used"
 
     page.fill("#filters input[name=q]", "dev-2")
     page.click("#filters button[type=submit]")
-    expect(page.locator("#page-info")).to_have_text("1–1 of 1")
+    expect(page.locator("#page-info")).to_have_text("1\u20131 of 1")
     expect(page.locator("#devices tbody tr")).to_have_count(1)
     expect(page.locator("#devices tbody tr td").nth(1)).to_have_text("dev-2")
     page.screenshot(path=str(artifacts_dir / "fleet-filtered.png"), full_page=True)
@@ -162,12 +161,15 @@ def test_deploy_from_the_device_page_lights_the_ota_machine(
     page.screenshot(path=str(artifacts_dir / "device-ota-done.png"), full_page=True)
 
     seen = page.evaluate("window.seen")
-    states = [state for state, _, _ in seen]
+    states = [state for i, (state, _, _) in enumerate(seen) if i == 0 or seen[i - 1][0] != state]
     assert states[:3] == ["downloading", "burning", "idle"], seen
+    assert states[-1] == "idle", seen
     for state, lit, edge in seen:
         assert lit == f"ota-device--{state}", f"{state} shown but {lit} lit"
         assert edge, f"no edge lit on the way to {state}"
-    expect(page.locator("#trace tbody tr[data-role=device][data-to=downloading]")).to_have_count(1)
+    expect(
+        page.locator("#trace tbody tr[data-role=device][data-from=idle][data-to=downloading]")
+    ).to_have_count(1)
 
 
 def test_pause_and_resume_a_campaign_from_its_page(
@@ -181,7 +183,9 @@ def test_pause_and_resume_a_campaign_from_its_page(
     form.locator("input[name=version]").fill("1.2")
     page.set_input_files(
         "#campaign-image",
-        files=[{"name": "fw-1.2.bin", "mimeType": "application/octet-stream", "buffer": IMAGE[::-1]}],
+        files=[
+            {"name": "fw-1.2.bin", "mimeType": "application/octet-stream", "buffer": IMAGE[::-1]}
+        ],
     )
     form.locator("textarea[name=waves]").fill("dev-2\ndev-3")
     page.click("#campaign-button")
@@ -209,7 +213,9 @@ def test_pause_and_resume_a_campaign_from_its_page(
     expect(page.locator("#campaign-state")).to_have_text("running")
     world.gates["dev-2"].set()
     world.gates["dev-3"].set()
-    world.pair.run_until("the campaign to end", lambda: platform.campaign_status(cid).state == "succeeded")
+    world.pair.run_until(
+        "the campaign to end", lambda: platform.campaign_status(cid).state == "succeeded"
+    )
     expect(page.locator("#campaign-state")).to_have_text("succeeded")
     expect(page.locator("#wave-1")).to_have_attribute("data-succeeded", "1")
     expect(page.locator("#wave-2")).to_have_attribute("data-succeeded", "1")

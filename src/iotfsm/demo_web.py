@@ -74,7 +74,9 @@ class WebDemo:
         """What each demo device traces its steps to: the console's step feed."""
         if self._server is None:
             return None
-        return self._server.ctx.feed.device_tracer()
+        from .api.device_steps import device_tracer
+
+        return device_tracer(self._server.ctx.feed)
 
     @property
     def until(self) -> str:

@@ -15,12 +15,14 @@ const views = new Map(); // "ota.platform" -> MachineView
 let detail = null;
 let features = [];
 
+// The platform's steps name the feature (`ota`); the steps of a device running in this process
+// name its own machine (`ota.device`, see api/device_steps.py).
 function roleOf(step) {
-  return step.role || "platform";
+  return step.role || (step.machine.endsWith(".device") ? "device" : "platform");
 }
 
-function machineOf(step) {
-  return `${step.machine}.${roleOf(step)}`;
+function featureOf(step) {
+  return step.machine.endsWith(".device") ? step.machine.slice(0, -".device".length) : step.machine;
 }
 
 function sectionFor(feature) {
@@ -75,8 +77,8 @@ async function load() {
 }
 
 function traceRow(step) {
-  return el("tr", { dataset: { seq: step.seq, role: roleOf(step), machine: step.machine, to: step.dest } },
-    el("td", {}, step.seq), el("td", {}, when(step.time)), el("td", {}, roleOf(step)), el("td", {}, step.machine),
+  return el("tr", { dataset: { seq: step.seq, role: roleOf(step), machine: featureOf(step), from: step.source, to: step.dest } },
+    el("td", {}, step.seq), el("td", {}, when(step.time)), el("td", {}, roleOf(step)), el("td", {}, featureOf(step)),
     el("td", {}, step.handled ? `${step.source} → ${step.dest}` : `${step.source} (ignored)`),
     el("td", {}, step.trigger), el("td", {}, (step.effects || []).join(", ")));
 }
@@ -89,7 +91,7 @@ function onStep(step) {
   const body = $("#trace tbody");
   body.prepend(traceRow(step));
   while (body.rows.length > TRACE) body.deleteRow(body.rows.length - 1);
-  const v = view(step.machine, roleOf(step));
+  const v = view(featureOf(step), roleOf(step));
   v.live = true;
   v.step(step);
   refresh();
