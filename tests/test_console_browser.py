@@ -18,7 +18,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import FilePayload, Page, expect
 
 from iotfsm.api import ApiServer
 from iotfsm.api.device_steps import device_tracer
@@ -51,6 +51,11 @@ def _gated(gate: threading.Event) -> Callable[[Path, str], None]:
             raise RuntimeError(f"the test never opened the gate for {version}")
 
     return burn
+
+
+def _image(name: str, data: bytes) -> FilePayload:
+    """A firmware file as the page's file input receives it."""
+    return {"name": name, "mimeType": "application/octet-stream", "buffer": data}
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +145,7 @@ def test_deploy_from_the_device_page_lights_the_ota_machine(
     page.fill("#deploy-version", "1.1")
     page.set_input_files(
         "#deploy-image",
-        files=[{"name": "fw-1.1.bin", "mimeType": "application/octet-stream", "buffer": IMAGE}],
+        files=[_image("fw-1.1.bin", IMAGE)],
     )
     page.click("#deploy-button")
     expect(page.locator("#status")).to_have_text("deploy 1.1 to dev-1: done")
@@ -181,12 +186,7 @@ def test_pause_and_resume_a_campaign_from_its_page(
     form = page.locator("#campaign")
     form.locator("input[name=product]").fill(PRODUCT)
     form.locator("input[name=version]").fill("1.2")
-    page.set_input_files(
-        "#campaign-image",
-        files=[
-            {"name": "fw-1.2.bin", "mimeType": "application/octet-stream", "buffer": IMAGE[::-1]}
-        ],
-    )
+    page.set_input_files("#campaign-image", files=[_image("fw-1.2.bin", IMAGE[::-1])])
     form.locator("textarea[name=waves]").fill("dev-2\ndev-3")
     page.click("#campaign-button")
     page.wait_for_url(re.compile(r"campaign\.html\?id="))
