@@ -51,6 +51,7 @@ def _demo(args: argparse.Namespace) -> int:
         bars.console.print(f"console: {demo.url}#token={demo.token}", soft_wrap=True)
         bars.console.print(f"API token (for curl; it ends with the demo): {demo.token}")
         bars.console.print(f"the demo keeps its fleet running {demo.until}")
+        demo.announce = lambda line: bars.console.print(line, soft_wrap=True)
 
     from .commands.common import CommandError
     from .demo_web import WebDemoError

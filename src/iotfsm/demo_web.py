@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -49,6 +50,8 @@ class WebDemo:
         self._server: ApiServer | None = None
         self.url = ""
         self.token = ""
+        self.announce: Callable[[str], None] = lambda line: None
+        """Told one line when the checks are done and the fleet is handed to the person."""
 
     def start(self, pair: Pair) -> WebDemo:
         try:
@@ -88,6 +91,7 @@ class WebDemo:
     def hold(self, pair: Pair) -> None:
         """Keep the platform and devices running, their clock on wall time, until `stop` is set
         or `seconds` have passed."""
+        self.announce(f"checks done: the console at {self.url} stays open {self.until}")
         deadline = None if self.options.seconds is None else time.monotonic() + self.options.seconds
         last = time.monotonic()
         while not self.stop.wait(TICK):
