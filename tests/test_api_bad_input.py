@@ -4,7 +4,6 @@ says what is wrong, and the platform's records are exactly as they were."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,8 +27,12 @@ def _records(world: ApiWorld) -> Any:
 JSON = {"content-type": "application/json"}
 
 
+Refusal = tuple[str, str, bytes, dict[str, str], int, str]
+"""method, path, body, headers, expected status, expected error code"""
+
+
 @pytest.mark.parametrize(
-    ("method", "path", "content", "headers", "status", "code"),
+    "refusal",
     [
         ("POST", "/devices", b"{not json", JSON, 400, "bad_request"),
         ("POST", "/devices", b"[1, 2]", JSON, 400, "bad_request"),
@@ -71,7 +74,14 @@ JSON = {"content-type": "application/json"}
         ),
         ("POST", "/devices", b'{"product": "x", "device": "d"}', {}, 415, "unsupported_media_type"),
         ("PUT", "/devices/API0000001/dev-1/log-level", b'{"level": "4"}', JSON, 400, "bad_request"),
-        ("PUT", "/devices/API0000001/dev-1/log-level", b'{"level": true}', JSON, 400, "bad_request"),
+        (
+            "PUT",
+            "/devices/API0000001/dev-1/log-level",
+            b'{"level": true}',
+            JSON,
+            400,
+            "bad_request",
+        ),
         ("PUT", "/devices/API0000001/dev-1/log-level", b'{"level": 9}', JSON, 422, "refused"),
         ("PUT", "/devices/API0000001/ghost/log-level", b'{"level": 1}', JSON, 404, "not_found"),
         ("PUT", "/products/API0000001/config", b'{"payload": [1]}', JSON, 400, "bad_request"),
@@ -103,11 +113,46 @@ JSON = {"content-type": "application/json"}
             "bad_request",
         ),
         ("POST", "/campaigns/c-none/pause", b"", {}, 404, "not_found"),
-        ("PUT", "/firmware/API0000001/1.0", b"abc", {"content-type": "text/plain"}, 415, "unsupported_media_type"),
-        ("PUT", "/firmware/API0000001/1.0", b"", {"content-type": "application/octet-stream"}, 400, "bad_request"),
-        ("PUT", "/firmware/API0000001/%00", b"a", {"content-type": "application/octet-stream"}, 400, "bad_request"),
-        ("PUT", "/resources/API0000001/.secret?device=dev-1", b"a", {"content-type": "application/octet-stream"}, 400, "bad_request"),
-        ("PUT", "/resources/API0000001/r.bin?device=ghost", b"a", {"content-type": "application/octet-stream"}, 404, "not_found"),
+        (
+            "PUT",
+            "/firmware/API0000001/1.0",
+            b"abc",
+            {"content-type": "text/plain"},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "PUT",
+            "/firmware/API0000001/1.0",
+            b"",
+            {"content-type": "application/octet-stream"},
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            "/firmware/API0000001/%00",
+            b"a",
+            {"content-type": "application/octet-stream"},
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            "/resources/API0000001/.secret?device=dev-1",
+            b"a",
+            {"content-type": "application/octet-stream"},
+            400,
+            "bad_request",
+        ),
+        (
+            "PUT",
+            "/resources/API0000001/r.bin?device=ghost",
+            b"a",
+            {"content-type": "application/octet-stream"},
+            404,
+            "not_found",
+        ),
         ("GET", "/devices?limit=0", b"", {}, 400, "bad_request"),
         ("GET", "/devices?limit=abc", b"", {}, 400, "bad_request"),
         ("GET", "/devices?offset=-1", b"", {}, 400, "bad_request"),
@@ -118,15 +163,8 @@ JSON = {"content-type": "application/json"}
         ("PATCH", "/devices", b"", {}, 405, "method_not_allowed"),
     ],
 )
-def test_refused_with_a_json_error_and_nothing_changes(
-    world: ApiWorld,
-    method: str,
-    path: str,
-    content: bytes,
-    headers: dict[str, str],
-    status: int,
-    code: str,
-) -> None:
+def test_refused_with_a_json_error_and_nothing_changes(world: ApiWorld, refusal: Refusal) -> None:
+    method, path, content, headers, status, code = refusal
     before = _records(world)
     answer = world.http.request(method, path, content=content, headers=headers)
     assert answer.status_code == status, answer.text

@@ -19,7 +19,11 @@ from iotfsm.testing import Mosquitto, wait_for
 
 def iotfsm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "iotfsm", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "iotfsm", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -49,7 +53,9 @@ def test_a_token_from_the_command_opens_the_api_until_revoked(
     mosquitto: Mosquitto, tmp_path: Path
 ) -> None:
     data = tmp_path / "platform"
-    made = iotfsm("api-token", "create", "--data-dir", str(data), "--name", "ci", "--scope", "write")
+    made = iotfsm(
+        "api-token", "create", "--data-dir", str(data), "--name", "ci", "--scope", "write"
+    )
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
     assert token.startswith("iotfsm_") and len(token) > 40
@@ -59,17 +65,36 @@ def test_a_token_from_the_command_opens_the_api_until_revoked(
     assert duplicate.returncode == 1 and "exists" in duplicate.stderr
 
     bad = iotfsm(
-        "platform", "--broker", mosquitto.url, "--data-dir", str(data), "--http", "127.0.0.1:0",
-        "--api", "nowhere",
+        "platform",
+        "--broker",
+        mosquitto.url,
+        "--data-dir",
+        str(data),
+        "--http",
+        "127.0.0.1:0",
+        "--api",
+        "nowhere",
     )
     assert bad.returncode == 1 and "--api 'nowhere' must be HOST:PORT" in bad.stderr
 
     platform = Platform(
-        "--broker", mosquitto.url, "--data-dir", str(data), "--http", "127.0.0.1:0",
-        "--api", "127.0.0.1:0", "--events", "jsonl",
+        "--broker",
+        mosquitto.url,
+        "--data-dir",
+        str(data),
+        "--http",
+        "127.0.0.1:0",
+        "--api",
+        "127.0.0.1:0",
+        "--events",
+        "jsonl",
     )
     try:
-        wait_for("the platform to start", lambda: any(e["event"] == "started" for e in platform.events), 30)
+        wait_for(
+            "the platform to start",
+            lambda: any(e["event"] == "started" for e in platform.events),
+            30,
+        )
         started = next(e for e in platform.events if e["event"] == "started")
         base = f"http://{started['api']}/api/v1"
         auth = {"Authorization": f"Bearer {token}"}

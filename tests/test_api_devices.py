@@ -74,7 +74,7 @@ def test_pages_and_filters_are_the_servers(world: ApiWorld) -> None:
 def test_state_version_and_last_seen_come_from_the_sessions(world: ApiWorld) -> None:
     device = world.device("dev-1", version="1.4").start()
     world.device("dev-2", version="1.4")  # registered, never connects
-    wait_for("the report", lambda: world.platform.firmware_status(PRODUCT, "dev-1").reported)
+    wait_for("the report", lambda: world.platform.firmware_status(PRODUCT, "dev-1").reported != "")
     world.settle()
     detail = world.reader.get(f"/devices/{PRODUCT}/dev-1").json()
     assert detail["version"] == "1.4"

@@ -166,7 +166,9 @@ def test_a_campaign_paused_resumed_and_cancelled_with_wave_counts(world: ApiWorl
     assert any("paus" in h["note"] for h in final["history"])
     listed = world.reader.get("/campaigns", params={"state": "cancelled"}).json()
     assert [c["id"] for c in listed["items"]] == ["c-api"] and listed["items"][0]["history"] == []
-    trail = [(e["method"], e["path"], e["status"]) for e in world.reader.get("/audit").json()["items"]]
+    trail = [
+        (e["method"], e["path"], e["status"]) for e in world.reader.get("/audit").json()["items"]
+    ]
     assert ("POST", "/api/v1/campaigns/c-api/pause", 422) in trail
     assert ("POST", "/api/v1/campaigns/c-api/cancel", 200) in trail
 
@@ -180,7 +182,7 @@ def test_config_log_level_logs_and_resources(world: ApiWorld) -> None:
         "dev-1",
         psk=PSK,
         logger=logger,
-        on_config=lambda payload: got.append(payload),
+        on_config=got.append,
         on_resource=lambda path, name: received.append(name),
         log_upload=LogUploadOptions(world.platform.log_url, interval=0.05, timeout=2.0),
     ).start()
@@ -195,15 +197,24 @@ def test_config_log_level_logs_and_resources(world: ApiWorld) -> None:
 
     level = world.http.put(f"/devices/{PRODUCT}/dev-1/log-level", json={"level": 4})
     assert level.status_code == 202
-    wait_for("the level", lambda: world.reader.get(f"/devices/{PRODUCT}/dev-1/log-level").json() == {"level": 4})
+    wait_for(
+        "the level",
+        lambda: world.reader.get(f"/devices/{PRODUCT}/dev-1/log-level").json() == {"level": 4},
+    )
     logger.error("api test line")
     wait_for(
         "the uploaded line",
-        lambda: any("api test line" in x["text"] for x in world.reader.get(f"/devices/{PRODUCT}/dev-1/logs").json()["items"]),
+        lambda: any(
+            "api test line" in x["text"]
+            for x in world.reader.get(f"/devices/{PRODUCT}/dev-1/logs").json()["items"]
+        ),
     )
 
     offered = world.http.put(
-        f"/resources/{PRODUCT}/model.bin", params={"device": "dev-1"}, content=b"weights", headers=OCTETS
+        f"/resources/{PRODUCT}/model.bin",
+        params={"device": "dev-1"},
+        content=b"weights",
+        headers=OCTETS,
     )
     assert offered.status_code == 201, offered.text
     assert [d["state"] for d in offered.json()["items"]] == ["queued"]

@@ -259,7 +259,7 @@ def _authenticate(ctx: ApiContext, request: Request) -> Caller:
     """The caller, if its token is valid (401 otherwise)."""
     caller = ctx.authenticate(request)
     if caller is None:
-        log.warning("api: %s %s without a valid token", request.method, request.url.path)
+        ctx.refusals.note(request.method, request.url.path)
         raise ApiError(401, "unauthorized", "send a valid token: Authorization: Bearer <token>")
     return caller
 
