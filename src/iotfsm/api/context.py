@@ -3,7 +3,9 @@ step feed, the token book and the audit trail, and how a request is authenticate
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import attrs
@@ -16,6 +18,8 @@ from .tokens import TokenBook
 
 if TYPE_CHECKING:
     from ..platform import Platform
+
+log = logging.getLogger(__name__)
 
 COOKIE = "iotfsm_session"
 CONSOLE_HEADER = "x-iotfsm-console"
@@ -34,6 +38,35 @@ class Caller:
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes or (scope == "read" and "write" in self.scopes)
+
+
+class Refusals:
+    """Calls without a valid token, logged at most once per `every` seconds with a count, so
+    an anonymous client cannot flood the log (nor the audit trail, which keeps only callers
+    with a token)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self.count = 0
+        self._pending = 0
+        self._logged_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def note(self, method: str, path: str) -> None:
+        with self._lock:
+            self.count += 1
+            self._pending += 1
+            now = time.monotonic()
+            if now - self._logged_at < self.every:
+                return
+            pending, self._pending, self._logged_at = self._pending, 0, now
+        log.warning(
+            "api: %d calls without a valid token in the last %.0f s (latest: %s %s)",
+            pending,
+            self.every,
+            method,
+            path[:100],
+        )
 
 
 class ApiContext:
@@ -55,6 +88,7 @@ class ApiContext:
         self.stopping = threading.Event()
         """Set when the server stops: live streams end instead of holding the shutdown."""
         self.images_lock = threading.Lock()
+        self.refusals = Refusals()
 
     def authenticate(self, request: Request) -> Caller | None:
         """The caller a request proves with `Authorization: Bearer` or the console's cookie;

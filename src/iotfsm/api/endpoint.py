@@ -223,7 +223,8 @@ def route(ctx: ApiContext, endpoint: Endpoint, prefix: str) -> Route:
         caller = Caller("-", (), False)
         try:
             if not endpoint.public:
-                caller = _authorize(ctx, endpoint, request)
+                caller = _authenticate(ctx, request)
+                _authorize(caller, endpoint, request)
             query = {p.name: _parse_param(request, p) for p in endpoint.query}
             body: Any = None
             if endpoint.body == BINARY:
@@ -254,12 +255,17 @@ def route(ctx: ApiContext, endpoint: Endpoint, prefix: str) -> Route:
     return Route(prefix + endpoint.path, serve, methods=[endpoint.method], name=endpoint.summary)
 
 
-def _authorize(ctx: ApiContext, endpoint: Endpoint, request: Request) -> Caller:
-    """The caller, if its token is valid and has the scope (401 and 403 otherwise)."""
+def _authenticate(ctx: ApiContext, request: Request) -> Caller:
+    """The caller, if its token is valid (401 otherwise)."""
     caller = ctx.authenticate(request)
     if caller is None:
-        log.warning("api: %s %s without a valid token", request.method, request.url.path)
+        ctx.refusals.note(request.method, request.url.path)
         raise ApiError(401, "unauthorized", "send a valid token: Authorization: Bearer <token>")
+    return caller
+
+
+def _authorize(caller: Caller, endpoint: Endpoint, request: Request) -> None:
+    """403 unless the caller's token has the scope (and a cookie change has the header)."""
     if not caller.allows(endpoint.scope):
         raise ApiError(403, "forbidden", f"token {caller.name!r} lacks the {endpoint.scope} scope")
     if (
@@ -270,7 +276,6 @@ def _authorize(ctx: ApiContext, endpoint: Endpoint, request: Request) -> Caller:
         raise ApiError(
             403, "forbidden", f"a cookie-authenticated change needs the header {CONSOLE_HEADER}: 1"
         )
-    return caller
 
 
 def _run(handler: Handler, call: Call) -> Any:

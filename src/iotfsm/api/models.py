@@ -38,7 +38,16 @@ class Health:
 
 # ---- devices ------------------------------------------------------------------------------
 
-NAME = {"minLength": 1, "maxLength": 48}
+PRODUCT_PATTERN = "^[A-Za-z0-9]{1,32}$"
+DEVICE_PATTERN = "^[A-Za-z0-9:_-]{1,48}$"
+VERSION_PATTERN = "^[A-Za-z0-9_+-][A-Za-z0-9_+-]{0,31}$|^[A-Za-z0-9_+-]+([.][A-Za-z0-9_+-]+){1,15}$"
+"""What the API documents for a version: a safe subset of what devices accept (1-32 characters,
+no path separators, no '..', no leading dot, no control characters)."""
+NAME_PATTERN = "^[A-Za-z0-9_+-]+([.][A-Za-z0-9_+-]+)*$"
+CAMPAIGN_PATTERN = "^[A-Za-z0-9_.:-]{1,64}$"
+PRODUCT = {"pattern": PRODUCT_PATTERN}
+DEVICE = {"pattern": DEVICE_PATTERN}
+VERSION = {"pattern": VERSION_PATTERN, "maxLength": 32}
 
 
 @attrs.frozen
@@ -46,8 +55,8 @@ class DeviceIn:
     """Register a device. Its key is derived from the product secret (`iotfsm registry key`
     writes it to a file); keys never travel through the API."""
 
-    product: str = attrs.field(metadata=NAME)
-    device: str = attrs.field(metadata=NAME)
+    product: str = attrs.field(metadata=PRODUCT)
+    device: str = attrs.field(metadata=DEVICE)
     auth: Literal["key", "cert"] = "key"
 
 
@@ -152,8 +161,8 @@ class DeploymentIn:
     """Offer an uploaded image to devices (a list of names, or "*": every device of the
     product, including ones first seen later)."""
 
-    product: str = attrs.field(metadata=NAME)
-    version: str = attrs.field(metadata={"minLength": 1, "maxLength": 32})
+    product: str = attrs.field(metadata=PRODUCT)
+    version: str = attrs.field(metadata=VERSION)
     devices: list[str] | Literal["*"] = attrs.field(metadata={"maxItems": 10000})
 
 
@@ -180,7 +189,7 @@ class DeploymentPage:
 
 @attrs.frozen
 class RateIn:
-    per_minute: float
+    per_minute: float = attrs.field(metadata={"exclusiveMinimum": 0})
     growth: float = 1.0
     every: int = 0
     max_per_minute: float = 0.0
@@ -188,8 +197,8 @@ class RateIn:
 
 @attrs.frozen
 class AbortIn:
-    percent: float
-    min_finished: int = 1
+    percent: float = attrs.field(metadata={"exclusiveMinimum": 0, "maximum": 100})
+    min_finished: int = attrs.field(default=1, metadata={"minimum": 1})
     codes: list[int] = attrs.Factory(list)
     timeouts: bool = False
 
@@ -197,8 +206,8 @@ class AbortIn:
 @attrs.frozen
 class SettingsIn:
     advance: Literal["threshold", "operator"] = "threshold"
-    success_percent: float = 100.0
-    device_timeout: float = 0.0
+    success_percent: float = attrs.field(default=100.0, metadata={"minimum": 0, "maximum": 100})
+    device_timeout: float = attrs.field(default=0.0, metadata={"minimum": 0})
     cancel_on_abort: bool = False
     start_at: float = 0.0
     rate: RateIn | None = None
@@ -209,10 +218,10 @@ class SettingsIn:
 class CampaignIn:
     """Roll an uploaded image out in waves of registered devices."""
 
-    product: str = attrs.field(metadata=NAME)
-    version: str = attrs.field(metadata={"minLength": 1, "maxLength": 32})
-    waves: list[list[str]] = attrs.field(metadata={"maxItems": 1000})
-    id: str | None = attrs.field(default=None, metadata={"maxLength": 64})
+    product: str = attrs.field(metadata=PRODUCT)
+    version: str = attrs.field(metadata=VERSION)
+    waves: list[list[str]] = attrs.field(metadata={"minItems": 1, "maxItems": 1000})
+    id: str | None = attrs.field(default=None, metadata={"pattern": CAMPAIGN_PATTERN})
     settings: SettingsIn | None = None
 
 

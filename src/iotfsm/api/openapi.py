@@ -9,7 +9,14 @@ from typing import Any
 
 from .. import __version__
 from .endpoint import BINARY, Endpoint, Param
-from .models import ErrorBody
+from .models import (
+    CAMPAIGN_PATTERN,
+    DEVICE_PATTERN,
+    NAME_PATTERN,
+    PRODUCT_PATTERN,
+    VERSION_PATTERN,
+    ErrorBody,
+)
 from .schema import Schema, Schemas
 
 ERRORS = {
@@ -22,6 +29,17 @@ ERRORS = {
     415: "The body has the wrong content type",
     422: "Well-formed, but the platform refuses it",
 }
+
+
+PATTERNS = {
+    "product": PRODUCT_PATTERN,
+    "device": DEVICE_PATTERN,
+    "version": VERSION_PATTERN,
+    "name": NAME_PATTERN,
+    "id": CAMPAIGN_PATTERN,
+}
+"""The documented shape of a name, wherever a parameter of that name appears."""
+LENGTHS = {"product": 32, "device": 48, "version": 32, "name": 64, "id": 64}
 
 
 def _param(p: Param, where: str = "query") -> Schema:
@@ -38,6 +56,8 @@ def _param(p: Param, where: str = "query") -> Schema:
         kind["default"] = p.default
     if p.kind is str:
         kind["maxLength"] = 200
+        if p.name in PATTERNS:
+            kind.update(pattern=PATTERNS[p.name], maxLength=LENGTHS[p.name])
     schema = {"type": "array", "items": kind} if p.many else kind
     doc: Schema = {"name": p.name, "in": where, "required": False, "schema": schema}
     if p.many:
@@ -55,7 +75,16 @@ def _operation(e: Endpoint, schemas: Schemas) -> Schema:
     error = schemas.ref(ErrorBody)
     names = re.findall(r"{(\w+)}", e.path)
     params = [
-        {"name": n, "in": "path", "required": True, "schema": {"type": "string", "minLength": 1}}
+        {
+            "name": n,
+            "in": "path",
+            "required": True,
+            "schema": {
+                "type": "string",
+                "pattern": PATTERNS.get(n, "^.+$"),
+                "maxLength": LENGTHS.get(n, 64),
+            },
+        }
         for n in names
     ]
     params += [_param(p) for p in e.query]

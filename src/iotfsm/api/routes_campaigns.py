@@ -3,13 +3,22 @@ commands pause, resume, cancel, next-wave, retry-failed), through the platform's
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from ..campaigns import CampaignSettings, CampaignStatus
 from ..machines.campaign import AbortRule, CampaignError, Rate
 from .endpoint import PAGE, ApiError, Call, Endpoint, Param
 from .lookup import page, product_of
-from .models import CampaignIn, CampaignOut, CampaignPage, HistoryEntry, SettingsIn, WaveOut
+from .models import (
+    CAMPAIGN_PATTERN,
+    CampaignIn,
+    CampaignOut,
+    CampaignPage,
+    HistoryEntry,
+    SettingsIn,
+    WaveOut,
+)
 from .routes_firmware import stored_image
 
 
@@ -59,6 +68,8 @@ def create(call: Call) -> CampaignOut:
     product = product_of(body.product)
     image = stored_image(call, product, body.version)
     platform = call.ctx.platform
+    if body.id is not None and not re.fullmatch(CAMPAIGN_PATTERN, body.id):
+        raise ApiError(400, "bad_request", f"campaign id must match {CAMPAIGN_PATTERN}")
     if body.id is not None and body.id in platform.campaigns.ids():
         raise ApiError(409, "conflict", f"campaign {body.id!r} exists; choose another id")
     registry = platform.registry

@@ -12,7 +12,7 @@ from typing import Any
 import attrs
 
 from ..adapters.identity.registry import RegisteredDevice
-from ..machines import DeviceKey, ota
+from ..machines import DeviceKey, all_features, ota
 from .endpoint import PAGE, ApiError, Call, Endpoint, Param
 from .lookup import device_of, key_of, page, product_of
 from .models import (
@@ -185,6 +185,7 @@ def device_logs(call: Call) -> LogPage:
     return LogPage(**page(out, call))
 
 
+FEATURES = tuple(f.name for f in all_features())
 ONE = "/devices/{product}/{device}"
 DEVICES = "devices"
 
@@ -200,7 +201,7 @@ ENDPOINTS = (
         query=(
             Param("product", str, description="only this product"),
             Param("state", str, description="only devices whose `feature` session is in it"),
-            Param("feature", str, "ota", "the feature `state` refers to"),
+            Param("feature", str, "ota", "the feature `state` refers to", choices=FEATURES),
             Param("version", str, description="only devices that reported this version"),
             Param("enabled", bool, description="only enabled (true) or disabled (false)"),
             Param("q", str, description="device names containing this"),
@@ -274,6 +275,6 @@ ENDPOINTS = (
         "A device's uploaded log lines",
         DEVICES,
         LogPage,
-        query=(Param("since", int, 0, "lines after this seq", minimum=0), *PAGE),
+        query=(Param("since", int, 0, "lines after this seq", minimum=0, maximum=10**15), *PAGE),
     ),
 )

@@ -18,6 +18,19 @@ from cattrs.gen import make_dict_structure_fn
 Schema = dict[str, Any]
 
 
+BOUNDS = (
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+)
+"""Field metadata keys copied into the schema."""
+
+
 class BodyError(ValueError):
     """A request body that does not fit its class; the message lists every problem."""
 
@@ -28,6 +41,8 @@ def _strict(kind: type) -> Any:
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             if ok:
                 return float(value)
+        elif kind is int and type(value) is float and value.is_integer():
+            return int(value)  # JSON Schema's integer: 1.0 is one
         elif type(value) is kind:
             return value
         raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
@@ -173,7 +188,7 @@ class Schemas:
         required: list[str] = []
         for field in attrs.fields(kind):
             schema = dict(self.ref(hints[field.name]))
-            for key in ("minimum", "maximum", "minLength", "maxLength", "pattern", "maxItems"):
+            for key in BOUNDS:
                 if key in field.metadata:
                     schema[key] = field.metadata[key]
             if "description" in field.metadata:

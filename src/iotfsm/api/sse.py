@@ -17,6 +17,7 @@ import cattrs
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from ..machines import all_features
 from .endpoint import ApiError, Call, Endpoint, Param
 from .feed import StepFilter, step_event
 from .lookup import device_of, product_of
@@ -90,7 +91,12 @@ async def stream(request: Request, call: Call) -> Response:
 
 
 FILTERS = (
-    Param("machine", str, description="only this machine (a feature name, or campaign)"),
+    Param(
+        "machine",
+        str,
+        description="only this machine (a feature, or campaign)",
+        choices=(*(f.name for f in all_features()), "campaign"),
+    ),
     Param("product", str, description="only this product"),
     Param("device", str, description="only this device"),
 )
