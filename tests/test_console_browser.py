@@ -1,6 +1,6 @@
 """The console in headless Chromium against a running platform: the fleet page, a deployment
-started from a device's page with its OTA diagram lit step by step, and a campaign paused and
-resumed from its page.
+started from a device's page with its OTA diagram lit step by step, a campaign paused and
+resumed from its page, and the device page's other actions with bad and hostile input.
 
 One platform, three devices over the memory broker (a manual clock) and the API on a free
 127.0.0.1 port, for the whole module. Each device's burn waits on a gate the test opens, so the
@@ -221,3 +221,39 @@ def test_pause_and_resume_a_campaign_from_its_page(
     expect(page.locator("#wave-2")).to_have_attribute("data-succeeded", "1")
     expect(page.locator("#history")).to_contain_text("paused")
     page.screenshot(path=str(artifacts_dir / "campaign-done.png"), full_page=True)
+
+
+def test_operator_actions_on_the_device_page_and_bad_input(world: World, page: Page) -> None:
+    platform = world.pair.platform
+    device = world.devices["dev-3"]
+    page.goto(world.url(f"device.html?product={PRODUCT}&device=dev-3"))
+    expect(page.locator("body")).to_have_attribute("data-loaded", "yes")
+
+    page.select_option("#log-level-select", "3")
+    page.click("#log-level-button")
+    expect(page.locator("#status")).to_have_text("set log level 3: done")
+    world.pair.run_until("dev-3 to log at level 3", lambda: device.log_level == 3)
+    assert platform.log_level(PRODUCT, "dev-3") == 3
+
+    before = platform.product_config(PRODUCT)
+    page.fill("#config-payload", '{"mode": ')
+    page.click("#config-button")
+    expect(page.locator("#status")).to_contain_text("the config is not JSON")
+    assert platform.product_config(PRODUCT) == before
+
+    hostile = '{"label": "<img src=x onerror=\\"window.pwned=1\\">"}'
+    page.fill("#config-payload", hostile)
+    page.click("#config-button")
+    expect(page.locator("#status")).to_have_text(f"save config for {PRODUCT}: done")
+    page.click("#push-config")
+    expect(page.locator("#status")).to_have_text("push config: done")
+    page.reload()
+    expect(page.locator("#config-payload")).to_have_value(re.compile(r"<img src=x onerror="))
+    assert page.evaluate("window.pwned") is None
+
+    target = platform.firmware_status(PRODUCT, "dev-3").target
+    page.fill("#deploy-version", "../../etc")
+    page.click("#deploy-button")
+    expect(page.locator("#status")).to_contain_text("deploy ../../etc to dev-3:")
+    expect(page.locator("#status")).to_have_attribute("data-kind", "error")
+    assert platform.firmware_status(PRODUCT, "dev-3").target == target

@@ -61,7 +61,13 @@ function facts(d) {
     el("div", {}, el("b", {}, d.enabled ? "yes" : "no"), "enabled"),
     el("div", {}, el("b", {}, when(d.last_seen)), "last seen"));
   $("#toggle-enabled").textContent = d.enabled ? "disable" : "enable";
-  $("#log-level-select").value = String(d.log_level ?? 0);
+  // The picker shows the device's level when the page opens; later reads leave it alone,
+  // or a step arriving while the operator chooses would undo the choice.
+  const picker = $("#log-level-select");
+  if (!picker.dataset.shown) {
+    picker.value = String(d.log_level ?? 0);
+    picker.dataset.shown = "yes";
+  }
   document.body.dataset.version = d.version || "";
 }
 
