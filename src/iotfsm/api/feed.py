@@ -110,9 +110,13 @@ class StepFeed:
         self.dropped = 0
         """Records lost by slow subscribers, in total."""
 
-    def observe(self, machine: str, record: StepRecord) -> None:
-        entry = (next(self._seq), self._now(), machine, record)
+    def observe(self, machine: str, record: StepRecord, at: float | None = None) -> None:
+        entry = (next(self._seq), self._now() if at is None else at, machine, record)
         self.ring.append(entry)
+        if self._subscribers:
+            self.offer(machine, record, entry)
+
+    def offer(self, machine: str, record: StepRecord, entry: Entry) -> None:
         for sub in self._subscribers:  # a tuple swapped whole: no lock on the hot path
             if sub.wanted.matches(machine, record):
                 sub.offer(entry)
@@ -202,9 +206,21 @@ class Taps:
 
 
 def device_tracer(feed: StepFeed, seen: LastSeen, machine: str, triggers: frozenset[str]) -> Tracer:
+    """The tracer of one feature's machine: the step into the feed, and a device message's
+    time into `seen`. Everything is bound up front: this runs on every step of the runtime."""
+    times = seen.times
+    now = feed._now
+    counter = feed._seq
+    append = feed.ring.append
+    offer = feed.offer
+
     def trace(record: StepRecord) -> None:
-        if record.trigger in triggers and isinstance(record.key, DeviceKey):
-            seen.times[record.key] = seen._now()
-        feed.observe(machine, record)
+        at = now()
+        if record.trigger in triggers:
+            times[record.key] = at
+        entry = (next(counter), at, machine, record)
+        append(entry)
+        if feed._subscribers:
+            offer(machine, record, entry)
 
     return trace
