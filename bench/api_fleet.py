@@ -23,7 +23,6 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -59,7 +58,7 @@ def timed(client: httpx.Client, path: str, repeat: int) -> dict[str, Any]:
         began = time.perf_counter()
         answer = client.get(path)
         times.append((time.perf_counter() - began) * 1000)
-        if answer.status_code != 200:  # noqa: PLR2004
+        if answer.status_code != 200:
             raise SystemExit(f"{path}: {answer.status_code} {answer.text[:200]}")
         size = len(answer.content)
     times.sort()
@@ -141,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.devices, args.repeat, args.steps = 500, 3, 20_000
-    result = {"cpu": cpu_model(), "pages": pages(args.devices, args.repeat)}
+    result: dict[str, Any] = {"cpu": cpu_model(), "pages": pages(args.devices, args.repeat)}
     result["feed"] = feed_cost(args.steps)
     if args.json:
         print(json.dumps(result, indent=2))
