@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -35,15 +35,26 @@ Entry = tuple[int, float, str, StepRecord]
 """(sequence number, wall time, machine name, record)."""
 
 
+DEVICE_SUFFIX = ".device"
+"""How a device machine's name ends (`ota.device`): its steps have the device role."""
+
+
+def role_of(machine: str) -> Literal["platform", "device"]:
+    return "device" if machine.endswith(DEVICE_SUFFIX) else "platform"
+
+
 @attrs.frozen
 class StepFilter:
     machine: str | None = None
     product: str | None = None
     device: str | None = None
     handled_only: bool = False
+    role: str | None = None
 
     def matches(self, machine: str, record: StepRecord) -> bool:
         if self.machine is not None and machine != self.machine:
+            return False
+        if self.role is not None and role_of(machine) != self.role:
             return False
         if self.handled_only and not record.handled:
             return False
@@ -149,6 +160,7 @@ def step_event(entry: Entry) -> StepEvent:
         seq,
         round(at, 6),
         machine,
+        role_of(machine),
         key.product if device else None,
         key.device if device else None,
         None if device else str(key),
