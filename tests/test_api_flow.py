@@ -105,6 +105,20 @@ def test_a_deployment_moves_through_the_live_stream(world: ApiWorld) -> None:
     assert [(i["version"], i["size"]) for i in images] == [("1.1", len(IMAGE))]
 
 
+def test_in_process_device_steps_join_the_feed_with_their_role(world: ApiWorld) -> None:
+    feed = world.api.ctx.feed
+    world.device("dev-1", on_step=lambda r: feed.observe(r.machine, r)).start()
+    world.settle()
+    mine = world.reader.get("/steps", params={"role": "device", "device": "dev-1"}).json()
+    assert mine["items"] and {s["role"] for s in mine["items"]} == {"device"}
+    assert {s["machine"] for s in mine["items"]} >= {"ota.device"}
+    ota = world.reader.get("/steps", params={"machine": "ota.device"}).json()["items"]
+    assert ota and all(s["machine"] == "ota.device" for s in ota)
+    platform = world.reader.get("/steps", params={"role": "platform"}).json()["items"]
+    assert platform and {s["role"] for s in platform} == {"platform"}
+    assert "ota" in {s["machine"] for s in platform}
+
+
 def test_a_slow_reader_loses_steps_and_is_told(world: ApiWorld) -> None:
     from iotfsm.api import feed
 

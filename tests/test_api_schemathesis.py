@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-EXAMPLES = 12
+EXAMPLES = 20
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -35,15 +35,26 @@ Entry = tuple[int, float, str, StepRecord]
 """(sequence number, wall time, machine name, record)."""
 
 
+DEVICE_SUFFIX = ".device"
+"""How a device machine's name ends (`ota.device`): its steps have the device role."""
+
+
+def role_of(machine: str) -> Literal["platform", "device"]:
+    return "device" if machine.endswith(DEVICE_SUFFIX) else "platform"
+
+
 @attrs.frozen
 class StepFilter:
     machine: str | None = None
     product: str | None = None
     device: str | None = None
     handled_only: bool = False
+    role: str | None = None
 
     def matches(self, machine: str, record: StepRecord) -> bool:
         if self.machine is not None and machine != self.machine:
+            return False
+        if self.role is not None and role_of(machine) != self.role:
             return False
         if self.handled_only and not record.handled:
             return False
@@ -110,9 +121,13 @@ class StepFeed:
         self.dropped = 0
         """Records lost by slow subscribers, in total."""
 
-    def observe(self, machine: str, record: StepRecord) -> None:
-        entry = (next(self._seq), self._now(), machine, record)
+    def observe(self, machine: str, record: StepRecord, at: float | None = None) -> None:
+        entry = (next(self._seq), self._now() if at is None else at, machine, record)
         self.ring.append(entry)
+        if self._subscribers:
+            self.offer(machine, record, entry)
+
+    def offer(self, machine: str, record: StepRecord, entry: Entry) -> None:
         for sub in self._subscribers:  # a tuple swapped whole: no lock on the hot path
             if sub.wanted.matches(machine, record):
                 sub.offer(entry)
@@ -145,6 +160,7 @@ def step_event(entry: Entry) -> StepEvent:
         seq,
         round(at, 6),
         machine,
+        role_of(machine),
         key.product if device else None,
         key.device if device else None,
         None if device else str(key),
@@ -202,9 +218,21 @@ class Taps:
 
 
 def device_tracer(feed: StepFeed, seen: LastSeen, machine: str, triggers: frozenset[str]) -> Tracer:
+    """The tracer of one feature's machine: the step into the feed, and a device message's
+    time into `seen`. Everything is bound up front: this runs on every step of the runtime."""
+    times = seen.times
+    now = feed._now
+    counter = feed._seq
+    append = feed.ring.append
+    offer = feed.offer
+
     def trace(record: StepRecord) -> None:
-        if record.trigger in triggers and isinstance(record.key, DeviceKey):
-            seen.times[record.key] = seen._now()
-        feed.observe(machine, record)
+        at = now()
+        if record.trigger in triggers:
+            times[record.key] = at
+        entry = (next(counter), at, machine, record)
+        append(entry)
+        if feed._subscribers:
+            offer(machine, record, entry)
 
     return trace

@@ -350,11 +350,14 @@ class ConfigHistory:
 
 @attrs.frozen
 class StepEvent:
-    """One step of a machine: a device feature's (product, device set) or a campaign's."""
+    """One step of a machine: a device feature's (product, device set) or a campaign's.
+    `machine` is the feature (`ota`) or `campaign` for the platform's machines, and the device
+    machine's name (`ota.device`, `role` device) for devices traced in-process (the demo)."""
 
     seq: int
     time: float
     machine: str
+    role: Literal["platform", "device"]
     product: str | None
     device: str | None
     campaign: str | None

@@ -14,7 +14,7 @@ import uvicorn
 from ..platform import Platform
 from .app import build_app
 from .context import MAX_IMAGE, ApiContext
-from .feed import Taps, device_tracer, inbound_triggers
+from .feed import StepFeed, Taps, device_tracer, inbound_triggers
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,11 @@ class ApiServer:
         port: int = 0,
         *,
         max_image: int = MAX_IMAGE,
+        feed: StepFeed | None = None,
     ) -> None:
-        self.ctx = ApiContext(platform, max_image=max_image)
+        """`feed` lets in-process devices trace into the same step feed before the server
+        starts (`iotfsm.api.device_steps`); by default the server makes its own."""
+        self.ctx = ApiContext(platform, max_image=max_image, feed=feed)
         self.app = build_app(self.ctx)
         self.host = host
         self.port = port
@@ -46,6 +49,9 @@ class ApiServer:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted connections inherit it: without it a small answer (headers and body written
+        # apart) waits ~40 ms for the client's delayed ACK (Nagle), on every call
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             sock.bind((self.host, self.port))
         except OSError:

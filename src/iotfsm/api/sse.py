@@ -31,7 +31,9 @@ POLL = 0.5
 def _filter(call: Call) -> StepFilter:
     q = call.query
     product = None if q.get("product") is None else product_of(q["product"])
-    return StepFilter(q.get("machine"), product, q.get("device"), bool(q.get("handled_only")))
+    return StepFilter(
+        q.get("machine"), product, q.get("device"), bool(q.get("handled_only")), q.get("role")
+    )
 
 
 def recent(call: Call) -> StepList:
@@ -94,9 +96,15 @@ FILTERS = (
     Param(
         "machine",
         str,
-        description="only this machine (a feature, or campaign)",
-        choices=(*(f.name for f in all_features()), "campaign"),
+        description="only this machine: a feature or campaign (the platform's), or a device "
+        "machine such as ota.device (devices traced in-process)",
+        choices=(
+            *(f.name for f in all_features()),
+            "campaign",
+            *(f"{f.name}.device" for f in all_features()),
+        ),
     ),
+    Param("role", str, description="only this role's steps", choices=("platform", "device")),
     Param("product", str, description="only this product"),
     Param("device", str, description="only this device"),
 )
