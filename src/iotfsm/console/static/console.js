@@ -202,12 +202,22 @@ export function follow(params, onStep, onDropped) {
   return source;
 }
 
+// The bar every page starts with: the live-stream light, the way home, who is signed in.
 export function header(session) {
-  const who = $("#who");
-  if (who && session) {
+  const bar = $("header.top");
+  if (!bar) return;
+  const who = el("span", { id: "who" });
+  if (session) {
     fill(who, `signed in as ${session.name} (${(session.scopes || []).join(", ")}) `,
       el("button", { class: "link", type: "button", onclick: logout }, "sign out"));
   }
+  fill(bar, el("span", { class: "live-dot", title: "live stream connected" }),
+    el("a", { class: "brand", href: "./" }, "iotfsm console"), el("a", { href: "./" }, "fleet"), who);
+}
+
+// No favicon request: the console's pages ask the server for nothing they do not use.
+if (!document.querySelector("link[rel=icon]")) {
+  document.head.append(el("link", { rel: "icon", href: "data:," }));
 }
 
 // Reads a picked file as bytes for an octet-stream upload.
