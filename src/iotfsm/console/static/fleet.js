@@ -1,11 +1,12 @@
 // The fleet overview: counts by state and version, one page of devices at a time (the API
 // pages on the server, so 10,000 devices cost the same as 50), campaigns, and the forms that
-// start a deployment or a campaign. Refreshes itself when steps arrive, a few times a second
-// at most.
+// start a deployment or a campaign. Refreshes itself when steps arrive, at most every
+// REFRESH ms: the overview walks every device, so an open page must not keep the API busy.
 
 import { $, act, api, deploy, el, enc, ensureSession, fileBytes, fill, follow, header, query, say, throttle, when } from "./console.js";
 
 const PAGE = 50;
+const REFRESH = 2500;
 const url = new URL(location.href);
 const view = {
   offset: Number(url.searchParams.get("offset") || 0),
@@ -157,4 +158,4 @@ header(session);
 showFilters();
 wire();
 await refresh();
-follow({ handled_only: true }, throttle(refresh, 1000));
+follow({ handled_only: true }, throttle(refresh, REFRESH));
