@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,16 @@ def test_in_process_device_steps_join_the_feed_with_their_role(world: ApiWorld) 
     platform = world.reader.get("/steps", params={"role": "platform"}).json()["items"]
     assert platform and {s["role"] for s in platform} == {"platform"}
     assert "ota" in {s["machine"] for s in platform}
+
+
+def test_stopping_the_server_ends_open_streams(world: ApiWorld) -> None:
+    stream = Stream(world)
+    began = time.monotonic()
+    world.api.stop()
+    assert time.monotonic() - began < 5.0
+    stream._thread.join(5.0)
+    assert not stream._thread.is_alive()
+    stream.close()
 
 
 def test_a_slow_reader_loses_steps_and_is_told(world: ApiWorld) -> None:
