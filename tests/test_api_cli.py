@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -76,6 +77,23 @@ def test_a_token_from_the_command_opens_the_api_until_revoked(
         "nowhere",
     )
     assert bad.returncode == 1 and "--api 'nowhere' must be HOST:PORT" in bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = iotfsm(
+            "platform",
+            "--broker",
+            mosquitto.url,
+            "--data-dir",
+            str(data),
+            "--http",
+            "127.0.0.1:0",
+            "--api",
+            f"127.0.0.1:{port}",
+        )
+    assert busy.returncode == 1, busy.stderr
+    assert f"cannot serve the API on 127.0.0.1:{port}" in busy.stderr
 
     platform = Platform(
         "--broker",
