@@ -248,6 +248,9 @@ class DeliveryPage:
 
 @attrs.frozen
 class UploadOut:
+    """The platform's UploadInfo without `path`: where the file lies on the server is not the
+    client's business (and would tell it the data directory)."""
+
     product: str
     device: str
     name: str
