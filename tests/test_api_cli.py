@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -64,31 +65,18 @@ def test_a_token_from_the_command_opens_the_api_until_revoked(
     duplicate = iotfsm("api-token", "create", "--data-dir", str(data), "--name", "ci")
     assert duplicate.returncode == 1 and "exists" in duplicate.stderr
 
-    bad = iotfsm(
-        "platform",
-        "--broker",
-        mosquitto.url,
-        "--data-dir",
-        str(data),
-        "--http",
-        "127.0.0.1:0",
-        "--api",
-        "nowhere",
-    )
+    common = ("--broker", mosquitto.url, "--data-dir", str(data), "--http", "127.0.0.1:0")
+    bad = iotfsm("platform", *common, "--api", "nowhere")
     assert bad.returncode == 1 and "--api 'nowhere' must be HOST:PORT" in bad.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = iotfsm("platform", *common, "--api", f"127.0.0.1:{port}")
+    assert busy.returncode == 1, busy.stderr
+    assert f"cannot serve the API on 127.0.0.1:{port}" in busy.stderr
 
-    platform = Platform(
-        "--broker",
-        mosquitto.url,
-        "--data-dir",
-        str(data),
-        "--http",
-        "127.0.0.1:0",
-        "--api",
-        "127.0.0.1:0",
-        "--events",
-        "jsonl",
-    )
+    platform = Platform(*common, "--api", "127.0.0.1:0", "--events", "jsonl")
     try:
         wait_for(
             "the platform to start",

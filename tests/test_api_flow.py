@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,14 @@ def world(tmp_path: Path) -> Iterator[ApiWorld]:
 class Stream:
     """Reads `/steps/stream` on a thread, keeping every event it parses."""
 
-    def __init__(self, world: ApiWorld, **params: str) -> None:
+    def __init__(self, world: ApiWorld, after: int | None = None, **params: str) -> None:
         self.events: list[tuple[str, dict[str, Any], str | None]] = []
+        headers = {"Authorization": f"Bearer {world.read_token}"}
+        if after is not None:
+            headers["Last-Event-ID"] = str(after)
         self._client = httpx.Client(
             base_url=world.api.url + "/api/v1",
-            headers={"Authorization": f"Bearer {world.read_token}"},
+            headers=headers,
             timeout=httpx.Timeout(10.0, read=None),
         )
         self.opened = threading.Event()
@@ -117,6 +121,30 @@ def test_in_process_device_steps_join_the_feed_with_their_role(world: ApiWorld) 
     platform = world.reader.get("/steps", params={"role": "platform"}).json()["items"]
     assert platform and {s["role"] for s in platform} == {"platform"}
     assert "ota" in {s["machine"] for s in platform}
+
+
+def test_a_reconnecting_reader_gets_what_it_missed(world: ApiWorld) -> None:
+    world.device("dev-1").start()
+    world.settle()
+    seen = world.reader.get("/steps", params={"limit": 2000}).json()["items"]
+    assert len(seen) >= 4
+    middle = seen[len(seen) // 2]["seq"]
+    stream = Stream(world, after=middle)
+    missed = [s["seq"] for s in seen if s["seq"] > middle]
+    stream.wait("the backlog", lambda steps: [s["seq"] for s in steps][: len(missed)] == missed)
+    stream.close()
+    bad = world.reader.get("/steps/stream", headers={"Last-Event-ID": "x"})
+    assert bad.status_code == 400
+
+
+def test_stopping_the_server_ends_open_streams(world: ApiWorld) -> None:
+    stream = Stream(world)
+    began = time.monotonic()
+    world.api.stop()
+    assert time.monotonic() - began < 5.0
+    stream._thread.join(5.0)
+    assert not stream._thread.is_alive()
+    stream.close()
 
 
 def test_a_slow_reader_loses_steps_and_is_told(world: ApiWorld) -> None:

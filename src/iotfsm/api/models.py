@@ -1,4 +1,6 @@
 """The shapes the API reads and writes, as attrs classes: the OpenAPI schemas are made from these.
+Where the platform has a record of the very shape (Delivery, Deployment, WaveStatus, ...) the API
+answers with it, so the two cannot drift apart.
 
 Field metadata carries the bounds the schema publishes (`maximum`, `maxLength`, ...); the bounds
 are also checked where the value is used, so a client that skips the schema is refused the same.
@@ -9,6 +11,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import attrs
+
+from ..adapters.store.config_store import ConfigVersion
+from ..campaigns import WaveStatus
+from ..platform import Delivery, Deployment, FirmwareStatus
 
 # ---- common -------------------------------------------------------------------------------
 
@@ -75,27 +81,10 @@ class DeviceOut:
 
 
 @attrs.frozen
-class FirmwareState:
-    state: str
-    target: str
-    reported: str
-    percent: int
-    result_code: int
-    result_msg: str
-    drift: str
+class DeviceDetail(DeviceOut):
+    """A device and its firmware task and log level (a read never creates a session)."""
 
-
-@attrs.frozen
-class DeviceDetail:
-    product: str
-    device: str
-    registered: bool
-    enabled: bool
-    auth: str
-    last_seen: float | None
-    version: str
-    states: dict[str, str]
-    firmware: FirmwareState
+    firmware: FirmwareStatus
     log_level: int
 
 
@@ -167,18 +156,8 @@ class DeploymentIn:
 
 
 @attrs.frozen
-class DeploymentOut:
-    product: str
-    devices: list[str]
-    version: str
-    file_id: str
-    size: int
-    md5: str
-
-
-@attrs.frozen
 class DeploymentPage:
-    items: list[DeploymentOut]
+    items: list[Deployment]
     total: int
     offset: int
     limit: int
@@ -226,18 +205,6 @@ class CampaignIn:
 
 
 @attrs.frozen
-class WaveOut:
-    number: int
-    size: int
-    pending: int
-    running: int
-    succeeded: int
-    failed: int
-    timed_out: int
-    cancelled: int
-
-
-@attrs.frozen
 class HistoryEntry:
     time: float
     note: str
@@ -250,7 +217,7 @@ class CampaignOut:
     product: str
     version: str
     wave: int
-    waves: list[WaveOut]
+    waves: list[WaveStatus]
     reason: str
     history: list[HistoryEntry]
 
@@ -267,25 +234,13 @@ class CampaignPage:
 
 
 @attrs.frozen
-class DeliveryOut:
-    product: str
-    device: str
-    name: str
-    md5: str
-    size: int
-    state: str
-    code: int
-    message: str
-
-
-@attrs.frozen
 class DeliveryList:
-    items: list[DeliveryOut]
+    items: list[Delivery]
 
 
 @attrs.frozen
 class DeliveryPage:
-    items: list[DeliveryOut]
+    items: list[Delivery]
     total: int
     offset: int
     limit: int
@@ -293,6 +248,9 @@ class DeliveryPage:
 
 @attrs.frozen
 class UploadOut:
+    """The platform's UploadInfo without `path`: where the file lies on the server is not the
+    client's business (and would tell it the data directory)."""
+
     product: str
     device: str
     name: str
@@ -334,15 +292,8 @@ class ConfigOut:
 
 
 @attrs.frozen
-class ConfigVersionOut:
-    version: int
-    payload: dict[str, Any]
-    created_at: float
-
-
-@attrs.frozen
 class ConfigHistory:
-    items: list[ConfigVersionOut]
+    items: list[ConfigVersion]
 
 
 # ---- steps, audit, session, overview ------------------------------------------------------

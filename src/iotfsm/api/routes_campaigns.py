@@ -17,18 +17,12 @@ from .models import (
     CampaignPage,
     HistoryEntry,
     SettingsIn,
-    WaveOut,
 )
 from .routes_firmware import stored_image
 
 
 def campaign_out(status: CampaignStatus, history: bool = True) -> CampaignOut:
-    waves = [
-        WaveOut(
-            w.number, w.size, w.pending, w.running, w.succeeded, w.failed, w.timed_out, w.cancelled
-        )
-        for w in status.waves
-    ]
+    waves = list(status.waves)
     notes = [HistoryEntry(at, text) for at, text in status.history] if history else []
     return CampaignOut(
         status.id,

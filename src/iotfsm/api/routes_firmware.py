@@ -12,9 +12,10 @@ import time
 import attrs
 
 from ..machines import ota
+from ..platform import Deployment
 from .endpoint import BINARY, PAGE, Answer, ApiError, Call, Endpoint, Param, Upload
 from .lookup import page, product_of
-from .models import DeploymentIn, DeploymentOut, DeploymentPage, Image, ImagePage
+from .models import DeploymentIn, DeploymentPage, Image, ImagePage
 
 TABLE = "api_firmware"
 
@@ -72,7 +73,7 @@ def get_image(call: Call) -> Image:
     return stored_image(call, product_of(call.path["product"]), call.path["version"])
 
 
-def deploy(call: Call) -> DeploymentOut:
+def deploy(call: Call) -> Deployment:
     body: DeploymentIn = call.body
     product = product_of(body.product)
     image = stored_image(call, product, _version(body.version))
@@ -84,11 +85,8 @@ def deploy(call: Call) -> DeploymentOut:
         ]
         if unknown:
             raise ApiError(404, "not_found", f"not registered in {product}: {unknown[:5]}")
-    done = platform.deploy_firmware(
+    return platform.deploy_firmware(
         product, body.devices, body.version, platform.image_path(image.file_id)
-    )
-    return DeploymentOut(
-        done.product, list(done.devices), done.version, done.file_id, done.size, done.md5
     )
 
 
@@ -97,7 +95,7 @@ def list_deployments(call: Call) -> DeploymentPage:
     found = []
     for _, doc in call.ctx.platform.store.items("deployments"):
         if wanted in (None, doc.get("product")):
-            found.append(DeploymentOut(**{**doc, "devices": list(doc["devices"])}))
+            found.append(Deployment(**{**doc, "devices": tuple(doc["devices"])}))
     return DeploymentPage(**page(found, call))
 
 
@@ -141,7 +139,7 @@ ENDPOINTS = (
         "write",
         "Offer an image to devices",
         "deployments",
-        DeploymentOut,
+        Deployment,
         201,
         DeploymentIn,
     ),

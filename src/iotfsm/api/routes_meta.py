@@ -8,7 +8,6 @@ from collections import Counter
 import cattrs
 from starlette.responses import JSONResponse, Response
 
-from ..machines import DeviceKey
 from .context import COOKIE
 from .endpoint import PAGE, ApiError, Call, Endpoint, Param
 from .lookup import page
@@ -25,14 +24,17 @@ def health(call: Call) -> Health:
 
 def overview(call: Call) -> Overview:
     platform = call.ctx.platform
-    keys: set[DeviceKey] = {d.key for d in platform.registry.devices()}
-    enabled = sum(1 for d in platform.registry.devices() if d.enabled)
+    registered = platform.registry.devices()
+    # plain (product, device) tuples: equal to the DeviceKeys of the session tables, cheaper
+    keys: set[tuple[str, str]] = {(d.product, d.device) for d in registered}
+    enabled = sum(1 for d in registered if d.enabled)
+    open_registry = platform.registry.open
     by_state: dict[str, dict[str, int]] = {}
     versions: Counter[str] = Counter()
     for feature, sessions in list(platform.runtime.sessions.items()):
         counts: Counter[str] = Counter()
         for key, session in list(sessions.items()):
-            if platform.registry.open:
+            if open_registry:
                 keys.add(key)
             elif key not in keys:
                 continue
@@ -40,20 +42,19 @@ def overview(call: Call) -> Overview:
             if feature == "ota":
                 versions[str(session.ctx.reported or "")] += 1
         by_state[feature] = dict(counts)
-    if platform.registry.open:
+    if open_registry:
         enabled = len(keys)
     versions[""] += len(keys) - sum(versions.values())
     if not versions[""]:
         del versions[""]
-    now = time.time()
-    seen = call.ctx.last_seen.times
-    online = sum(1 for k in keys if now - seen.get(k, float("-inf")) <= RECENT)
+    since = time.time() - RECENT
+    online = sum(1 for k, at in list(call.ctx.last_seen.times.items()) if at >= since and k in keys)
     campaigns = Counter(s.state for s in _statuses(call))
     return Overview(
         len(keys),
         enabled,
         online,
-        sorted({k.product for k in keys}),
+        sorted({k[0] for k in keys}),
         by_state,
         dict(versions),
         dict(campaigns),

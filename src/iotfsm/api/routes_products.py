@@ -3,9 +3,8 @@ and `/resources`: files offered to devices and uploads devices made."""
 
 from __future__ import annotations
 
-from ..adapters.store.config_store import ConfigError
+from ..adapters.store.config_store import ConfigError, ConfigVersion
 from ..machines.names import name_problem
-from ..platform import Delivery
 from .endpoint import BINARY, PAGE, ApiError, Call, Endpoint, Param, Upload
 from .lookup import key_of, page, product_of
 from .models import (
@@ -13,9 +12,7 @@ from .models import (
     ConfigHistory,
     ConfigIn,
     ConfigOut,
-    ConfigVersionOut,
     DeliveryList,
-    DeliveryOut,
     DeliveryPage,
     LogLevelIn,
     LogLevelOut,
@@ -33,13 +30,13 @@ def get_config(call: Call) -> ConfigOut:
     return _config(call, product_of(call.path["product"]))
 
 
-def set_config(call: Call) -> ConfigVersionOut:
+def set_config(call: Call) -> ConfigVersion:
     body: ConfigIn = call.body
     try:
         version = call.ctx.platform.set_config(product_of(call.path["product"]), body.payload)
     except ConfigError as exc:
         raise ApiError(400, "bad_request", str(exc)) from None
-    return ConfigVersionOut(version.version, version.payload, version.created_at)
+    return version
 
 
 def enable_config(call: Call) -> ConfigOut:
@@ -51,7 +48,7 @@ def enable_config(call: Call) -> ConfigOut:
 
 def config_history(call: Call) -> ConfigHistory:
     history = call.ctx.platform.config_history(product_of(call.path["product"]))
-    return ConfigHistory([ConfigVersionOut(v.version, v.payload, v.created_at) for v in history])
+    return ConfigHistory(list(history))
 
 
 def product_log_level(call: Call) -> LogLevelOut:
@@ -76,17 +73,13 @@ def offer_resource(call: Call) -> DeliveryList:
         raise ApiError(400, "bad_request", f"resource name {name[:80]!r} is refused: {problem}")
     body: Upload = call.body
     offered = call.ctx.platform.offer_resource(product, devices, name, body.path)
-    return DeliveryList([_delivery(d) for d in offered])
-
-
-def _delivery(d: Delivery) -> DeliveryOut:
-    return DeliveryOut(d.product, d.device, d.name, d.md5, d.size, d.state, d.code, d.message)
+    return DeliveryList(offered)
 
 
 def deliveries(call: Call) -> DeliveryPage:
     q = call.query
     found = call.ctx.platform.deliveries(q["product"], q["device"])
-    return DeliveryPage(**page([_delivery(d) for d in found], call))
+    return DeliveryPage(**page(found, call))
 
 
 def uploads(call: Call) -> UploadPage:
@@ -126,7 +119,6 @@ ENDPOINTS = (
         "write",
         "Set and push a product's config",
         "config",
-        ConfigVersionOut,
         body=ConfigIn,
     ),
     Endpoint(
