@@ -14,9 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page
+from playwright.sync_api import Browser, Page, expect
 
 from iotfsm.testing.chromium import ChromiumNotFoundError, find_chromium, headless_chromium
+
+WAIT_MS = 15_000
+"""How long a page action or an `expect` waits for its condition: generous, since a loaded CI
+machine can take seconds to step a platform, and a condition that holds ends the wait at once."""
 
 ARTIFACTS_ENV = "IOTFSM_TEST_ARTIFACTS"
 """Where screenshots go; default `test-artifacts/` at the checkout's top (ignored by git)."""
@@ -35,6 +39,7 @@ def chromium() -> Iterator[Browser]:
     missing = _missing_browser()
     if missing is not None:
         pytest.fail(missing, pytrace=False)
+    expect.set_options(timeout=WAIT_MS)
     with headless_chromium() as browser:
         yield browser
 
@@ -52,7 +57,7 @@ def page(chromium: Browser, artifacts_dir: Path, request: pytest.FixtureRequest)
     """A fresh browser context per test; a screenshot of where it ended is always kept, so a
     failing run shows what the page looked like."""
     context = chromium.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(15_000)
+    context.set_default_timeout(WAIT_MS)
     tab = context.new_page()
     try:
         yield tab
