@@ -30,6 +30,8 @@ NAMES = ("dev-1", "dev-2", "dev-3")
 GATE_WAIT = 30.0
 """How long a burn waits for its gate before failing (the test opens every gate at the end)."""
 IMAGE = random.Random(20).randbytes(96 * 1024)
+LIVE = re.compile(r"\blive\b")
+"""The class a page's body has while its step stream is connected."""
 
 
 @attrs.define
@@ -140,6 +142,7 @@ def test_deploy_from_the_device_page_lights_the_ota_machine(
     expect(own).to_have_attribute("data-state", "idle")
     expect(platform).to_have_attribute("data-state", "idle")
     expect(own).to_have_attribute("data-loaded", "yes")
+    expect(page.locator("body")).to_have_class(LIVE)  # the step stream is open
     page.evaluate(WATCH_STATES, "#machine-ota-device")
 
     page.fill("#deploy-version", "1.1")
@@ -191,6 +194,7 @@ def test_pause_and_resume_a_campaign_from_its_page(
     page.click("#campaign-button")
     page.wait_for_url(re.compile(r"campaign\.html\?id="))
     cid = page.url.split("id=", 1)[1]
+    expect(page.locator("body")).to_have_class(LIVE)
 
     world.pair.run_until(
         "wave 1 to be running", lambda: platform.campaign_status(cid).waves[0].running == 1

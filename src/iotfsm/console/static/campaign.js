@@ -75,12 +75,12 @@ if (!id) {
   say("this page needs ?id=…", "error");
 } else {
   refresh();
-  follow({ machine: "campaign" }, (step) => {
+  await follow({ machine: "campaign" }, (step) => {
     if (step.campaign !== id) return;
     lastStep = step;
     machine.step(step);
     refresh();
-  });
+  }, { onOpen: refresh }); // what changed before the stream opened
   // Progress inside a wave (a device finishing) is a campaign step too; this timer only
   // covers a stream that reconnects.
   setInterval(() => { if (!machine.layout?.final.includes(document.body.dataset.state)) refresh(); }, 5000);

@@ -191,18 +191,37 @@ export async function logout() {
 }
 
 // The API's live stream of step records. EventSource reconnects by itself and sends the last
-// id it saw, so the API replays what was missed while it is still in its ring.
-export function follow(params, onStep, onDropped) {
+// id it saw, so the API replays what was missed while it is still in its ring. A first connect
+// has no id to send: a page that also shows recent steps reads them once the stream is open
+// (`onOpen`), so no step falls between the two; it resolves when that first read is done, or
+// after OPEN_WAIT ms without a stream (the page then works from what it read).
+const OPEN_WAIT = 3000;
+
+export function follow(params, onStep, { onDropped, onOpen } = {}) {
   const source = new EventSource(API + "/steps/stream" + query(params), { withCredentials: true });
   source.addEventListener("step", (event) => onStep(JSON.parse(event.data)));
   source.addEventListener("dropped", (event) => onDropped && onDropped(JSON.parse(event.data)));
-  source.addEventListener("open", () => document.body.classList.add("live"));
   source.addEventListener("error", () => document.body.classList.remove("live"));
   window.addEventListener("beforeunload", () => source.close());
-  return source;
+  return new Promise((resolve) => {
+    let first = true;
+    const primed = async () => {
+      if (!first) return;
+      first = false;
+      try {
+        if (onOpen) await onOpen();
+      } finally {
+        resolve(source);
+      }
+    };
+    source.addEventListener("open", () => {
+      document.body.classList.add("live");
+      primed();
+    });
+    setTimeout(primed, OPEN_WAIT);
+  });
 }
 
-// The bar every page starts with: the live-stream light, the way home, who is signed in.
 export function header(session) {
   const bar = $("header.top");
   if (!bar) return;

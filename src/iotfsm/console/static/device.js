@@ -95,11 +95,17 @@ function onStep(step) {
   if (seen.has(step.seq)) return; // the recent page and the stream may overlap
   seen.add(step.seq);
   const body = $("#trace tbody");
-  body.prepend(traceRow(step));
+  const later = [...body.rows].find((row) => Number(row.dataset.seq) < step.seq);
+  body.insertBefore(traceRow(step), later || null);
   while (body.rows.length > TRACE) body.deleteRow(body.rows.length - 1);
   const v = view(featureOf(step), roleOf(step));
-  v.live = true;
-  v.step(step);
+  // The recent steps and the live ones can arrive interleaved: only a newer step moves the
+  // highlight.
+  if (step.seq > (v.seq || 0)) {
+    v.seq = step.seq;
+    v.live = true;
+    v.step(step);
+  }
   refresh();
 }
 
@@ -159,22 +165,30 @@ if (!product || !name) {
   say("this page needs ?product=…&device=…", "error");
 } else {
   try {
-    const [, config, recent] = await Promise.all([
+    const [, config] = await Promise.all([
       load(),
       api(`/products/${enc(product)}/config`).catch(() => null),
-      api(`${base}/steps${query({ limit: 100 })}`),
       logs(),
     ]);
     if (config && config.payload) $("#config-payload").value = JSON.stringify(config.payload);
-    for (const step of recent.items) onStep(step);
   } catch (error) {
     say(`cannot read the device: ${error.message}`, "error");
   }
-  // Steps were lost (a slow page): the stream is no longer the whole story, so the next
-  // read of the device sets each platform diagram from the state the API reports.
-  follow({ product, device: name }, onStep, () => {
-    for (const v of views.values()) v.live = false;
-    refresh();
+  await follow({ product, device: name }, onStep, {
+    // Steps were lost (a slow page): the stream is no longer the whole story, so the next
+    // read of the device sets each platform diagram from the state the API reports.
+    onDropped: () => {
+      for (const v of views.values()) v.live = false;
+      refresh();
+    },
+    onOpen: async () => {
+      try {
+        const recent = await api(`${base}/steps${query({ limit: 100 })}`);
+        for (const step of recent.items) onStep(step);
+      } catch (error) {
+        say(`cannot read the recent steps: ${error.message}`, "error");
+      }
+    },
   });
   document.body.dataset.loaded = "yes";
 }

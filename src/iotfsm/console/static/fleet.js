@@ -158,4 +158,6 @@ header(session);
 showFilters();
 wire();
 await refresh();
+// No read when the stream opens (the campaign and device pages do one): the counts walk the whole
+// fleet, and a step that fell between the first read and the stream shows with the next one.
 follow({ handled_only: true }, throttle(refresh, REFRESH));
