@@ -28,9 +28,15 @@ function featureOf(step) {
 function sectionFor(feature) {
   let section = $(`details[data-feature="${CSS.escape(feature)}"]`);
   if (!section) {
+    const roles = el("div", { class: "roles" });
+    // Two diagrams side by side are small on a laptop: one button stacks them full width.
+    const widen = el("button", { type: "button", class: "link widen", onclick: (event) => {
+      event.preventDefault();
+      widen.textContent = roles.classList.toggle("wide") ? "side by side" : "full width";
+    } }, "full width");
     section = el("details", { dataset: { feature }, open: feature === "ota" },
-      el("summary", {}, feature, el("span", { class: "muted summary-state" })),
-      el("div", { class: "roles" }));
+      el("summary", {}, feature, el("span", { class: "muted summary-state" }), " ", widen),
+      roles);
     $("#machines").append(section);
   }
   return section;
