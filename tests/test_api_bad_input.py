@@ -159,6 +159,8 @@ Refusal = tuple[str, str, bytes, dict[str, str], int, str]
         ("GET", "/devices?enabled=yes", b"", {}, 400, "bad_request"),
         ("GET", "/devices?feature=nope", b"", {}, 400, "bad_request"),
         ("GET", "/devices?product=a&product=b", b"", {}, 400, "bad_request"),
+        ("GET", "/devices?stat=idle", b"", {}, 400, "bad_request"),
+        ("GET", "/firmware?product=", b"", {}, 400, "bad_request"),
         ("GET", "/nowhere", b"", {}, 404, "not_found"),
         ("PATCH", "/devices", b"", {}, 405, "method_not_allowed"),
     ],

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,6 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .context import CONSOLE_HEADER, MAX_JSON, ApiContext, Caller
+from .models import PATTERNS
 from .schema import BodyError, read_body
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,9 @@ def _convert(p: Param, raw: str) -> Any:
         return raw == "true"
     if len(raw) > 200:
         raise ApiError(400, "bad_request", f"query parameter {p.name!r} is too long")
+    pattern = PATTERNS.get(p.name)
+    if pattern is not None and not re.fullmatch(pattern, raw):
+        raise ApiError(400, "bad_request", f"{p.name} {raw[:70]!r} must match {pattern}")
     if p.choices and raw not in p.choices:
         raise ApiError(400, "bad_request", f"{p.name} must be one of {', '.join(p.choices)}")
     return raw
@@ -225,6 +230,11 @@ def route(ctx: ApiContext, endpoint: Endpoint, prefix: str) -> Route:
             if not endpoint.public:
                 caller = _authenticate(ctx, request)
                 _authorize(caller, endpoint, request)
+            unknown = set(request.query_params) - {p.name for p in endpoint.query}
+            if unknown:
+                raise ApiError(
+                    400, "bad_request", f"unknown query parameters: {sorted(unknown)[:5]}"
+                )
             query = {p.name: _parse_param(request, p) for p in endpoint.query}
             body: Any = None
             if endpoint.body == BINARY:

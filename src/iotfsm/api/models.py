@@ -51,6 +51,15 @@ VERSION_PATTERN = "^[A-Za-z0-9_+-][A-Za-z0-9_+-]{0,31}$|^[A-Za-z0-9_+-]+([.][A-Z
 no path separators, no '..', no leading dot, no control characters)."""
 NAME_PATTERN = "^[A-Za-z0-9_+-]+([.][A-Za-z0-9_+-]+)*$"
 CAMPAIGN_PATTERN = "^[A-Za-z0-9_.:-]{1,64}$"
+PATTERNS = {
+    "product": PRODUCT_PATTERN,
+    "device": DEVICE_PATTERN,
+    "version": VERSION_PATTERN,
+    "name": NAME_PATTERN,
+    "id": CAMPAIGN_PATTERN,
+}
+"""The documented shape of a name, wherever a parameter of that name appears (path or query)."""
+LENGTHS = {"product": 32, "device": 48, "version": 32, "name": 64, "id": 64}
 PRODUCT = {"pattern": PRODUCT_PATTERN}
 DEVICE = {"pattern": DEVICE_PATTERN}
 VERSION = {"pattern": VERSION_PATTERN, "maxLength": 32}

@@ -9,14 +9,7 @@ from typing import Any
 
 from .. import __version__
 from .endpoint import BINARY, Endpoint, Param
-from .models import (
-    CAMPAIGN_PATTERN,
-    DEVICE_PATTERN,
-    NAME_PATTERN,
-    PRODUCT_PATTERN,
-    VERSION_PATTERN,
-    ErrorBody,
-)
+from .models import LENGTHS, PATTERNS, ErrorBody
 from .schema import Schema, Schemas
 
 ERRORS = {
@@ -29,17 +22,6 @@ ERRORS = {
     415: "The body has the wrong content type",
     422: "Well-formed, but the platform refuses it",
 }
-
-
-PATTERNS = {
-    "product": PRODUCT_PATTERN,
-    "device": DEVICE_PATTERN,
-    "version": VERSION_PATTERN,
-    "name": NAME_PATTERN,
-    "id": CAMPAIGN_PATTERN,
-}
-"""The documented shape of a name, wherever a parameter of that name appears."""
-LENGTHS = {"product": 32, "device": 48, "version": 32, "name": 64, "id": 64}
 
 
 def _param(p: Param, where: str = "query") -> Schema:
