@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 import attrs
@@ -105,11 +104,3 @@ class WebDemo:
         if self._server is not None:
             self._server.stop()
             self._server = None
-
-    def __enter__(self) -> WebDemo:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
