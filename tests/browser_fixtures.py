@@ -12,11 +12,14 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
 
 from iotfsm.testing.chromium import ChromiumNotFoundError, find_chromium, headless_chromium
+
+if TYPE_CHECKING:  # Playwright loads only when a test asks for the browser
+    from playwright.sync_api import Browser, Page
 
 WAIT_MS = 15_000
 """How long a page action or an `expect` waits for its condition: generous, since a loaded CI
@@ -39,6 +42,8 @@ def chromium() -> Iterator[Browser]:
     missing = _missing_browser()
     if missing is not None:
         pytest.fail(missing, pytrace=False)
+    from playwright.sync_api import expect
+
     expect.set_options(timeout=WAIT_MS)
     with headless_chromium() as browser:
         yield browser
