@@ -23,6 +23,7 @@ DEBS_test=(
   openssl:openssl                            # ... and make their own TLS certificates
   rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server  # private RabbitMQ nodes (MQTT plugin, HTTP auth)
   'postgresql:/usr/lib/postgresql/*/bin/postgres'  # private clusters for the store tests
+  'chromium:/usr/bin/chromium|chromium'      # the console's browser tests (Playwright drives it)
 )
 # What each purpose installs into .venv (editable, so the checkout's src is what runs), and which
 # other purposes that install also covers.

@@ -7,11 +7,14 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .demo_web import WebDemo
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -41,10 +44,30 @@ def _demo(args: argparse.Namespace) -> int:
         mark = "[green]✓[/green]" if check.passed else "[red]✗[/red]"
         bars.console.print(f"{mark} {check.name}")
 
+    web = _web_demo(args)
+
+    def opened(demo: WebDemo) -> None:
+        # The token rides in the URL's fragment, which the browser never sends to a server.
+        bars.console.print(f"console: {demo.url}#token={demo.token}", soft_wrap=True)
+        bars.console.print(f"API token (for curl; it ends with the demo): {demo.token}")
+        bars.console.print(f"the demo keeps its fleet running {demo.until}")
+        demo.announce = lambda line: bars.console.print(line, soft_wrap=True)
+
+    from .commands.common import CommandError
+    from .demo_web import WebDemoError
+
     with bars:
-        report = run_demo(
-            devices=args.devices, broker_url=args.broker, on_check=show, on_progress=progress
-        )
+        try:
+            report = run_demo(
+                devices=args.devices,
+                broker_url=args.broker,
+                on_check=show,
+                on_progress=progress,
+                web=web,
+                on_web=opened if web else None,
+            )
+        except WebDemoError as exc:
+            raise CommandError(str(exc)) from None
     if args.json:
         doc = {
             "passed": report.passed,
@@ -68,6 +91,24 @@ def _demo(args: argparse.Namespace) -> int:
         )
         console.print(verdict)
     return 0 if report.passed else 1
+
+
+def _web_demo(args: argparse.Namespace) -> WebDemo | None:
+    """`--web`: the options checked before anything starts, Ctrl-C and SIGTERM wired to stop."""
+    from .commands.common import CommandError
+
+    if not args.web:
+        if args.web_seconds is not None or args.web_address is not None:
+            raise CommandError("--web-seconds and --web-address need --web")
+        return None
+    from .commands.common import stop_on_signals
+    from .commands.platform import _http as host_port
+    from .demo_web import WebDemo, WebOptions
+
+    host, port = host_port(args.web_address or "127.0.0.1:8090", "--web-address")
+    if args.web_seconds is not None and args.web_seconds < 0:
+        raise CommandError("--web-seconds must be 0 or more")
+    return WebDemo(WebOptions(host, port, args.web_seconds), stop_on_signals())
 
 
 def _mount(
@@ -121,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--broker",
         help="run over a real MQTT broker, e.g. mqtt://127.0.0.1:1883 (default: the embedded one)",
+    )
+    demo.add_argument(
+        "--web",
+        action="store_true",
+        help="also serve the management API and the web console, print its URL and a token, "
+        "and keep running after the checks until Ctrl-C",
+    )
+    demo.add_argument(
+        "--web-address",
+        metavar="HOST:PORT",
+        help="where the console listens with --web (default 127.0.0.1:8090; port 0: any free one)",
+    )
+    demo.add_argument(
+        "--web-seconds",
+        type=float,
+        metavar="N",
+        help="with --web, stop N seconds after the checks instead of waiting for Ctrl-C",
     )
     demo.set_defaults(run=_demo)
 
@@ -178,7 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
         "The devices a platform admits (kept in its data directory; a running platform sees "
         "changes within a second). " + registry.EXAMPLE,
     )
-    from .commands import broker_config, campaign
+    from .commands import api_token, broker_config, campaign
+
+    _mount(
+        sub,
+        "api-token",
+        api_token,
+        "create, list and revoke the tokens of the management API",
+        "Tokens for `iotfsm platform --api` (kept hashed in the platform's store). "
+        + api_token.EXAMPLE,
+    )
 
     _mount(
         sub,

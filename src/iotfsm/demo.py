@@ -22,7 +22,9 @@ import attrs
 
 from .adapters.http.log_upload import LogUploadOptions
 from .campaigns import CampaignSettings
+from .demo_web import WebDemo
 from .device import Device
+from .fsm.trace import Tracer
 from .machines.feature import DeviceKey
 from .platform import FirmwareStatus
 from .testing.pair import Pair
@@ -87,8 +89,15 @@ def run_demo(
     broker_url: str | None = None,
     on_check: Callable[[Check], None] | None = None,
     on_progress: Progress | None = None,
+    *,
+    web: WebDemo | None = None,
+    on_web: Callable[[WebDemo], None] | None = None,
 ) -> DemoReport:
-    """Run the scenario and return every check's outcome."""
+    """Run the scenario and return every check's outcome.
+
+    With `web`, the platform also serves the API and the console (`on_web` is told where, before
+    the devices start, so a browser opened at once sees every step), and the fleet keeps running
+    after the checks until `web` says stop."""
     report = DemoReport(devices, broker_url or "memory")
 
     def check(name: str, passed: bool, detail: str) -> None:
@@ -105,48 +114,80 @@ def run_demo(
         tempfile.TemporaryDirectory(prefix="iotfsm-demo-") as tmp,
         Pair(tmp, product=PRODUCT, broker_url=broker_url) as pair,
     ):
-        platform = pair.platform
-        names = [f"demo-{i + 1}" for i in range(devices)]
-        apps = {n: _App(logging.getLogger(f"iotfsm.demo.app.{n}")) for n in names}
-        fleet: dict[str, Device] = {}
-        for name in names:
-            app = apps[name]
-            app.logger.propagate = False
-            fleet[name] = pair.device(
-                name,
-                version="1.0",
-                psk=DEMO_PSK,
-                logger=app.logger,
-                on_config=app.configs.append,
-                on_resource=lambda path, res, app=app: app.resources.update(
-                    {res: path.read_bytes()}
-                ),
-                on_upload_finished=lambda *outcome, app=app: app.uploads.append(outcome),
-                burn=app.burn,
-                log_upload=LogUploadOptions(platform.log_url, interval=0.2),
-                on_rrpc=app.rrpc,
-                on_broadcast=app.broadcasts.append,
-                on_shadow_delta=app.shadow_delta,
-            ).start()
-        pair.run_until("every device to connect", lambda: all(d.connected for d in fleet.values()))
-        pair.run_until(
-            "every device to be answered",
-            lambda: all(d.state("log_level") == "listening" for d in fleet.values()),
-        )
-
-        scenario = _Scenario(pair, fleet, apps, check, progress, rng, Path(tmp))
-        for step in (
-            scenario.log_level,
-            scenario.config,
-            scenario.ota,
-            scenario.upload,
-            scenario.download,
-            scenario.messaging,
-            scenario.campaign,
-            scenario.wire,
-        ):
-            step()
+        tracer: Tracer | None = None
+        if web is not None:
+            web.start(pair)
+            tracer = web.device_tracer()
+            if on_web is not None:
+                on_web(web)
+        try:
+            _run_scenario(
+                pair,
+                devices,
+                tracer=tracer,
+                check=check,
+                progress=progress,
+                rng=rng,
+                root=Path(tmp),
+            )
+            if web is not None:
+                web.hold(pair)
+        finally:
+            if web is not None:
+                web.close()
     return report
+
+
+def _run_scenario(
+    pair: Pair,
+    devices: int,
+    *,
+    tracer: Tracer | None,
+    check: Callable[[str, bool, str], None],
+    progress: Progress,
+    rng: random.Random,
+    root: Path,
+) -> None:
+    platform = pair.platform
+    names = [f"demo-{i + 1}" for i in range(devices)]
+    apps = {n: _App(logging.getLogger(f"iotfsm.demo.app.{n}")) for n in names}
+    fleet: dict[str, Device] = {}
+    for name in names:
+        app = apps[name]
+        app.logger.propagate = False
+        fleet[name] = pair.device(
+            name,
+            version="1.0",
+            psk=DEMO_PSK,
+            logger=app.logger,
+            on_config=app.configs.append,
+            on_resource=lambda path, res, app=app: app.resources.update({res: path.read_bytes()}),
+            on_upload_finished=lambda *outcome, app=app: app.uploads.append(outcome),
+            burn=app.burn,
+            log_upload=LogUploadOptions(platform.log_url, interval=0.2),
+            on_rrpc=app.rrpc,
+            on_broadcast=app.broadcasts.append,
+            on_shadow_delta=app.shadow_delta,
+            on_step=tracer,
+        ).start()
+    pair.run_until("every device to connect", lambda: all(d.connected for d in fleet.values()))
+    pair.run_until(
+        "every device to be answered",
+        lambda: all(d.state("log_level") == "listening" for d in fleet.values()),
+    )
+
+    scenario = _Scenario(pair, fleet, apps, check, progress, rng, root, tracer)
+    for step in (
+        scenario.log_level,
+        scenario.config,
+        scenario.ota,
+        scenario.upload,
+        scenario.download,
+        scenario.messaging,
+        scenario.campaign,
+        scenario.wire,
+    ):
+        step()
 
 
 @attrs.define
@@ -160,6 +201,7 @@ class _Scenario:
     progress: Progress
     rng: random.Random
     root: Path
+    tracer: Tracer | None = None
 
     def status(self, name: str) -> FirmwareStatus:
         return self.pair.platform.firmware_status(PRODUCT, name)
@@ -331,7 +373,10 @@ class _Scenario:
         waves = [["camp-1", "camp-bad"], ["camp-2"]]
         extra = {
             n: self.pair.device(
-                n, version="1.0", burn=broken_burn if n == "camp-bad" else None
+                n,
+                version="1.0",
+                burn=broken_burn if n == "camp-bad" else None,
+                on_step=self.tracer,
             ).start()
             for wave in waves
             for n in wave

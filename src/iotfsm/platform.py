@@ -344,6 +344,16 @@ class Platform(RoleFacade, PlatformMessaging):
             self.runtime.post("ota", key, command)
         return deployment
 
+    def publish_image(self, image: str | Path | bytes) -> FileRef:
+        """Serve a firmware image (stored once per content) without offering it to anyone:
+        what an image uploaded through the management API becomes before a deployment or a
+        campaign names it (`image_path(ref.file_id)` is then the `image` to pass them)."""
+        return self._publish_image(image)
+
+    def image_path(self, file_id: str) -> Path:
+        """Where a published image is kept."""
+        return self._image(file_id)
+
     def _image(self, file_id: str) -> Path:
         """Where the file service keeps a published image (what the signer hashes)."""
         return self.files.data_dir / "files" / check_name(file_id)

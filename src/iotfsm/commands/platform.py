@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..adapters.store.session_store import StoreCorruptError, reset_if_damaged
 from ..desired import DesiredStateError
@@ -28,7 +29,7 @@ from .store_option import add_store_argument, open_dsn
 
 EXAMPLE = """example:
   iotfsm platform --broker mqtt://127.0.0.1:1883 --data-dir ./platform \\
-      --http 127.0.0.1:8080 --desired desired.toml --events jsonl
+      --http 127.0.0.1:8080 --desired desired.toml --events jsonl --api 127.0.0.1:8090
   PGPASSFILE=~/.pgpass iotfsm platform --store postgresql://iotfsm@db:5432/iotfsm ...
 """
 
@@ -77,6 +78,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "<time>) and start with an empty store; a healthy store is kept as it is",
     )
     parser.add_argument(
+        "--api",
+        metavar="HOST:PORT",
+        help="serve the management API (/api/v1, needs the api extra) here, e.g. 127.0.0.1:8090; "
+        "tokens: iotfsm api-token create",
+    )
+    parser.add_argument(
+        "--api-max-image",
+        type=_size,
+        default="256M",
+        help="largest firmware image or resource the API accepts (default 256M)",
+    )
+    parser.add_argument(
         "--max-upload", type=_size, help="largest device upload granted, e.g. 50M (default: any)"
     )
 
@@ -105,8 +118,28 @@ def _reset_store(path: Path) -> None:
         print(f"iotfsm: moved the damaged store {path} aside to {aside.name}", file=sys.stderr)
 
 
+def _serve_api(args: argparse.Namespace, platform: Platform) -> Any:
+    """The started API server for `--api`, or None without the flag."""
+    if not args.api:
+        return None
+    host, port = _http(args.api, "--api")
+    try:
+        from ..api import ApiServer
+    except ImportError as exc:
+        raise CommandError(
+            f"--api needs starlette and uvicorn ({exc}): pip install 'iotfsm[api]'"
+        ) from None
+    server = ApiServer(platform, host, port, max_image=args.api_max_image)
+    try:
+        return server.start()
+    except OSError as exc:
+        raise CommandError(f"cannot serve the API on {args.api}: {exc.strerror or exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     host, port = _http(args.http)
+    if args.api:
+        _http(args.api, "--api")  # refuse a bad address before anything starts
     mqtt, _ = login_options(args, device=False)
     events = JsonLines() if args.events == "jsonl" else None
     if args.reset_store and not args.store:
@@ -149,18 +182,34 @@ def run(args: argparse.Namespace) -> int:
             "or not; anyone who reaches the broker can act as any device",
             file=sys.stderr,
         )
+    return _serve(args, platform, reconciler, events)
+
+
+def _serve(
+    args: argparse.Namespace,
+    platform: Platform,
+    reconciler: Reconciler | None,
+    events: JsonLines | None,
+) -> int:
+    """Start the platform (and the API), then apply the desired state and operator commands
+    until a signal says stop."""
     stop = stop_on_signals()
     try:
         platform.start()
     except OSError as exc:
         raise CommandError(f"cannot serve files on {args.http}: {exc.strerror or exc}") from None
+    api = None
     try:
+        api = _serve_api(args, platform)
         connected = platform.runtime.transport
         if not wait_connected(lambda: connected.connected, stop, args.connect_timeout, args.broker):
             return 0
         if events:
             host_port = "{}:{}".format(*platform.files.address)
-            events.write({"event": "started", "http": host_port})
+            started: dict[str, Any] = {"event": "started", "http": host_port}
+            if api is not None:
+                started["api"] = f"{api.host}:{api.port}"
+            events.write(started)
         if reconciler is not None:
             for line in reconciler.apply():
                 if events:
@@ -174,5 +223,7 @@ def run(args: argparse.Namespace) -> int:
                     if events:
                         events.write({"event": "applied", "what": line})
     finally:
+        if api is not None:
+            api.stop()
         platform.stop()
     return 0

@@ -90,6 +90,24 @@ def node_id(prefix: str, state: str) -> str:
     return prefix + state.replace(":", "_")
 
 
+def edge_id(prefix: str, index: int) -> str:
+    """The DOT (and so SVG) id of the `index`-th drawn edge of a machine."""
+    return f"{prefix}e{index}"
+
+
+def edge_ids(spec: MachineSpec[Any], prefix: str = "") -> dict[tuple[int, str], str]:
+    """The drawn edge's id for each (transition index, declared source), as `Highlight.edges`
+    names transitions: a page that shows the SVG lights the edge a step took without rendering
+    the graph again. A source is a state name or `ANY_STATE`; one edge stands for the rows it
+    merges (self-loops, a group's states)."""
+    ids: dict[tuple[int, str], str] = {}
+    for n, edge in enumerate(_edges(spec)[0]):
+        for row in edge.rows:
+            for source in row.sources:
+                ids[(row.index, source)] = edge_id(prefix, n)
+    return ids
+
+
 def _otherwise(on: On, guarded: set[tuple[str, str]]) -> bool:
     if on.guard is not None:
         return False
@@ -252,7 +270,7 @@ def add_machine(
         label, hot, width = _edge_label(edge, inbound, inbound_topic, lit, taken)
         if edge.loop:
             loop_width = max(loop_width, width)
-        attrs_: dict[str, str] = {"label": label, "id": f"{prefix}e{n}"}
+        attrs_: dict[str, str] = {"label": label, "id": edge_id(prefix, n)}
         timers = all(labels.is_timer(row.on.trigger_name) for row in edge.rows)
         internal = all(row.on.dest is None for row in edge.rows)
         styles = ["dotted"] if internal else (["dashed"] if timers else [])
