@@ -82,7 +82,7 @@ Refusal = tuple[str, str, bytes, dict[str, str], int, str]
             400,
             "bad_request",
         ),
-        ("PUT", "/devices/API0000001/dev-1/log-level", b'{"level": 9}', JSON, 422, "refused"),
+        ("PUT", "/devices/API0000001/dev-1/log-level", b'{"level": 9}', JSON, 400, "bad_request"),
         ("PUT", "/devices/API0000001/ghost/log-level", b'{"level": 1}', JSON, 404, "not_found"),
         ("PUT", "/products/API0000001/config", b'{"payload": [1]}', JSON, 400, "bad_request"),
         ("PUT", "/products/API0000001/config", b'{"payload": "x"}', JSON, 400, "bad_request"),
@@ -205,3 +205,27 @@ def test_a_version_names_one_image(world: ApiWorld) -> None:
     other = world.http.put("/firmware/API0000001/3.0", content=b"another", headers=octets)
     assert other.status_code == 409 and error_of(other)["code"] == "conflict"
     assert _records(world) == before
+
+
+def test_campaign_windows_are_checked_by_the_platform(world: ApiWorld) -> None:
+    octets = {"content-type": "application/octet-stream"}
+    assert world.http.put("/firmware/API0000001/4.0", content=b"img", headers=octets).is_success
+    body: dict[str, Any] = {
+        "product": PRODUCT,
+        "version": "4.0",
+        "waves": [["dev-1"]],
+        "settings": {"daily_windows": [{"start": "22:00", "end": "04:00", "tz": "Mars/Base"}]},
+    }
+    before = _records(world)
+    refused = world.http.post("/campaigns", json=body)
+    assert refused.status_code == 422 and "time zone" in error_of(refused)["message"]
+    body["settings"]["daily_windows"][0]["start"] = "25:00"
+    malformed = world.http.post("/campaigns", json=body)
+    assert malformed.status_code == 400 and "start" in error_of(malformed)["message"]
+    assert _records(world) == before
+    body["settings"]["daily_windows"][0].update(start="22:00", tz="Europe/Berlin")
+    body["settings"]["intervals"] = [{"start": 0, "end": 4e9}]
+    made = world.http.post("/campaigns", json=body)
+    assert made.status_code == 201, made.text
+    plan = world.platform.campaigns.context(made.json()["id"]).plan
+    assert plan is not None and plan.daily_windows[0].tz == "Europe/Berlin"

@@ -10,22 +10,43 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import attrs
 import httpx
+import pytest
 
+from iotfsm.cli import main
 from iotfsm.testing import Mosquitto, wait_for
 
 
-def iotfsm(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "iotfsm", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+@attrs.frozen
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def iotfsm(capsys: pytest.CaptureFixture[str]) -> Callable[..., Ran]:
+    """`iotfsm ARGS` in this process (an interpreter start per command would cost seconds each
+    on a loaded machine); the platform itself runs as a child process below."""
+
+    def run(*args: str) -> Ran:
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        finally:
+            for number, handler in handlers.items():
+                signal.signal(number, handler)
+        out, err = capsys.readouterr()
+        return Ran(code, out, err)
+
+    return run
 
 
 class Platform:
@@ -51,7 +72,7 @@ class Platform:
 
 
 def test_a_token_from_the_command_opens_the_api_until_revoked(
-    mosquitto: Mosquitto, tmp_path: Path
+    mosquitto: Mosquitto, tmp_path: Path, iotfsm: Callable[..., Ran]
 ) -> None:
     data = tmp_path / "platform"
     made = iotfsm(
@@ -62,8 +83,19 @@ def test_a_token_from_the_command_opens_the_api_until_revoked(
     assert token.startswith("iotfsm_") and len(token) > 40
     listed = iotfsm("api-token", "list", "--data-dir", str(data), "--json")
     assert [r["name"] for r in json.loads(listed.stdout)] == ["ci"] and token not in listed.stdout
+    assert json.loads(listed.stdout)[0]["scopes"] == ["write"]
     duplicate = iotfsm("api-token", "create", "--data-dir", str(data), "--name", "ci")
     assert duplicate.returncode == 1 and "exists" in duplicate.stderr
+    out = tmp_path / "viewer.token"
+    to_file = iotfsm(
+        "api-token", "create", "--data-dir", str(data), "--name", "viewer", "--out", str(out)
+    )
+    assert to_file.returncode == 0, to_file.stderr
+    kept = out.read_text().strip()
+    assert kept.startswith("iotfsm_") and kept not in to_file.stdout
+    assert out.stat().st_mode & 0o777 == 0o600
+    hostile = iotfsm("api-token", "create", "--data-dir", str(data), "--name", "../x")
+    assert hostile.returncode == 1 and "token name" in hostile.stderr
 
     common = ("--broker", mosquitto.url, "--data-dir", str(data), "--http", "127.0.0.1:0")
     bad = iotfsm("platform", *common, "--api", "nowhere")

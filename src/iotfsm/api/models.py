@@ -192,6 +192,24 @@ class AbortIn:
 
 
 @attrs.frozen
+class DailyWindowIn:
+    """Every day from `start` to `end` ("HH:MM" in `tz`); an end before the start crosses
+    midnight."""
+
+    start: str = attrs.field(metadata={"pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"})
+    end: str = attrs.field(metadata={"pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"})
+    tz: str = attrs.field(default="UTC", metadata={"maxLength": 64})
+
+
+@attrs.frozen
+class IntervalIn:
+    """One window, `start` <= t < `end`, in epoch seconds."""
+
+    start: float
+    end: float
+
+
+@attrs.frozen
 class SettingsIn:
     advance: Literal["threshold", "operator"] = "threshold"
     success_percent: float = attrs.field(default=100.0, metadata={"minimum": 0, "maximum": 100})
@@ -200,6 +218,8 @@ class SettingsIn:
     start_at: float = 0.0
     rate: RateIn | None = None
     abort: list[AbortIn] = attrs.Factory(list)
+    daily_windows: list[DailyWindowIn] = attrs.Factory(list)
+    intervals: list[IntervalIn] = attrs.Factory(list)
 
 
 @attrs.frozen

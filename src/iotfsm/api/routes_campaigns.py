@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 
 from ..campaigns import CampaignSettings, CampaignStatus
-from ..machines.campaign import AbortRule, CampaignError, Rate
+from ..machines.campaign import AbortRule, CampaignError, DailyWindow, Interval, Rate
 from .endpoint import PAGE, ApiError, Call, Endpoint, Param
 from .lookup import page, product_of
 from .models import (
@@ -54,6 +54,8 @@ def _settings(given: SettingsIn | None) -> CampaignSettings:
         device_timeout=given.device_timeout,
         cancel_on_abort=given.cancel_on_abort,
         start_at=given.start_at,
+        daily_windows=tuple(DailyWindow(w.start, w.end, w.tz) for w in given.daily_windows),
+        intervals=tuple(Interval(i.start, i.end) for i in given.intervals),
     )
 
 

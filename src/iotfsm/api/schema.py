@@ -8,12 +8,14 @@ belongs, a bool passed as an int. So the document and the checks cannot drift ap
 
 from __future__ import annotations
 
+import re
 import types
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import attrs
 import cattrs
 from cattrs.gen import make_dict_structure_fn
+from cattrs.v import format_exception
 
 Schema = dict[str, Any]
 
@@ -48,6 +50,32 @@ def _strict(kind: type) -> Any:
         raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
 
     return check
+
+
+def bound_problem(value: Any, bounds: Any) -> str | None:
+    """What is wrong with `value` under the schema bounds a field's metadata publishes."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if "minimum" in bounds and value < bounds["minimum"]:
+            return f"{value} is below {bounds['minimum']}"
+        if "maximum" in bounds and value > bounds["maximum"]:
+            return f"{value} is above {bounds['maximum']}"
+        if "exclusiveMinimum" in bounds and value <= bounds["exclusiveMinimum"]:
+            return f"{value} must be above {bounds['exclusiveMinimum']}"
+    if isinstance(value, str):
+        if len(value) < bounds.get("minLength", 0):
+            return f"must have at least {bounds['minLength']} characters"
+        if len(value) > bounds.get("maxLength", len(value)):
+            return f"must have at most {bounds['maxLength']} characters"
+        if "pattern" in bounds and not re.search(bounds["pattern"], value):
+            return f"{value[:40]!r} must match {bounds['pattern']}"
+    if isinstance(value, list | tuple):
+        if len(value) < bounds.get("minItems", 0):
+            return f"must have at least {bounds['minItems']} items"
+        if len(value) > bounds.get("maxItems", len(value)):
+            return f"must have at most {bounds['maxItems']} items"
+    return None
 
 
 def _is_dict(kind: Any) -> bool:
@@ -95,6 +123,9 @@ def strict_converter() -> cattrs.Converter:
 
     def union_hook(value: Any, kind: Any) -> Any:
         members = get_args(kind)
+        others = [m for m in members if m is not type(None)]
+        if value is not None and len(others) == 1:  # Optional[X]: X's own error, not "fits none"
+            return converter.structure(value, others[0])
         if value is None:
             if type(None) in members:
                 return None
@@ -117,12 +148,24 @@ def strict_converter() -> cattrs.Converter:
         def structure(value: Any, _: Any) -> Any:
             if not isinstance(value, dict):
                 raise TypeError(f"expected an object, got {type(value).__name__}")
-            return plain(value, kind)
+            made = plain(value, kind)
+            for field in attrs.fields(kind):
+                problem = bound_problem(getattr(made, field.name), field.metadata)
+                if problem is not None:
+                    raise ValueError(f"{field.name}: {problem}")
+            return made
 
         return structure
 
     converter.register_structure_hook_factory(attrs.has, class_hook)
     return converter
+
+
+def _formatted(exc: BaseException, kind: Any) -> str:
+    """Our hooks' own messages ("expected int, got str", "level: 9 is above 4") as they are."""
+    if type(exc) in (ValueError, TypeError) and str(exc):
+        return str(exc)
+    return format_exception(exc, kind)
 
 
 def read_body(converter: cattrs.Converter, doc: Any, kind: type[Any]) -> Any:
@@ -131,7 +174,7 @@ def read_body(converter: cattrs.Converter, doc: Any, kind: type[Any]) -> Any:
         return converter.structure(doc, kind)
     except Exception as exc:  # cattrs raises several kinds; all mean "does not fit"
         problems = (
-            cattrs.transform_error(exc)
+            cattrs.transform_error(exc, format_exception=_formatted)
             if isinstance(exc, cattrs.BaseValidationError)
             else [str(exc)]
         )
