@@ -7,7 +7,8 @@ import re
 from collections.abc import Callable
 
 from ..campaigns import CampaignSettings, CampaignStatus
-from ..machines.campaign import AbortRule, CampaignError, DailyWindow, Interval, Rate
+from ..machines.campaign import AbortRule, CampaignError, Rate
+from ..machines.windows import DailyWindow, Interval
 from .endpoint import PAGE, ApiError, Call, Endpoint, Param
 from .lookup import page, product_of
 from .models import (
