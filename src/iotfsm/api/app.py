@@ -14,7 +14,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import routes_campaigns, routes_devices, routes_firmware, routes_meta, routes_products, sse
+from . import (
+    routes_campaigns,
+    routes_devices,
+    routes_firmware,
+    routes_messaging,
+    routes_meta,
+    routes_products,
+    sse,
+)
 from .context import ApiContext
 from .endpoint import Endpoint, error_response, route
 from .openapi import document
@@ -29,6 +37,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *routes_firmware.ENDPOINTS,
     *routes_campaigns.ENDPOINTS,
     *routes_products.ENDPOINTS,
+    *routes_messaging.ENDPOINTS,
 )
 CODES = {404: "not_found", 405: "method_not_allowed"}
 

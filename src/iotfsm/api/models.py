@@ -393,3 +393,46 @@ class Overview:
     by_version: dict[str, int]
     campaigns: dict[str, int]
     steps_dropped: int
+
+
+@attrs.frozen
+class RrpcIn:
+    """An RRPC call: the text sent to the device and how long to wait for its answer (seed
+    004 gives devices 5-10 s; the platform allows up to 30 here so an API call stays short)."""
+
+    payload: str = attrs.field(metadata={"maxLength": 16_384})
+    timeout: float = attrs.field(default=5.0, metadata={"minimum": 0.1, "maximum": 30})
+
+
+@attrs.frozen
+class RrpcOut:
+    """The device's answer as text (bytes that are not UTF-8 are replaced) and its size."""
+
+    answer: str
+    size: int
+
+
+@attrs.frozen
+class BroadcastIn:
+    payload: str = attrs.field(metadata={"maxLength": 16_384})
+
+
+@attrs.frozen
+class BroadcastOut:
+    """How many devices the message was published to (online ones receive it: QoS 0)."""
+
+    devices: int
+
+
+@attrs.frozen
+class ShadowOut:
+    """The shadow document as a device's `get` returns it (empty before any report)."""
+
+    document: dict[str, Any]
+
+
+@attrs.frozen
+class DesiredIn:
+    """Keys to merge into the desired state; a null value removes a key."""
+
+    state: dict[str, Any]

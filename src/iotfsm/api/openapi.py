@@ -21,6 +21,7 @@ ERRORS = {
     413: "The body is too large",
     415: "The body has the wrong content type",
     422: "Well-formed, but the platform refuses it",
+    504: "The device did not answer an RRPC call within its timeout",
 }
 
 
