@@ -21,6 +21,7 @@ import weakref
 from pathlib import Path
 from types import TracebackType
 
+from ..adapters.durable import write_file_atomic
 from .mosquitto import free_port
 
 BIN_DIRS = (
@@ -118,8 +119,7 @@ class PostgreSQL:
     def _initdb(self) -> None:
         pwfile = self.directory / "pwfile"
         pwfile.write_text(self.password + "\n")
-        self.passfile.write_text(f"{self.host}:{self.port}:*:{USER}:{self.password}\n")
-        self.passfile.chmod(0o600)
+        write_file_atomic(self.passfile, f"{self.host}:{self.port}:*:{USER}:{self.password}\n")
         if os.geteuid() == 0:
             nobody = 65534
             os.chown(self.directory, nobody, nobody)
