@@ -21,6 +21,7 @@ from .common import (
     JsonLines,
     add_login_arguments,
     login_options,
+    parse_address,
     stop_on_signals,
     wait_connected,
 )
@@ -92,13 +93,6 @@ def _size(value: str) -> int:
     return int(number) * units[unit]
 
 
-def _http(value: str, option: str = "--http") -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise CommandError(f"{option} {value!r} must be HOST:PORT, e.g. 127.0.0.1:8080")
-    return host, int(port)
-
-
 def _reset_store(path: Path) -> None:
     aside = reset_if_damaged(path)
     if aside is not None:
@@ -106,7 +100,7 @@ def _reset_store(path: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    host, port = _http(args.http)
+    host, port = parse_address("--http", args.http)
     mqtt, _ = login_options(args, device=False)
     events = JsonLines() if args.events == "jsonl" else None
     if args.reset_store and not args.store:
@@ -123,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
             mqtt=mqtt,
             open_registry=args.open_registry,
             secrets_dir=args.secrets_dir,
-            broker_auth=_http(args.broker_auth, "--broker-auth") if args.broker_auth else None,
+            broker_auth=parse_address("--broker-auth", args.broker_auth, "127.0.0.1:8089")
+            if args.broker_auth
+            else None,
             firmware_key=args.firmware_key,
             max_upload=args.max_upload,
             store=store,
