@@ -39,6 +39,7 @@ from iotfsm.adapters.mqtt.transport import MqttTransport, settings_from_url
 from iotfsm.commands.mosquitto_broker import cert_devices
 from iotfsm.commands.registry import open_registry
 from iotfsm.device import Device
+from iotfsm.machines import all_features
 from iotfsm.machines.feature import DeviceKey
 from iotfsm.platform import Platform
 from iotfsm.testing.mosquitto import SecureMosquitto
@@ -176,8 +177,15 @@ def test_acl_gives_each_device_exactly_its_own_topics() -> None:
         assert sorted(blocks[f"user {key.product}/{key.device}"]) == sorted(
             [f"topic write {t}" for t in publish] + [f"topic read {t}" for t in subscribe]
         )
-    # log, ota, resource (one pair for two), config, shadow; broadcast only comes down
-    assert (len(publish), len(subscribe)) == (5, 6)
+    # one topic per feature and direction (resources share a pair; broadcast only comes down),
+    # never one twice: derived from the declarations, so a new feature needs no count here
+    for topics, template in ((publish, "up_topic"), (subscribe, "down_topic")):
+        wanted = {
+            getattr(f, template).format(product=ATTACKER.product, device=ATTACKER.device)
+            for f in all_features()
+            if getattr(f, template)
+        }
+        assert len(topics) == len(set(topics)) and set(topics) == wanted
     assert "topic read $ota/report/+/+" in text and "topic write $ota/update/+/+" in text
     assert "#" not in text.replace("# written", "")
 
