@@ -15,8 +15,8 @@ import attrs
 import pytest
 
 from iotfsm.adapters.mqtt.transport import MqttSettings
-from iotfsm.testing.mosquitto import free_port
 from iotfsm.testing.rabbitmq import RabbitMQ, RabbitMQNotFoundError
+from iotfsm.testing.server import free_port
 
 
 @attrs.frozen

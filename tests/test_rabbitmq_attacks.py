@@ -30,7 +30,7 @@ from iotfsm.adapters.connect import MqttOptions
 from iotfsm.cli import main
 from iotfsm.device import Device
 from iotfsm.platform import Platform
-from iotfsm.testing.mosquitto import free_port
+from iotfsm.testing.server import free_port
 from iotfsm.testing.waiting import wait_for
 
 FAST = MqttOptions(backoff_min=0.05, backoff_max=0.5)
