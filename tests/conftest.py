@@ -3,13 +3,35 @@
 `rabbitmq_node`, `postgres_cluster` and the browser (`chromium`, `page`) live here (imported from
 rabbitmq_fixtures, postgres_fixtures and browser_fixtures) and not in each test module: a
 session-scoped fixture imported into two modules is two fixtures, and so two 20-second nodes.
-Fixtures are lazy: a run that asks for no node starts none.
+Fixtures are lazy: a run that asks for no node starts none. One that does starts booting it as
+soon as collection is done, on a thread, while the tests before the first user run
+(tests/server_warmup.py).
 """
 
 from __future__ import annotations
 
+import postgres_fixtures
+import pytest
+import rabbitmq_fixtures
 from browser_fixtures import artifacts_dir, chromium, page
 from postgres_fixtures import postgres_cluster
 from rabbitmq_fixtures import rabbitmq_node
 
-__all__ = ["artifacts_dir", "chromium", "page", "postgres_cluster", "rabbitmq_node"]
+__all__ = [
+    "artifacts_dir",
+    "chromium",
+    "page",
+    "postgres_cluster",
+    "pytest_collection_finish",
+    "rabbitmq_node",
+]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    if "rabbitmq_node" in wanted:
+        rabbitmq_fixtures.WARMUP.begin()
+    if "postgres_cluster" in wanted:
+        postgres_fixtures.WARMUP.begin()

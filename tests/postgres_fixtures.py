@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from server_warmup import Warmup
 
 from iotfsm.testing.postgres import PostgresNotFoundError, PostgreSQL
 
@@ -29,10 +30,17 @@ def new_cluster(bin_dir: Path | None = None) -> PostgreSQL:
     pytest.skip(message)
 
 
+WARMUP = Warmup(lambda: new_cluster().__enter__())
+"""Begun by conftest.py as soon as collection shows a test that wants the cluster."""
+
+
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgreSQL]:
-    with new_cluster() as cluster:
+    cluster = WARMUP.take()
+    try:
         yield cluster
+    finally:
+        cluster.close()
 
 
 def fresh_database(cluster: PostgreSQL) -> str:

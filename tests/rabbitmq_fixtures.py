@@ -13,10 +13,11 @@ from typing import Any
 
 import attrs
 import pytest
+from server_warmup import Warmup
 
 from iotfsm.adapters.mqtt.transport import MqttSettings
-from iotfsm.testing.mosquitto import free_port
 from iotfsm.testing.rabbitmq import RabbitMQ, RabbitMQNotFoundError
+from iotfsm.testing.server import free_port
 
 
 @attrs.frozen
@@ -48,8 +49,19 @@ def _new_node(auth_address: tuple[str, int]) -> RabbitMQ:
     pytest.fail(message, pytrace=False)
 
 
+def _boot() -> RabbitNode:
+    auth_address = ("127.0.0.1", free_port())
+    return RabbitNode(_new_node(auth_address).__enter__(), auth_address)
+
+
+WARMUP = Warmup(_boot)
+"""Begun by conftest.py as soon as collection shows a test that wants the node."""
+
+
 @pytest.fixture(scope="session")
 def rabbitmq_node() -> Iterator[RabbitNode]:
-    auth_address = ("127.0.0.1", free_port())
-    with _new_node(auth_address) as broker:
-        yield RabbitNode(broker, auth_address)
+    node = WARMUP.take()
+    try:
+        yield node
+    finally:
+        node.broker.close()

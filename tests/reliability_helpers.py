@@ -85,18 +85,45 @@ def specs() -> list[MachineSpec[Any]]:
     return [spec for f in all_features() for spec in (f.device, f.platform)]
 
 
+class UndeclaredMachineError(AssertionError):
+    """A declared machine the tables above do not know: says which, and what to add."""
+
+
+def resting_states(spec: MachineSpec[Any]) -> frozenset[str]:
+    """`RESTING[spec.name]`, or one error naming the machine when a new one is not listed (a
+    new feature fails here with what to do, not with a KeyError deep in a world's checks)."""
+    try:
+        return RESTING[spec.name]
+    except KeyError:
+        raise UndeclaredMachineError(
+            f"machine {spec.name!r} is not in RESTING (tests/reliability_helpers.py): add the "
+            f"non-final states of {sorted(set(spec.state_names) - spec.final_states)} that wait "
+            "for the other side by design; every other one must have a timer edge"
+        ) from None
+
+
 def waiting_states(spec: MachineSpec[Any]) -> frozenset[str]:
-    rest = RESTING[spec.name] | spec.final_states
+    rest = resting_states(spec) | spec.final_states
     return frozenset(s for s in spec.state_names if s not in rest)
 
 
 def check_declarations() -> list[str]:
     """Problems with the tables above against the declarations ([] when they agree)."""
     problems: list[str] = []
-    names = {s.name for s in specs()}
-    if set(RESTING) != names:
-        problems.append(f"RESTING covers {sorted(RESTING)}, the machines are {sorted(names)}")
+    by_name = {s.name: s for s in specs()}
+    for name in sorted(set(RESTING) - set(by_name)):
+        problems.append(f"RESTING lists {name!r}, which no feature declares")
+    for table, rows in (("RESTING", RESTING), ("IN_FLIGHT", IN_FLIGHT)):
+        for name, states in rows.items():
+            unknown = states - set(by_name[name].state_names) if name in by_name else set()
+            if unknown:
+                problems.append(f"{table}[{name!r}] names states it does not have: {unknown}")
     for spec in specs():
+        try:
+            resting_states(spec)
+        except UndeclaredMachineError as exc:
+            problems.append(str(exc))
+            continue
         exits: dict[str, set[str]] = {}
         for source, on in spec.expanded():
             exits.setdefault(source, set()).add(on.trigger_name)
@@ -550,11 +577,13 @@ __all__ = [
     "ErrorLog",
     "Scenario",
     "Seen",
+    "UndeclaredMachineError",
     "World",
     "blob",
     "check_declarations",
     "md5_of",
     "occurrences",
+    "resting_states",
     "run_scenario",
     "timer",
     "topics",

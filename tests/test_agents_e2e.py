@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from iotfsm.testing import Mosquitto, wait_for
-from iotfsm.testing.mosquitto import free_port
+from iotfsm.testing.server import free_port
 
 PRODUCT = "AGENT00001"
 PSK = "vX6PQqazsGsMyf5SMfs6OA6y"

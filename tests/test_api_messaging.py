@@ -138,6 +138,7 @@ def test_the_desired_shadow_reaches_the_device_and_reads_back(world: ApiWorld) -
     assert deltas and deltas[-1] == {"color": "red"}
     document = world.reader.get(url).json()["document"]
     assert document["state"]["desired"] == {"color": "red"}
-    for bad in ({"state": {}}, {"state": []}, {"state": "red"}, {}):
+    bad_bodies: list[dict[str, Any]] = [{"state": {}}, {"state": []}, {"state": "red"}, {}]
+    for bad in bad_bodies:
         assert world.http.patch(url + "/desired", json=bad).status_code == 400, bad
     assert world.reader.get(url).json()["document"]["version"] == document["version"]

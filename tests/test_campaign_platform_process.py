@@ -16,7 +16,7 @@ from mqtt_fixtures import mosquitto_broker
 from test_agents_e2e import Agent
 
 from iotfsm.testing import Mosquitto, wait_for
-from iotfsm.testing.mosquitto import free_port
+from iotfsm.testing.server import free_port
 
 __all__ = ["mosquitto_broker"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from iotfsm.testing.mosquitto import free_port
+from iotfsm.testing.server import free_port
 
 PSK = "vX6PQqazsGsMyf5SMfs6OA6y"
 

@@ -19,8 +19,8 @@ from postgres_fixtures import fresh_database
 from iotfsm.adapters.store.postgres import PostgresStore
 from iotfsm.machines.feature import DeviceKey
 from iotfsm.testing import Mosquitto, wait_for
-from iotfsm.testing.mosquitto import free_port
 from iotfsm.testing.postgres import PostgreSQL
+from iotfsm.testing.server import free_port
 
 __all__ = ["mosquitto_broker"]
 

@@ -19,8 +19,8 @@ from iotfsm.adapters.store.postgres import (
 )
 from iotfsm.adapters.store.postgres_schema import MIGRATIONS, migrate
 from iotfsm.machines.feature import DeviceKey
-from iotfsm.testing.mosquitto import free_port
 from iotfsm.testing.postgres import PostgreSQL
+from iotfsm.testing.server import free_port
 
 KEY = DeviceKey("PPG", "d")
 

@@ -24,13 +24,13 @@ from typing import Any, ClassVar
 import attrs
 import pytest
 from rabbitmq_fixtures import RabbitNode
-from test_broker_auth_rabbitmq import Probe
+from test_broker_auth_rabbitmq import Probe, stop_all
 
 from iotfsm.adapters.connect import MqttOptions
 from iotfsm.cli import main
 from iotfsm.device import Device
 from iotfsm.platform import Platform
-from iotfsm.testing.mosquitto import free_port
+from iotfsm.testing.server import free_port
 from iotfsm.testing.waiting import wait_for
 
 FAST = MqttOptions(backoff_min=0.05, backoff_max=0.5)
@@ -158,8 +158,7 @@ def test_forgeries_are_refused_at_the_broker_and_a_valid_device_works(
         assert all("stolen" not in name for name in new_files)
         assert platform.runtime.rejected == good.runtime.rejected == victim.runtime.rejected == 0
     finally:
-        for probe in made:
-            probe.stop()
+        stop_all(made)
         good.stop()
         victim.stop()
 
@@ -259,19 +258,25 @@ def test_iotfsm_registry_disable_and_enable_take_effect_at_the_broker_without_a_
     """Another process (`iotfsm registry`) changes the registry; the running platform's endpoint
     refuses the device's next login within a second, and lets it in again once enabled."""
     login = platform.registry.credentials(PRODUCT, VICTIM).login()
+    made: list[Probe] = []
 
     def connack() -> object:
         probe = Probe(rabbitmq_node, login.client_id, login.username, login.password)
+        made.append(probe)
         try:
             return probe.first("connack")[1]
         finally:
             probe.stop()
 
-    assert connack() == 0
-    where = ["--data-dir", str(platform.data_dir), "--product-id", PRODUCT, "--device-name", VICTIM]
-    assert main(["registry", "disable", *where]) == 0
-    wait_for("the disabled device refused", lambda: connack() == 134)
-    assert main(["registry", "enable", *where]) == 0
-    wait_for("the enabled device back in", lambda: connack() == 0)
-    assert main(["registry", "remove", *where]) == 0
-    wait_for("the removed device refused", lambda: connack() == 134)
+    try:
+        assert connack() == 0
+        where = ["--data-dir", str(platform.data_dir), "--product-id", PRODUCT]
+        where += ["--device-name", VICTIM]
+        assert main(["registry", "disable", *where]) == 0
+        wait_for("the disabled device refused", lambda: connack() == 134)
+        assert main(["registry", "enable", *where]) == 0
+        wait_for("the enabled device back in", lambda: connack() == 0)
+        assert main(["registry", "remove", *where]) == 0
+        wait_for("the removed device refused", lambda: connack() == 134)
+    finally:
+        stop_all(made)

@@ -26,7 +26,8 @@ import pytest
 from mosquitto_secure_helpers import connack_code
 from rabbitmq_fixtures import RabbitNode
 
-from iotfsm.testing.mosquitto import find_mosquitto, free_port
+from iotfsm.testing.mosquitto import find_mosquitto
+from iotfsm.testing.server import free_port
 from iotfsm.testing.waiting import wait_for
 
 README = Path(__file__).resolve().parent.parent / "README.md"

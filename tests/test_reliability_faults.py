@@ -19,22 +19,25 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import attrs
 import pytest
 from reliability_helpers import (
     PRODUCT,
     SCENARIOS,
     SOAK,
     Scenario,
+    UndeclaredMachineError,
     World,
     check_declarations,
     occurrences,
     run_scenario,
     topics,
+    waiting_states,
 )
 
 from iotfsm.adapters.mqtt.memory_broker import Delay, Disconnect, Drop, Duplicate, Fault, Reorder
 from iotfsm.fsm import Connected, Publish, Stepper
-from iotfsm.machines import ota
+from iotfsm.machines import log_level, ota
 from iotfsm.machines.feature import DeviceKey
 from iotfsm.machines.transfer import TransferFailed, TransferProgress, TransferStarted
 
@@ -85,6 +88,14 @@ def test_the_waiting_states_agree_with_the_declarations() -> None:
     """Every state the tests treat as waiting has a timer edge (or, for a transfer or a burn,
     an outcome edge) in its declaration, and the table covers every machine."""
     assert check_declarations() == []
+
+
+def test_a_machine_missing_from_the_tables_is_named_with_what_to_add() -> None:
+    new = attrs.evolve(log_level.DEVICE, name="rrpc.device")
+    with pytest.raises(
+        UndeclaredMachineError, match=r"machine 'rrpc.device' is not in RESTING.*asking"
+    ):
+        waiting_states(new)
 
 
 @pytest.mark.parametrize("name", list(SCENARIOS))

@@ -30,7 +30,7 @@ from iotfsm.commands.common import STORE_DAMAGED
 from iotfsm.fsm.clock import ManualClock
 from iotfsm.fsm.snapshot import snapshot
 from iotfsm.machines.feature import DeviceKey
-from iotfsm.testing.mosquitto import free_port
+from iotfsm.testing.server import free_port
 
 __all__ = ["small_tmpfs"]
 

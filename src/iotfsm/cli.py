@@ -101,11 +101,10 @@ def _web_demo(args: argparse.Namespace) -> WebDemo | None:
         if args.web_seconds is not None or args.web_address is not None:
             raise CommandError("--web-seconds and --web-address need --web")
         return None
-    from .commands.common import stop_on_signals
-    from .commands.platform import _http as host_port
+    from .commands.common import parse_address, stop_on_signals
     from .demo_web import WebDemo, WebOptions
 
-    host, port = host_port(args.web_address or "127.0.0.1:8090", "--web-address")
+    host, port = parse_address("--web-address", args.web_address or "127.0.0.1:8090")
     if args.web_seconds is not None and args.web_seconds < 0:
         raise CommandError("--web-seconds must be 0 or more")
     return WebDemo(WebOptions(host, port, args.web_seconds), stop_on_signals())

@@ -7,6 +7,7 @@ restart. Server code calls it from its own threads and observes steps and outcom
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -21,6 +22,7 @@ import attrs
 
 from ._role import RoleFacade
 from .adapters.connect import Broker, MqttOptions, transport_for
+from .adapters.durable import create_file_exclusive
 from .adapters.http.broker_auth import BrokerAuthServer, platform_broker_auth
 from .adapters.http.file_service import FileRef, FileService, UploadRecord
 from .adapters.http.log_endpoint import LogEndpoint, LogFollower, LogLine
@@ -285,9 +287,9 @@ class Platform(RoleFacade, PlatformMessaging):
     def _secret(self) -> bytes:
         """The URL-signing key, kept in the data directory so URLs outlive a restart."""
         path = self.data_dir / "url-secret"
-        if not path.exists():
-            path.write_bytes(secrets.token_bytes(32))
-            path.chmod(0o600)
+        if not path.exists():  # made 0600 from the start: it signs every transfer URL
+            with contextlib.suppress(FileExistsError):
+                create_file_exclusive(path, secrets.token_bytes(32))
         return path.read_bytes()
 
     def start(self) -> Platform:

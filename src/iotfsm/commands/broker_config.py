@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from ..adapters.amqp.rabbitmq_config import BrokerConfigError, RabbitConfig
-from .common import CommandError
+from .common import CommandError, parse_address
 
 EXAMPLE = """examples:
   iotfsm broker-config rabbitmq --auth-url http://127.0.0.1:8089 --out /etc/rabbitmq
@@ -63,17 +63,13 @@ def _add_rabbitmq(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     rabbit.set_defaults(run=_rabbitmq)
 
 
-def _address(option: str, value: str) -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit():
-        raise CommandError(f"{option} {value!r} must be HOST:PORT, e.g. 0.0.0.0:1883")
-    return host.strip("[]") if host.startswith("[") else host, int(port)
-
-
 def _rabbitmq(args: argparse.Namespace) -> int:
-    amqp = None if args.amqp == "none" else _address("--amqp", args.amqp)
+    amqp = None if args.amqp == "none" else parse_address("--amqp", args.amqp, "127.0.0.1:5672")
     config = RabbitConfig(
-        mqtt=_address("--mqtt", args.mqtt), amqp=amqp, auth_url=args.auth_url, vhost=args.vhost
+        mqtt=parse_address("--mqtt", args.mqtt, "0.0.0.0:1883"),
+        amqp=amqp,
+        auth_url=args.auth_url,
+        vhost=args.vhost,
     )
     try:
         files = {

@@ -37,6 +37,33 @@ PSK_ENV = "IOTFSM_PSK"
 PASSWORD_ENV = "IOTFSM_BROKER_PASSWORD"
 
 
+def parse_address(option: str, value: str, example: str = "127.0.0.1:8080") -> tuple[str, int]:
+    """`HOST:PORT` (an IPv6 host in brackets: `[::1]:8080`) as (host, port), the host without
+    brackets; port 0 asks for a free port. Anything else is a CommandError that names the flag,
+    says what is wrong and shows `example`."""
+    usage = f"{option} {value!r} must be HOST:PORT, e.g. {example}"
+    if value.startswith("["):
+        host, close, rest = value[1:].partition("]")
+        if not close or not host:
+            raise CommandError(f"{usage}: an IPv6 address goes in brackets, e.g. [::1]:8080")
+        if not rest.startswith(":"):
+            raise CommandError(f"{usage}: no port after the address")
+        port = rest[1:]
+    else:
+        host, sep, port = value.partition(":")
+        if ":" in port:
+            raise CommandError(f"{usage}: put an IPv6 address in brackets, e.g. [::1]:8080")
+        if not sep:
+            raise CommandError(f"{usage}: no port")
+        if not host:
+            raise CommandError(f"{usage}: no host")
+    if not port.isascii() or not port.isdigit():
+        raise CommandError(f"{usage}: the port {port!r} is not a number")
+    if int(port) > 65535:
+        raise CommandError(f"{usage}: the port {port} is out of range (0-65535)")
+    return host, int(port)
+
+
 def check_ca(path: Path | None) -> MqttOptions:
     """MQTT options for an agent: a CA file that must exist, and a patient reconnect."""
     if path is not None and not path.is_file():

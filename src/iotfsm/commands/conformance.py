@@ -25,7 +25,7 @@ import attrs
 from ..machines import ota
 from ..machines.feature import DeviceKey
 from ..platform import Platform
-from .common import CommandError, check_ca, wait_connected
+from .common import check_ca, parse_address, wait_connected
 
 EXAMPLE = """example:
   iotfsm conformance device --broker mqtt://127.0.0.1:1883 --product-id S3EUVBRJLB \\
@@ -273,15 +273,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    host, _, port = args.http.rpartition(":")
-    if not host or not port.isdigit():
-        raise CommandError(f"--http {args.http!r} must be HOST:PORT, e.g. 127.0.0.1:8080")
+    host, port = parse_address("--http", args.http)
     with tempfile.TemporaryDirectory(prefix="iotfsm-conformance-") as data_dir:
         platform = Platform(
             args.broker,
             data_dir=Path(data_dir),
             http_host=host,
-            http_port=int(port),
+            http_port=port,
             public_base=args.public_base,
             products=[args.product_id],
             mqtt=check_ca(args.tls_ca),

@@ -22,6 +22,7 @@ from .common import (
     JsonLines,
     add_login_arguments,
     login_options,
+    parse_address,
     stop_on_signals,
     wait_connected,
 )
@@ -105,13 +106,6 @@ def _size(value: str) -> int:
     return int(number) * units[unit]
 
 
-def _http(value: str, option: str = "--http") -> tuple[str, int]:
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise CommandError(f"{option} {value!r} must be HOST:PORT, e.g. 127.0.0.1:8080")
-    return host, int(port)
-
-
 def _reset_store(path: Path) -> None:
     aside = reset_if_damaged(path)
     if aside is not None:
@@ -122,7 +116,7 @@ def _serve_api(args: argparse.Namespace, platform: Platform) -> Any:
     """The started API server for `--api`, or None without the flag."""
     if not args.api:
         return None
-    host, port = _http(args.api, "--api")
+    host, port = parse_address("--api", args.api)
     try:
         from ..api import ApiServer
     except ImportError as exc:
@@ -137,9 +131,9 @@ def _serve_api(args: argparse.Namespace, platform: Platform) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    host, port = _http(args.http)
+    host, port = parse_address("--http", args.http)
     if args.api:
-        _http(args.api, "--api")  # refuse a bad address before anything starts
+        parse_address("--api", args.api)  # refuse a bad address before anything starts
     mqtt, _ = login_options(args, device=False)
     events = JsonLines() if args.events == "jsonl" else None
     if args.reset_store and not args.store:
@@ -156,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
             mqtt=mqtt,
             open_registry=args.open_registry,
             secrets_dir=args.secrets_dir,
-            broker_auth=_http(args.broker_auth, "--broker-auth") if args.broker_auth else None,
+            broker_auth=parse_address("--broker-auth", args.broker_auth, "127.0.0.1:8089")
+            if args.broker_auth
+            else None,
             firmware_key=args.firmware_key,
             max_upload=args.max_upload,
             store=store,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
+from ..adapters.durable import write_file_atomic
 from ..adapters.identity.registry import ProductSecrets, RegisteredDevice, Registry, RegistryError
 from ..adapters.store.session_store import SessionStore, SqliteStore
 from ..machines import DeviceKey, all_features
@@ -83,15 +83,6 @@ def _forget(store: SessionStore, key: DeviceKey) -> None:
     store.commit()
 
 
-def _write_key(path: Path, psk: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, psk.encode() + b"\n")
-    finally:
-        os.close(fd)
-
-
 def _read_psk(path: Path) -> str:
     try:
         return path.read_text(encoding="ascii").strip()
@@ -141,10 +132,10 @@ def _run(args: argparse.Namespace, registry: Registry) -> int:
         entry = registry.add(product, device, args.auth, psk)
         print(f"registered {product}/{device} ({entry.auth} device)")
         if args.key_out and entry.auth == "key":
-            _write_key(args.key_out, registry.device_psk(product, device))
+            write_file_atomic(args.key_out, registry.device_psk(product, device) + "\n")
             print(f"its key is in {args.key_out} (mode 0600)")
     elif command == "key":
-        _write_key(args.key_out, registry.device_psk(product, device))
+        write_file_atomic(args.key_out, registry.device_psk(product, device) + "\n")
         print(f"the key of {product}/{device} is in {args.key_out} (mode 0600)")
     elif command == "enable":
         registry.enable(product, device)

@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..adapters.store.session_store import SessionStore, SqliteStore, StoreCorruptError
+from ..adapters.store.session_store import SessionStore
 from ..campaigns import stored_statuses
-from .campaign import wave_summary
-from .common import STORE_DAMAGED, CommandError
+from .campaign import open_store, wave_summary
+from .common import STORE_DAMAGED
 from .store_option import add_store_argument, describe_store, open_dsn
 
 EXAMPLE = """example:
@@ -67,18 +67,8 @@ def _row(feature: str, product: str, device: str, doc: dict[str, Any]) -> dict[s
     return row
 
 
-def _sqlite(data_dir: Path) -> SqliteStore:
-    path = data_dir / "platform.sqlite3"
-    if not path.is_file():
-        raise CommandError(f"{data_dir} holds no platform store (no platform.sqlite3)")
-    try:
-        return SqliteStore(path)
-    except StoreCorruptError as exc:
-        raise CommandError(str(exc), STORE_DAMAGED) from None
-
-
 def rows(data_dir: Path | None, dsn: str | None = None) -> list[dict[str, Any]]:
-    store: SessionStore = open_dsn(dsn) if dsn else _sqlite(data_dir or Path("."))
+    store: SessionStore = open_dsn(dsn) if dsn else open_store(data_dir or Path("."))
     try:
         found = [_row(f, k.product, k.device, doc) for f, k, doc in store.load()]
         deliveries = store.items("deliveries")

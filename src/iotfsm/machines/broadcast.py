@@ -18,7 +18,8 @@ from collections.abc import Iterable
 
 import attrs
 
-from ..fsm import ANY_STATE, Connected, Disconnected, Effect, Event, MachineSpec, On, Publish, State
+from ..fsm import ANY_STATE, Effect, Event, MachineSpec, On, Publish, State
+from .asking import connection_edges
 from .feature import Feature
 from .messages import RawMessage
 
@@ -68,8 +69,7 @@ DEVICE = MachineSpec(
         State("listening", doc="subscribed: each broadcast goes to the application"),
     ],
     transitions=[
-        On(Connected, ANY_STATE, "listening"),
-        On(Disconnected, ANY_STATE, "offline"),
+        *connection_edges("listening"),
         On(Broadcast, ANY_STATE, None, action=_deliver),
     ],
     context=lambda key: DeviceContext(),

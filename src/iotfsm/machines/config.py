@@ -41,8 +41,6 @@ import attrs
 
 from ..fsm import (
     ANY_STATE,
-    Connected,
-    Disconnected,
     Effect,
     Event,
     Log,
@@ -51,8 +49,8 @@ from ..fsm import (
     Publish,
     SetTimer,
     State,
-    timer,
 )
+from .asking import REPLY_TIMER, backoff, connection_edges, retry_edges
 from .feature import Feature
 from .messages import Message, wire
 
@@ -197,8 +195,8 @@ def _ask(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
 def _ask_again(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
     ctx.attempts += 1
     ctx.pushed = False
-    delay = REPLY_TIMEOUT * 2 ** (ctx.attempts - 1)
-    return (Publish(ConfigGet(), 0), SetTimer("reply", delay))
+    delay = backoff(REPLY_TIMEOUT, ctx.attempts)
+    return (Publish(ConfigGet(), 0), SetTimer(REPLY_TIMER, delay))
 
 
 def _may_ask_again(ctx: DeviceContext, event: Event) -> bool:
@@ -271,13 +269,17 @@ DEVICE = MachineSpec(
         State("listening", doc="answered (or gave up asking): applies pushes"),
     ],
     transitions=[
-        On(Connected, ANY_STATE, "asking", action=_ask),
-        On(Disconnected, ANY_STATE, "offline"),
+        *connection_edges("asking", _ask),
         On(RequestConfig, "listening", "asking", action=_ask),
         On(RequestConfig, "asking", None, label="one get at a time"),
         On(RequestConfig, "offline", None, action=_offline),
-        On(timer("reply"), "asking", "asking", guard=_may_ask_again, action=_ask_again),
-        On(timer("reply"), "asking", "listening", action=_give_up),
+        *retry_edges(
+            "asking",
+            "listening",
+            may_ask_again=_may_ask_again,
+            ask_again=_ask_again,
+            give_up=_give_up,
+        ),
         On(ConfigReply, "asking", "listening", guard=_overtaken, label="a push overtook it"),
         On(ConfigReply, ("offline", "listening"), None, guard=_overtaken, label="overtaken"),
         On(ConfigReply, "asking", "listening", guard=_usable, action=_apply),

@@ -17,9 +17,7 @@ from collections.abc import Iterable
 import attrs
 
 from ..fsm import (
-    ANY_STATE,
     Connected,
-    Disconnected,
     Effect,
     Event,
     Log,
@@ -28,8 +26,8 @@ from ..fsm import (
     Publish,
     SetTimer,
     State,
-    timer,
 )
+from .asking import REPLY_TIMER, backoff, connection_edges, retry_edges
 from .feature import DeviceKey, Feature
 from .messages import Message, wire
 
@@ -116,8 +114,8 @@ def _ask(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
     ctx.attempts = 0 if isinstance(event, Connected) else ctx.attempts
     ctx.attempts += 1
     ctx.asked += 1
-    delay = REPLY_TIMEOUT * 2 ** (ctx.attempts - 1)
-    return (Publish(GetLogLevel(f"{ctx.product}-{ctx.asked}"), 0), SetTimer("reply", delay))
+    delay = backoff(REPLY_TIMEOUT, ctx.attempts)
+    return (Publish(GetLogLevel(f"{ctx.product}-{ctx.asked}"), 0), SetTimer(REPLY_TIMER, delay))
 
 
 def _may_ask_again(ctx: DeviceContext, event: Event) -> bool:
@@ -178,13 +176,13 @@ DEVICE = MachineSpec(
         State("listening", doc="answered (or gave up asking): applies pushed levels"),
     ],
     transitions=[
-        On(Connected, ANY_STATE, "asking", action=_ask),
-        On(Disconnected, ANY_STATE, "offline"),
+        *connection_edges("asking", _ask),
         On(LogLevelReply, ("asking", "listening"), None, guard=_stale, action=_ignore_stale),
         On(LogLevelReply, ("asking", "listening"), "listening", guard=_valid_reply, action=_apply),
         On(LogLevelReply, ("asking", "listening"), None, action=_ignore_invalid),
-        On(timer("reply"), "asking", "asking", guard=_may_ask_again, action=_ask),
-        On(timer("reply"), "asking", "listening", action=_give_up),
+        *retry_edges(
+            "asking", "listening", may_ask_again=_may_ask_again, ask_again=_ask, give_up=_give_up
+        ),
     ],
     context=lambda key: DeviceContext(key.product),
     context_type=DeviceContext,

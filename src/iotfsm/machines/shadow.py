@@ -32,7 +32,6 @@ import attrs
 from ..fsm import (
     ANY_STATE,
     Connected,
-    Disconnected,
     Effect,
     Event,
     Log,
@@ -43,6 +42,7 @@ from ..fsm import (
     State,
     timer,
 )
+from .asking import REPLY_TIMER, connection_edges, retry_edges
 from .feature import DeviceKey, Feature
 from .messages import Message, wire
 
@@ -212,7 +212,7 @@ def _get(ctx: DeviceContext, event: Event, now: float) -> Iterable[Effect]:
             ctx.sending = None
     ctx.tries += 1
     ctx.get_token = _token(ctx)
-    return (Publish(ShadowGet(ctx.get_token), QOS), SetTimer("reply", REPLY_TIMEOUT))
+    return (Publish(ShadowGet(ctx.get_token), QOS), SetTimer(REPLY_TIMER, REPLY_TIMEOUT))
 
 
 def _may_retry(ctx: DeviceContext, event: Event) -> bool:
@@ -353,10 +353,10 @@ DEVICE = MachineSpec(
         State("synced", doc="the copy is current: deltas applied, reports sent"),
     ],
     transitions=[
-        On(Connected, ANY_STATE, "syncing", action=_get),
-        On(Disconnected, ANY_STATE, "offline"),
-        On(timer("reply"), "syncing", "syncing", guard=_may_retry, action=_get),
-        On(timer("reply"), "syncing", "synced", action=_give_up_get),
+        *connection_edges("syncing", _get),
+        *retry_edges(
+            "syncing", "synced", may_ask_again=_may_retry, ask_again=_get, give_up=_give_up_get
+        ),
         On(GetResult, "syncing", "synced", guard=_answers_get, action=_synced),
         On(GetResult, ANY_STATE, None, action=_not_ours),
         On(ShadowDelta, ANY_STATE, None, guard=_newer_delta, action=_apply_delta),

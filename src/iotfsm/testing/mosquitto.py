@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
-import weakref
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import TracebackType
 
 import attrs
 
@@ -39,11 +35,12 @@ from ..adapters.mqtt.mosquitto_config import (
     write_config,
 )
 from ..machines.feature import DeviceKey
+from .server import LOCALHOST, ServerController, end_process, free_port
 
 log = logging.getLogger(__name__)
 
 _SEARCH_DIRS = ("/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin", "/opt/homebrew/bin")
-_LOCALHOST = "127.0.0.1"
+_LOCALHOST = LOCALHOST
 
 
 class MosquittoNotFoundError(RuntimeError):
@@ -73,42 +70,6 @@ def find_mosquitto() -> str:
         f"{', '.join(_SEARCH_DIRS)}; install it (Debian/Ubuntu: `apt-get install mosquitto`, "
         "macOS: `brew install mosquitto`) or pass binary=... to Mosquitto()"
     )
-
-
-def free_port(host: str = _LOCALHOST) -> int:
-    """A port that was free a moment ago, chosen below the kernel's ephemeral range.
-
-    Ports from `bind(0)` come from the ephemeral range, the same range the kernel draws local ports
-    for outgoing connections from. A client retrying against a stopped broker on such a port can
-    then be handed that very port as its own local port and connect to itself (TCP self-connect),
-    and a restarted broker can find its port taken by a client. Below the range neither happens.
-    Racy by nature still; `Mosquitto.start` picks again if the first start finds the port taken.
-    """
-    low, _high = _ephemeral_range()
-    candidates = range(10000, low) if low > 11000 else range(0)
-    rng = random.SystemRandom()
-    for _ in range(50):
-        if not candidates:
-            break
-        port = rng.choice(candidates)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        found: int = sock.getsockname()[1]
-        return found
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 49152, 65535  # the IANA range, used by BSDs and macOS
 
 
 # --- certificates -------------------------------------------------------------------------------
@@ -251,16 +212,7 @@ class _Process:
         self.popen: subprocess.Popen[bytes] | None = None
 
     def signal_and_wait(self, sig: signal.Signals, timeout: float) -> None:
-        popen = self.popen
-        if popen is None:
-            return
-        if popen.poll() is None:
-            popen.send_signal(sig)
-            try:
-                popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+        end_process(self.popen, sig, timeout)
         self.popen = None
 
     def cleanup(self) -> None:
@@ -268,13 +220,15 @@ class _Process:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class Mosquitto:
+class Mosquitto(ServerController):
     """A broker process owned by the caller.
 
     `Mosquitto()` only prepares (binary, ports, config, certificates); `start()` runs it and waits
     until its ports accept connections. Use it as a context manager (starts on enter, removes
     everything on exit) or call `close()`.
     """
+
+    start_error = MosquittoStartError
 
     def __init__(
         self,
@@ -285,12 +239,10 @@ class Mosquitto:
         startup_timeout: float = 10.0,
     ) -> None:
         self.binary = binary or find_mosquitto()
-        self.host = _LOCALHOST
-        self.startup_timeout = startup_timeout
+        super().__init__(prefix="iotfsm-mosquitto-", startup_timeout=startup_timeout)
         self._extra_config = extra_config
-        self.directory = Path(tempfile.mkdtemp(prefix="iotfsm-mosquitto-"))
         self._process = _Process(self.directory)
-        self._finalizer = weakref.finalize(self, self._process.cleanup)
+        self._clean_up_with(self._process.cleanup)
         self.config_file = self.directory / "mosquitto.conf"
         self.log_file = self.directory / "mosquitto.log"
         self.stderr_file = self.directory / "mosquitto.stderr"
@@ -383,31 +335,13 @@ class Mosquitto:
         self.stop()
         self.start()
 
-    def close(self) -> None:
-        """Kill the broker if needed and remove the temp directory. Safe to call twice."""
-        self._finalizer()
+    @property
+    def what(self) -> str:
+        return "mosquitto"
 
-    def __enter__(self) -> Mosquitto:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def log_text(self) -> str:
-        """The broker's log (and stderr), for assertions and failure messages."""
-        parts = []
-        for path in (self.log_file, self.stderr_file):
-            try:
-                parts.append(path.read_text(errors="replace"))
-            except FileNotFoundError:
-                continue
-        return "".join(parts)
+    def log_files(self) -> list[Path]:
+        """The broker's log and its stderr."""
+        return [self.log_file, self.stderr_file]
 
     def reload(self, timeout: float = 30.0) -> None:
         """SIGHUP, as an operator would after a registry change, and wait until the broker says
@@ -420,7 +354,7 @@ class Mosquitto:
         deadline = time.monotonic() + timeout
         while self.log_text().count("Reloading config") <= before:
             if time.monotonic() > deadline:
-                raise MosquittoStartError(f"mosquitto did not reload; log:\n{self._log_tail()}")
+                raise MosquittoStartError(f"mosquitto did not reload; log:\n{self.log_tail()}")
             time.sleep(0.01)
 
     # --- internals ---
@@ -475,32 +409,8 @@ class Mosquitto:
                 cwd=self.directory,
             )
         deadline = time.monotonic() + self.startup_timeout
-        pending = self._ports()
-        while pending:
-            popen = self._process.popen
-            if popen is None or popen.poll() is not None:
-                code = None if popen is None else popen.returncode
-                self._process.popen = None
-                raise MosquittoStartError(
-                    f"mosquitto exited during startup (exit code {code}); log:\n{self._log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                self.kill()
-                raise MosquittoStartError(
-                    f"mosquitto did not accept connections on {self.host}:{pending} within "
-                    f"{self.startup_timeout:.1f}s; log:\n{self._log_tail()}"
-                )
-            try:
-                with socket.create_connection((self.host, pending[0]), timeout=0.2):
-                    pass
-            except OSError:
-                time.sleep(0.01)
-                continue
-            pending.pop(0)
+        self.wait_accepting(self._ports(), deadline, self._process.popen, self.kill)
         log.debug("mosquitto pid %s listening on %s", self.pid, self._ports())
-
-    def _log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
 
 class SecureMosquitto(Mosquitto):
@@ -538,10 +448,6 @@ class SecureMosquitto(Mosquitto):
     @property
     def ca_file(self) -> Path:
         return PlatformCA.in_data_dir(self.data_dir).cert_file
-
-    def __enter__(self) -> SecureMosquitto:
-        self.start()
-        return self
 
     def update_access(self, devices: Iterable[DeviceKey]) -> None:
         """The registry changed: rewrite ACL and CRL from `devices`, then SIGHUP."""

@@ -21,7 +21,6 @@ which is how replies that never come, and the timeouts and retries after them, e
 
 from __future__ import annotations
 
-import copy
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any
@@ -41,7 +40,7 @@ from ..fsm.trace import StepRecord
 from ..machines.feature import ROLES, DeviceKey, Feature, Role, inbound_direction
 from ..machines.messages import Message, RawMessage
 from .pair import START
-from .paths import Edge, Limits, PlanError, edge_of, edges, next_now, search, trail
+from .paths import Edge, Limits, PlanError, copy_context, edge_of, edges, next_now, search, trail
 
 CONNECTION = frozenset({Connected.trigger, Disconnected.trigger})
 
@@ -125,7 +124,7 @@ class _World:
     def copy(self) -> _World:
         clone: dict[Role, Session] = {}
         for role, s in self.sessions.items():
-            c = Session(s.machine, s.key, s.state, copy.deepcopy(s.ctx))
+            c = Session(s.machine, s.key, s.state, copy_context(s.ctx))
             c.timers, c.gen = (dict(s.timers) if s.timers else None), s.gen
             clone[role] = c
         world = _World(clone, self.now)
@@ -151,6 +150,8 @@ class _Exchange:
         self.bridges = bridges
         self.machines: dict[Role, Machine[Any]] = {}
         self.records: list[tuple[Role, StepRecord]] = []
+        self.losable = 0
+        """Messages the last run could have lost (0: running it lossy changes nothing)."""
         for role in ROLES:
             machine: Machine[Any] = Machine(feature.spec(role))
             machine.tracer = lambda r, role=role: self.records.append((role, r))
@@ -160,6 +161,7 @@ class _Exchange:
         self, world: _World, role: Role, event: Event, lossy: bool = False
     ) -> list[tuple[Role, Edge]]:
         self.records.clear()
+        self.losable = 0
         lose = [lossy]
         queues: dict[Role, deque[Event]] = {"device": deque(), "platform": deque()}
         draining: dict[Role, bool] = {"device": False, "platform": False}
@@ -179,6 +181,7 @@ class _Exchange:
                 if qos > 0:  # what paho and the memory broker do while offline
                     world.outbox.append(message)
                 return
+            self.losable += 1
             if lose[0]:
                 lose[0] = False
                 return
@@ -280,6 +283,8 @@ def paired_plan(
         if timer is not None:
             moves.append(timer)
         for (role, event, now), lossy in ((m, lossy) for m in moves for lossy in (False, True)):
+            if lossy and not exchange.losable:
+                continue  # the move sent nothing to lose: its lossy run is the same world again
             child = node.copy()
             child.now = now
             taken = exchange.run(child, role, event, lossy)
@@ -287,7 +292,9 @@ def paired_plan(
                 continue
             states = (child.sessions["device"].state, child.sessions["platform"].state)
             child.parent, child.depth = node, node.depth + 1
-            contexts = tuple(copy.deepcopy(child.sessions[r].ctx) for r in ROLES)
+            # no copy needed: a world in the search is never stepped again (its children are
+            # stepped on copies), so these contexts stay as they are after this step
+            contexts = tuple(child.sessions[r].ctx for r in ROLES)
             child.step = PairedStep(role, event, now, *states, tuple(taken), lossy, contexts)
             yield child, taken
 

@@ -12,16 +12,15 @@ root, so under root both run as `nobody` (`runuser`), in a directory chowned to 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import shutil
 import subprocess
-import tempfile
-import weakref
 from pathlib import Path
-from types import TracebackType
 
-from .mosquitto import free_port
+from ..adapters.durable import write_file_atomic
+from .server import ServerController, free_port
 
 BIN_DIRS = (
     *(str(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)),
@@ -29,7 +28,6 @@ BIN_DIRS = (
     "/opt/homebrew/opt/postgresql/bin",
 )
 USER = "iotfsm"
-_LOCALHOST = "127.0.0.1"
 
 
 class PostgresNotFoundError(RuntimeError):
@@ -70,8 +68,10 @@ def _stop(pg_ctl: Path, data: Path, directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
-class PostgreSQL:
+class PostgreSQL(ServerController):
     """A PostgreSQL cluster owned by the caller; a context manager (start, then close)."""
+
+    start_error = PostgresStartError
 
     def __init__(
         self, *, bin_dir: str | Path | None = None, durable: bool = False, timeout: float = 90.0
@@ -79,17 +79,16 @@ class PostgreSQL:
         """`durable=False` (tests) turns fsync off: a crash of the client is what tests show, not
         of the server, and a loaded machine needs the speed. Benchmarks pass `durable=True`."""
         self.bin = find_bin(bin_dir)
-        self.host = _LOCALHOST
+        super().__init__(prefix="iotfsm-postgres-", startup_timeout=timeout)
         self.port = free_port(self.host)
         self.durable = durable
         self.timeout = timeout
         self.password = secrets.token_urlsafe(18)
-        self.directory = Path(tempfile.mkdtemp(prefix="iotfsm-postgres-"))
         self.data = self.directory / "data"
         self.log_file = self.directory / "server.log"
         self.passfile = self.directory / "pgpass"
-        self._finalizer = weakref.finalize(
-            self, _stop, self.bin / "pg_ctl", self.data, self.directory
+        self._clean_up_with(
+            functools.partial(_stop, self.bin / "pg_ctl", self.data, self.directory)
         )
         try:
             self._initdb()
@@ -118,8 +117,7 @@ class PostgreSQL:
     def _initdb(self) -> None:
         pwfile = self.directory / "pwfile"
         pwfile.write_text(self.password + "\n")
-        self.passfile.write_text(f"{self.host}:{self.port}:*:{USER}:{self.password}\n")
-        self.passfile.chmod(0o600)
+        write_file_atomic(self.passfile, f"{self.host}:{self.port}:*:{USER}:{self.password}\n")
         if os.geteuid() == 0:
             nobody = 65534
             os.chown(self.directory, nobody, nobody)
@@ -199,27 +197,5 @@ class PostgreSQL:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url(name)
 
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no server log)"
-
-    def close(self) -> None:
-        self._finalizer()
-
-    def __enter__(self) -> PostgreSQL:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    def log_files(self) -> list[Path]:
+        return [self.log_file]

@@ -22,22 +22,17 @@ A node needs 10-20 s to boot, so the test suite starts one per session (tests/ra
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import time
-import weakref
 from pathlib import Path
-from types import TracebackType
 
 from ..adapters.amqp.rabbitmq_config import RabbitConfig
-from .mosquitto import free_port
+from .server import ServerController, end_process, free_ports
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +41,6 @@ _SCRIPT_DIRS = (
     "/usr/local/opt/rabbitmq/sbin",  # Homebrew on Intel
     "/opt/homebrew/opt/rabbitmq/sbin",  # Homebrew on Apple silicon
 )
-_LOCALHOST = "127.0.0.1"
 
 
 class RabbitMQNotFoundError(RuntimeError):
@@ -95,21 +89,9 @@ class _Processes:
 
     @staticmethod
     def _end(popen: subprocess.Popen[bytes] | None, timeout: float) -> None:
-        if popen is None:
-            return
-        if popen.poll() is None:
-            # The node runs in a session of its own (start_new_session): its group is ours to end,
-            # including erl_child_setup and inet_gethost that beam starts.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(popen.pid, signal.SIGTERM)
-            try:
-                popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(popen.pid, signal.SIGKILL)
-                popen.wait()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(popen.pid, signal.SIGKILL)  # stragglers of the group, if any
+        # The node runs in a session of its own (start_new_session): its group is ours to end,
+        # including erl_child_setup and inet_gethost that beam starts.
+        end_process(popen, signal.SIGTERM, timeout, group=True)
 
     def end_node(self, timeout: float) -> None:
         self._end(self.node, timeout)
@@ -122,7 +104,7 @@ class _Processes:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-class RabbitMQ:
+class RabbitMQ(ServerController):
     """A RabbitMQ node owned by the caller.
 
     `RabbitMQ()` only prepares (scripts, ports, files); `start()` boots it and returns once its
@@ -130,6 +112,8 @@ class RabbitMQ:
     manager or call `close()`, which stops the node and removes every file.
     `auth_url` points the HTTP auth backend at a platform's broker-auth listener.
     """
+
+    start_error = RabbitMQStartError
 
     def __init__(
         self,
@@ -140,12 +124,10 @@ class RabbitMQ:
     ) -> None:
         self.scripts = find_scripts(scripts_dir)
         self.epmd_binary = find_epmd()
-        self.host = _LOCALHOST
-        self.startup_timeout = startup_timeout
+        super().__init__(prefix="iotfsm-rabbitmq-", startup_timeout=startup_timeout)
         self.auth_url = auth_url
-        self.directory = Path(tempfile.mkdtemp(prefix="iotfsm-rabbitmq-"))
         self._processes = _Processes(self.directory)
-        self._finalizer = weakref.finalize(self, self._processes.cleanup)
+        self._clean_up_with(self._processes.cleanup)
         self.node_name = f"iotfsm-{secrets.token_hex(4)}@localhost"
         self.log_dir = self.directory / "log"
         self.stdout_file = self.directory / "node.stdout"
@@ -183,15 +165,16 @@ class RabbitMQ:
                 start_new_session=True,
             )
         deadline = time.monotonic() + self.startup_timeout
-        for port in (self.port, self.amqp_port):
-            self._wait_port(port, deadline)
+        self.wait_accepting(
+            (self.port, self.amqp_port), deadline, self._processes.node, self._end_node
+        )
         remaining = max(1.0, deadline - time.monotonic())
         result = self.ctl("await_startup", "--timeout", str(int(remaining)), timeout=remaining + 15)
         if result.returncode != 0:
             self._processes.end_node(timeout=10.0)
             raise RabbitMQStartError(
                 f"rabbitmqctl await_startup failed ({result.returncode}): "
-                f"{result.stderr.strip()}\n{self._log_tail()}"
+                f"{result.stderr.strip()}\n{self.log_tail(40)}"
             )
         log.debug("rabbitmq node %s: mqtt %s, amqp %s", self.node_name, self.port, self.amqp_port)
 
@@ -208,23 +191,11 @@ class RabbitMQ:
                 self.ctl("stop", timeout=30.0)
             except subprocess.TimeoutExpired:
                 log.warning("rabbitmqctl stop timed out for %s; killing it", self.node_name)
-        self._finalizer()
+        super().close()
 
-    def __enter__(self) -> RabbitMQ:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+    @property
+    def what(self) -> str:
+        return f"RabbitMQ node {self.node_name}"
 
     # --- tools ---
 
@@ -267,15 +238,9 @@ class RabbitMQ:
             check=False,
         )
 
-    def log_text(self) -> str:
-        """The node's log files and console output, for assertions and failure messages."""
-        parts = []
-        for path in [self.stdout_file, *sorted(self.log_dir.glob("*.log"))]:
-            try:
-                parts.append(path.read_text(errors="replace"))
-            except FileNotFoundError:
-                continue
-        return "".join(parts)
+    def log_files(self) -> list[Path]:
+        """The node's console output and its log files."""
+        return [self.stdout_file, *sorted(self.log_dir.glob("*.log"))]
 
     def log_size(self) -> int:
         """Where the log ends now: `log_since(size)` later shows only what came after."""
@@ -287,11 +252,7 @@ class RabbitMQ:
     # --- internals ---
 
     def _pick_ports(self) -> tuple[int, int, int, int]:
-        ports: list[int] = []
-        while len(ports) < 4:
-            port = free_port(self.host)
-            if port not in ports:
-                ports.append(port)
+        ports = free_ports(4, self.host)
         return ports[0], ports[1], ports[2], ports[3]
 
     def _write_files(self) -> None:
@@ -330,32 +291,9 @@ class RabbitMQ:
                 stderr=out,
                 start_new_session=True,
             )
-        self._wait_port(self.epmd_port, time.monotonic() + 10.0, process=self._processes.epmd)
+        self.wait_accepting(
+            (self.epmd_port,), time.monotonic() + 10.0, self._processes.epmd, self._end_node
+        )
 
-    def _wait_port(
-        self, port: int, deadline: float, process: subprocess.Popen[bytes] | None = None
-    ) -> None:
-        watched = process if process is not None else self._processes.node
-        while True:
-            if watched is None or watched.poll() is not None:
-                code = None if watched is None else watched.returncode
-                self._processes.end_node(timeout=5.0)
-                raise RabbitMQStartError(
-                    f"RabbitMQ node {self.node_name} exited during startup (exit code {code}); "
-                    f"log:\n{self._log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                self._processes.end_node(timeout=5.0)
-                raise RabbitMQStartError(
-                    f"RabbitMQ node {self.node_name} did not accept connections on "
-                    f"{self.host}:{port} within {self.startup_timeout:.0f}s; "
-                    f"log:\n{self._log_tail()}"
-                )
-            try:
-                with socket.create_connection((self.host, port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.1)
-
-    def _log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+    def _end_node(self) -> None:
+        self._processes.end_node(timeout=5.0)

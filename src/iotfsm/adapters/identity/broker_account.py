@@ -9,13 +9,15 @@ or a log.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
-import os
 import re
 import secrets
 from pathlib import Path
 
 import attrs
+
+from ..durable import create_file_exclusive
 
 PLATFORM_USERNAME = "iotfsm-platform"
 PASSWORD_FILE = "broker-password"
@@ -68,10 +70,6 @@ def read_password_file(path: Path) -> str:
 def platform_account(data_dir: Path, username: str = PLATFORM_USERNAME) -> BrokerAccount:
     """The platform's account, its password generated into `data_dir` on first use."""
     path = data_dir / PASSWORD_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return BrokerAccount(username, read_password_file(path))
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(secrets.token_urlsafe(32) + "\n")
+    with contextlib.suppress(FileExistsError):  # made before, or by a process racing this one
+        create_file_exclusive(path, secrets.token_urlsafe(32) + "\n")
     return BrokerAccount(username, read_password_file(path))

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ...machines.feature import DeviceKey
+from ..durable import write_file_atomic
 from ..topics import TopicError, check_key
 
 log = logging.getLogger(__name__)
@@ -64,25 +65,6 @@ def device_identity(key: DeviceKey) -> str:
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a key so that it is never readable by others, not even for a moment."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.chmod(temp, 0o600)
-    os.replace(temp, path)
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_bytes(data)
-    os.chmod(temp, 0o644)
-    os.replace(temp, path)
 
 
 def _new_key() -> ec.EllipticCurvePrivateKey:
@@ -154,8 +136,8 @@ class PlatformCA:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256())
         )
-        _write_private(self.key_file, _key_pem(key))
-        _write_public(self.cert_file, cert.public_bytes(serialization.Encoding.PEM))
+        write_file_atomic(self.key_file, _key_pem(key))
+        write_file_atomic(self.cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         self._save_index({})
         self.write_crl()
         log.info("created the platform CA in %s", self.directory)
@@ -236,8 +218,8 @@ class PlatformCA:
         if alt_names:
             builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), False)
         cert = builder.sign(ca_key, hashes.SHA256())
-        _write_private(key_file, _key_pem(key))
-        _write_public(cert_file, cert.public_bytes(serialization.Encoding.PEM))
+        write_file_atomic(key_file, _key_pem(key))
+        write_file_atomic(cert_file, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return IssuedCertificate(cert_file, key_file, serial)
 
     # --- revocation ---
@@ -279,7 +261,7 @@ class PlatformCA:
                 )
                 builder = builder.add_revoked_certificate(revoked)
         crl = builder.sign(ca_key, hashes.SHA256())
-        _write_public(self.crl_file, crl.public_bytes(serialization.Encoding.PEM))
+        write_file_atomic(self.crl_file, crl.public_bytes(serialization.Encoding.PEM), 0o644)
         return self.crl_file
 
     def issued_devices(self) -> set[DeviceKey]:
@@ -323,4 +305,4 @@ class PlatformCA:
         return loaded
 
     def _save_index(self, index: dict[str, dict[str, str]]) -> None:
-        _write_private(self.index_file, json.dumps(index, indent=1, sort_keys=True).encode())
+        write_file_atomic(self.index_file, json.dumps(index, indent=1, sort_keys=True).encode())

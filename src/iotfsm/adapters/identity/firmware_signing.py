@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import os
 import re
 import stat
 from pathlib import Path
@@ -37,6 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ...machines.ota import version_problem
+from ..durable import create_file_exclusive
 from ..store.session_store import SessionStore
 
 MANIFEST_HEADER = b"iotfsm-firmware-ed25519-v1\n"
@@ -162,15 +162,11 @@ def generate_key_pair(directory: str | Path) -> tuple[Path, Path]:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-        f.flush()
-        os.fsync(f.fileno())
+    create_file_exclusive(private_path, pem)
     public = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    public_path.write_bytes(public)
+    create_file_exclusive(public_path, public, 0o644)
     return private_path, public_path
 
 

@@ -25,7 +25,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import threading
 import time
@@ -38,6 +37,7 @@ import attrs
 from ...fsm.clock import Clock, RealClock
 from ...machines import all_features
 from ...machines.feature import DeviceKey
+from ..durable import write_file_atomic
 from ..store.session_store import SessionStore
 from ..topics import TopicError, check_key, template_filter
 from .credentials import DeviceCredentials, parse_username
@@ -81,19 +81,6 @@ class ChangeCounter(Protocol):
 def _private_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     path.chmod(0o700)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a secret file that only the owner can read, atomically, never world-readable even
-    for a moment (the file is created 0600, not chmod-ed afterwards)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def _read_private(path: Path) -> bytes:
@@ -140,7 +127,7 @@ class ProductSecrets:
         with self._lock:
             if not path.exists():
                 _private_dir(self.directory)
-                _write_private(path, base64.b64encode(secrets.token_bytes(32)) + b"\n")
+                write_file_atomic(path, base64.b64encode(secrets.token_bytes(32)) + b"\n")
         return self.get(product)
 
     def imported(self, product: str) -> dict[str, str]:
@@ -161,7 +148,7 @@ class ProductSecrets:
                 keys[device] = psk
             _private_dir(self.directory)
             path = self._path(product, ".imported.json")
-            _write_private(path, json.dumps(keys, sort_keys=True).encode())
+            write_file_atomic(path, json.dumps(keys, sort_keys=True).encode())
 
 
 def derive_psk(product_secret: bytes, product: str, device: str, generation: int) -> str:

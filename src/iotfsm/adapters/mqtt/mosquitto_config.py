@@ -24,10 +24,10 @@ client over MQTT, where two static files reloaded by SIGHUP do the same job.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import secrets
-import shutil
 import signal
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -36,6 +36,7 @@ import attrs
 
 from ...machines import all_features
 from ...machines.feature import DeviceKey, Direction
+from ..durable import create_file_exclusive, write_file_atomic
 from ..identity.certificates import PlatformCA, device_identity
 from ..identity.registry import device_topics
 from ..topics import template_filter
@@ -134,10 +135,8 @@ def platform_password(data_dir: Path) -> str:
     """The platform's broker password, made (0600) on first use and reused after."""
     path = data_dir / PLATFORM_PASSWORD_FILE
     if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_urlsafe(24) + "\n")
+        with contextlib.suppress(FileExistsError):  # a process racing this one made it
+            create_file_exclusive(path, secrets.token_urlsafe(24) + "\n")
     return path.read_text().strip()
 
 
@@ -152,7 +151,9 @@ def write_config(
     ca = PlatformCA.in_data_dir(data_dir).ensure()
     ca.issue_server(list(setup.server_names), out_dir, name="broker")
     password = platform_password(data_dir)
-    _write(files.password, f"{setup.platform_username}:{hash_password(password)}\n", 0o600)
+    write_file_atomic(
+        files.password, f"{setup.platform_username}:{hash_password(password)}\n", 0o600
+    )
     write_access(files, data_dir, devices, setup.platform_username)
     lines = [
         "# written by `iotfsm broker-config mosquitto`",
@@ -186,7 +187,7 @@ def write_config(
         f"certfile {files.server_cert}",
         f"keyfile {files.server_key}",
     ]
-    _write(files.config, "\n".join(lines) + "\n", 0o644)
+    write_file_atomic(files.config, "\n".join(lines) + "\n", 0o644)
     return files
 
 
@@ -199,7 +200,7 @@ def write_access(
     """Rewrite what changes with the registry: the ACL, the CA and the CRL. Then `reload`."""
     ca = PlatformCA.in_data_dir(data_dir)
     ca.write_crl()
-    _write(files.acl, acl_text(devices, platform_username), 0o644)
+    write_file_atomic(files.acl, acl_text(devices, platform_username), 0o644)
     _copy(ca.cert_file, files.ca)
     _copy(ca.crl_file, files.crl)
 
@@ -218,17 +219,5 @@ def reload(files: MosquittoFiles) -> int:
     return pid
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.chmod(temp, mode)
-    os.replace(temp, path)
-
-
 def _copy(source: Path, dest: Path) -> None:
-    temp = dest.with_name(dest.name + ".tmp")
-    shutil.copyfile(source, temp)
-    os.chmod(temp, 0o644)
-    os.replace(temp, dest)
+    write_file_atomic(dest, source.read_bytes(), 0o644)
