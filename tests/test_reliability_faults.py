@@ -91,9 +91,9 @@ def test_the_waiting_states_agree_with_the_declarations() -> None:
 
 
 def test_a_machine_missing_from_the_tables_is_named_with_what_to_add() -> None:
-    new = attrs.evolve(log_level.DEVICE, name="rrpc.device")
+    new = attrs.evolve(log_level.DEVICE, name="invented.device")
     with pytest.raises(
-        UndeclaredMachineError, match=r"machine 'rrpc.device' is not in RESTING.*asking"
+        UndeclaredMachineError, match=r"machine 'invented.device' is not in RESTING.*asking"
     ):
         waiting_states(new)
 
