@@ -8,7 +8,8 @@ export CI=${CI:-}
 echo "== ruff"; .venv/bin/ruff check src tests bench
 echo "== mypy --strict"; .venv/bin/mypy --strict
 # The whole suite also prints which transitions of each machine it took, and fails under 97 %
-# (the untaken edges are listed and explained in docs/transition-coverage.md).
+# (the untaken edges are listed and explained in docs/transition-coverage.md), and its 20
+# slowest tests, to keep an eye on the 5-minute budget.
 coverage=()
-[ $# -eq 0 ] && coverage=(--iotfsm-coverage --iotfsm-coverage-min 97)
+[ $# -eq 0 ] && coverage=(--iotfsm-coverage --iotfsm-coverage-min 97 --durations=20)
 echo "== pytest"; .venv/bin/python -m pytest -q -p no:cacheprovider "${coverage[@]}" "$@"
