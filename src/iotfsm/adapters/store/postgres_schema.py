@@ -27,6 +27,23 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         INSERT INTO change_counter (version) VALUES (0);
         """,
     ),
+    (
+        2,
+        """
+        -- the worker pool (adapters/amqp): per uplink stream (routing key) of a device, the
+        -- partition that carried it and the digest of the last message stepped, written in the
+        -- transaction of that step's snapshot: a redelivery after a crash between commit and
+        -- ack is recognised and not stepped again; a worker taking a partition over finds the
+        -- sessions to load here
+        CREATE TABLE uplink_marks (
+            routing_key text PRIMARY KEY, product text NOT NULL, device text NOT NULL,
+            partition integer NOT NULL, digest text NOT NULL);
+        CREATE INDEX uplink_marks_partition ON uplink_marks (partition);
+        -- files the HTTP file service serves (firmware, resources), so any worker serves any URL
+        CREATE TABLE blobs (
+            name text PRIMARY KEY, size bigint NOT NULL, md5 text NOT NULL, data bytea NOT NULL);
+        """,
+    ),
 )
 """(version, SQL) in the order they apply."""
 
