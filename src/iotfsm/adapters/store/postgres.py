@@ -234,6 +234,28 @@ class PostgresStore:
             ).fetchall()
         return [(rk, f, DeviceKey(p, d), doc) for rk, f, p, d, doc in rows]
 
+    def device_sessions(
+        self, key: DeviceKey, features: tuple[str, ...]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """(feature, committed snapshot) of one device's sessions of these features."""
+        with self._lock, self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT feature, doc FROM sessions WHERE product = %s AND device = %s"
+                " AND feature = ANY(%s)",
+                (key.product, key.device, list(features)),
+            ).fetchall()
+        return [(str(f), doc) for f, doc in rows]
+
+    def session_keys(self, feature: str, product: str) -> list[DeviceKey]:
+        """Every device of `product` with a committed session of `feature`, whichever worker
+        steps it (a product-wide task reaches them all)."""
+        with self._lock, self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT device FROM sessions WHERE feature = %s AND product = %s ORDER BY device",
+                (feature, product),
+            ).fetchall()
+        return [DeviceKey(product, str(d)) for (d,) in rows]
+
     def discard_pending(self) -> int:
         """Forget the session snapshots and marks not written yet; how many. A worker that lost
         its partitions calls it: the new owner steps those messages again from what was
