@@ -1,0 +1,265 @@
+"""The platform pool on a real RabbitMQ and PostgreSQL: three workers, a fleet, one SIGKILL.
+
+Three `iotfsm platform --broker amqp://… --store postgresql://…` processes share the session's
+private RabbitMQ node and a database of the session's private PostgreSQL. `DEVICES` simulated
+devices (raw MQTT clients, several processes of them, `pool_devices`) log in through the MQTT
+plugin, checked by the broker-auth listener this test serves from the shared registry. A
+product-wide OTA is queued for the pool's leader; the devices download the image for real from
+the workers' file services (any worker, whichever signed the URL). When a third of the fleet has
+succeeded one worker is SIGKILLed; at two thirds a fourth worker joins. Then:
+
+- every device ends on the new version, and the pool recorded exactly one OTA success for each;
+- no device was answered twice for one report (an answer with no report waiting is counted);
+- no report was lost: every report a device sent was answered or sent again, every partition
+  queue drained, and the counts are printed.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pool_devices
+import psycopg
+import pytest
+from postgres_fixtures import fresh_database, postgres_cluster  # noqa: F401 (fixture)
+from rabbitmq_fixtures import RabbitNode, rabbitmq_node  # noqa: F401 (fixture)
+
+from iotfsm.adapters.amqp.leases import MEMBER_SPACE, PARTITION_SPACE
+from iotfsm.adapters.amqp.topology import queue_name
+from iotfsm.adapters.http.broker_auth import BrokerAuthServer
+from iotfsm.adapters.identity.broker_account import BrokerAccount
+from iotfsm.adapters.identity.broker_policy import BrokerPolicy
+from iotfsm.adapters.identity.registry import (
+    ProductSecrets,
+    RegisteredDevice,
+    Registry,
+    derive_psk,
+    device_topics,
+)
+from iotfsm.adapters.identity.credentials import DeviceCredentials
+from iotfsm.adapters.store.postgres import PostgresStore
+from iotfsm.machines import all_features
+from iotfsm.pool import outcomes, queue_deploy
+from iotfsm.testing.mosquitto import free_port
+from iotfsm.testing.postgres import PostgreSQL
+
+DEVICES = int(os.environ.get("IOTFSM_POOL_DEVICES", "2000"))
+DEVICE_PROCS = 4
+PARTITIONS = 16
+PRODUCT = "PPOOL"
+TARGET = "2.0.0"
+IMAGE = bytes(range(256)) * 32  # 8 KiB
+ACCOUNT = BrokerAccount("iotfsm-platform", "pool-test-platform-password")
+SRC = Path(__file__).resolve().parents[1] / "src"
+WAIT = float(os.environ.get("IOTFSM_POOL_WAIT", "150"))
+
+
+def _wait(what: str, done: Callable[[], bool], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+@attrs.define
+class Pool:
+    cluster: PostgreSQL
+    dbname: str
+    node: RabbitNode
+    root: Path
+    workers: list[subprocess.Popen[bytes]] = attrs.Factory(list)
+    http: list[tuple[str, int]] = attrs.Factory(list)
+
+    @property
+    def dsn(self) -> str:
+        return self.cluster.url(self.dbname)
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        n = len(self.workers)
+        port = free_port()
+        env = {**self.cluster.environment(), "IOTFSM_BROKER_PASSWORD": ACCOUNT.password}
+        env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+        broker = f"amqp://{self.node.broker.host}:{self.node.broker.amqp_port}/%2F"
+        log = (self.root / f"worker{n}.log").open("wb")
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "iotfsm", "platform", "--broker", broker, "--store", self.dsn,
+             "--data-dir", str(self.root / f"worker{n}"), "--http", f"127.0.0.1:{port}",
+             "--username", ACCOUNT.username, "--partitions", str(PARTITIONS)],
+            env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        self.workers.append(worker)
+        self.http.append(("127.0.0.1", port))
+        return worker
+
+    def locks(self, space: int) -> int:
+        with psycopg.connect(self.cluster.conninfo(self.dbname)) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND classid = %s::int::oid AND objsubid = 2",
+                (space,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def queue_depths(self) -> dict[str, int]:
+        result = self.node.broker.ctl("list_queues", "name", "messages", "--quiet")
+        depths = {}
+        for line in result.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0].startswith("iotfsm.partition."):
+                depths[parts[0]] = int(parts[1])
+        return depths
+
+    def stop(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- worker{n}\n" + (self.root / f"worker{n}.log").read_text(errors="replace")[-3000:]
+            for n in range(len(self.workers))
+        )
+
+
+def _register(store: PostgresStore, secrets_dir: Path, names: list[str]) -> Registry:
+    """Register the fleet in one statement (Registry.add re-reads the table per device)."""
+    registry = Registry(store, ProductSecrets(secrets_dir))
+    registry.secrets.ensure(PRODUCT)
+    docs = [attrs.asdict(RegisteredDevice(PRODUCT, n, True, "key", 1)) for n in names]
+    with store.connection() as conn, conn.transaction():
+        conn.execute(
+            "INSERT INTO records (tbl, key, value) SELECT 'registry', k, v::jsonb"
+            " FROM unnest(%s::text[], %s::text[]) AS t(k, v)",
+            ([f"{PRODUCT}/{n}" for n in names], [json.dumps(d) for d in docs]),
+        )
+        conn.execute("UPDATE change_counter SET version = version + 1")
+    registry.reload()
+    return registry
+
+
+@pytest.fixture
+def pool(
+    postgres_cluster: PostgreSQL,  # noqa: F811
+    rabbitmq_node: RabbitNode,  # noqa: F811
+    tmp_path: Path,
+) -> Iterator[Pool]:
+    found = Pool(postgres_cluster, fresh_database(postgres_cluster), rabbitmq_node, tmp_path)
+    try:
+        yield found
+    finally:
+        found.stop()
+
+
+@pytest.mark.timeout(600)
+def test_three_workers_one_killed_every_device_updated_once(pool: Pool) -> None:
+    began = time.monotonic()
+    names = [f"d{i:05d}" for i in range(DEVICES)]
+    store = PostgresStore(pool.cluster.conninfo(pool.dbname))
+    registry = _register(store, pool.root / "secrets", names)
+    policy = BrokerPolicy(registry, ACCOUNT, all_features(), device_topics)
+    auth = BrokerAuthServer(policy, *pool.node.auth_address, workers=8, pending=512).start()
+    secret = registry.secrets.get(PRODUCT)
+    logins = []
+    for name in names:
+        login = DeviceCredentials(PRODUCT, name, derive_psk(secret, PRODUCT, name, 1)).login()
+        logins.append((name, login.username, login.password))
+    procs: list[tuple[Any, Any]] = []
+    context = multiprocessing.get_context("spawn")
+    try:
+        queue_deploy(store, PRODUCT, TARGET, IMAGE)
+        for _ in range(3):
+            pool.start_worker()
+        _wait("three workers holding every partition", lambda: pool.locks(MEMBER_SPACE) == 3
+              and pool.locks(PARTITION_SPACE) == PARTITIONS)  # fmt: skip
+        _wait("the leader to apply the deployment", lambda: store.get("product_firmware", PRODUCT))
+        ready = time.monotonic()
+        share = -(-DEVICES // DEVICE_PROCS)
+        for n in range(DEVICE_PROCS):
+            parent, child = context.Pipe()
+            chunk = logins[n * share : (n + 1) * share]
+            process = context.Process(
+                target=pool_devices.run,
+                args=(child, pool.node.broker.host, pool.node.broker.port, PRODUCT, chunk,
+                      pool.http),
+                daemon=True,
+            )  # fmt: skip
+            process.start()
+            procs.append((process, parent))
+
+        def succeeded() -> int:
+            with store.connection() as conn:
+                row = conn.execute(
+                    "SELECT count(*) FROM records WHERE tbl = 'ota_outcomes'"
+                    " AND (value->>'ok')::boolean"
+                ).fetchone()
+            return int(row[0]) if row else 0
+
+        _wait("a third of the fleet updated", lambda: succeeded() >= DEVICES // 3)
+        victim = pool.workers[0]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        killed_at = succeeded()
+        _wait("two thirds of the fleet updated", lambda: succeeded() >= 2 * DEVICES // 3)
+        pool.start_worker()
+        joined_at = succeeded()
+
+        def totals() -> dict[str, int]:
+            summed: dict[str, int] = {}
+            for _, pipe in procs:
+                pipe.send("totals")
+                for k, v in pipe.recv().items():
+                    summed[k] = summed.get(k, 0) + v
+            return summed
+
+        try:
+            _wait("every device updated", lambda: totals()["done"] == DEVICES)
+        except AssertionError:
+            raise AssertionError(f"{totals()}\n{pool.logs()}") from None
+        finished = time.monotonic()
+        _wait("every partition queue drained", lambda: not any(pool.queue_depths().values()))
+        counts = totals()
+    finally:
+        for process, pipe in procs:
+            if process.is_alive():
+                pipe.send("quit")
+                pipe.recv()
+            process.join(timeout=10)
+        auth.stop()
+    recorded = [o for o in outcomes(store) if o.ok]
+    store.close()
+    per_device: dict[str, int] = {}
+    for outcome in recorded:
+        assert outcome.version == TARGET
+        per_device[outcome.device] = per_device.get(outcome.device, 0) + 1
+    print(
+        f"\npool: {DEVICES} devices, 3 workers (one SIGKILLed at {killed_at} successes, one "
+        f"joined at {joined_at}); setup {ready - began:.1f} s, fleet {finished - ready:.1f} s;"
+        f" device counts {counts}"
+    )
+    assert sorted(per_device) == names, "every device has an OTA success recorded"
+    assert set(per_device.values()) == {1}, "no OTA success recorded twice"
+    assert counts["done"] == DEVICES and counts["refused"] == 0
+    assert counts["duplicates"] == 0, "no report answered twice"
+    assert counts["downloads"] == DEVICES and counts["failed_fetches"] == 0
+    # no report lost: each device's reports were answered, once each, apart from those it
+    # sent again because the answer never came (a worker died between commit and publish)
+    assert counts["rsp"] <= counts["reports"]
+    assert counts["reports"] - counts["rsp"] <= counts["resends"]
+    assert set(pool.queue_depths()) == {queue_name(p) for p in range(PARTITIONS)}
