@@ -12,6 +12,7 @@ answer that comes with no report waiting for one is a duplicate. A report left u
 from __future__ import annotations
 
 import contextlib
+import http.client
 import hashlib
 import json
 import random
@@ -148,7 +149,7 @@ class Fleet:
                     data: bytes = answer.read()
                     if len(data) == size:
                         return data
-            except (urllib.error.URLError, OSError):
+            except (urllib.error.URLError, OSError, http.client.HTTPException):
                 continue
         return None
 
@@ -192,6 +193,15 @@ def run(conn: Any, host: str, port: int, product: str, logins: list[tuple[str, s
                         device.client.disconnect()
                     conn.send(fleet.totals())
                     return
+                if command == "stuck":
+                    conn.send(
+                        [
+                            (d.name, d.state, d.version, d.outstanding, d.counts)
+                            for d in fleet.devices
+                            if d.state != "done"
+                        ][:5]
+                    )
+                    continue
                 conn.send(fleet.totals())
                 continue
             key.data.client.loop_read()

@@ -93,7 +93,7 @@ class Pool:
         broker = f"amqp://{self.node.broker.host}:{self.node.broker.amqp_port}/%2F"
         log = (self.root / f"worker{n}.log").open("wb")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "iotfsm", "platform", "--broker", broker, "--store", self.dsn,
+            [sys.executable, "-m", "iotfsm", "--log-level", "info", "platform", "--broker", broker, "--store", self.dsn,
              "--data-dir", str(self.root / f"worker{n}"), "--http", f"127.0.0.1:{port}",
              "--username", ACCOUNT.username, "--partitions", str(PARTITIONS)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -132,8 +132,13 @@ class Pool:
                 worker.wait()
 
     def logs(self) -> str:
+        keep = os.environ.get("IOTFSM_POOL_LOGS")
+        if keep:
+            for n in range(len(self.workers)):
+                name = f"worker{n}.log"
+                (Path(keep) / name).write_bytes((self.root / name).read_bytes())
         return "\n".join(
-            f"--- worker{n}\n" + (self.root / f"worker{n}.log").read_text(errors="replace")[-3000:]
+            f"--- worker{n}\n" + (self.root / f"worker{n}.log").read_text(errors="replace")[-6000:]
             for n in range(len(self.workers))
         )
 
@@ -224,6 +229,8 @@ def test_three_workers_one_killed_every_device_updated_once(pool: Pool) -> None:
             summed: dict[str, int] = {}
             for _, pipe in procs:
                 pipe.send("totals")
+                if not pipe.poll(30):
+                    raise AssertionError("a device process does not answer")
                 for k, v in pipe.recv().items():
                     summed[k] = summed.get(k, 0) + v
             return summed
@@ -231,7 +238,22 @@ def test_three_workers_one_killed_every_device_updated_once(pool: Pool) -> None:
         try:
             _wait("every device updated", lambda: totals()["done"] == DEVICES)
         except AssertionError:
-            raise AssertionError(f"{totals()}\n{pool.logs()}") from None
+            state = pool.node.broker.ctl(
+                "list_queues", "name", "messages", "messages_unacknowledged", "consumers",
+                "--quiet"
+            ).stdout  # fmt: skip
+            stuck = []
+            for _, pipe in procs:
+                pipe.send("stuck")
+                stuck += pipe.recv()
+            with store.connection() as conn:
+                rows = conn.execute(
+                    "SELECT s.device, s.doc::text, m.routing_key, m.partition, m.steps::text FROM sessions s"
+                    " LEFT JOIN uplink_marks m USING (product, device)"
+                    " WHERE s.device = ANY(%s) AND s.feature = 'ota'",
+                    ([n for n, *_ in stuck],),
+                ).fetchall()
+            raise AssertionError(f"{totals()}\n{state}\n{stuck}\n{rows}\n{pool.logs()}") from None
         finished = time.monotonic()
         _wait("every partition queue drained", lambda: not any(pool.queue_depths().values()))
         counts = totals()
@@ -239,7 +261,7 @@ def test_three_workers_one_killed_every_device_updated_once(pool: Pool) -> None:
         for process, pipe in procs:
             if process.is_alive():
                 pipe.send("quit")
-                pipe.recv()
+                pipe.poll(10)
             process.join(timeout=10)
         auth.stop()
     recorded = [o for o in outcomes(store) if o.ok]

@@ -309,7 +309,7 @@ class PoolPlatform:
 
     def _ota_finished(self, key: DeviceKey, effect: ota.OtaFinished) -> None:
         """In the step that ended the task (on the owner's loop): one record, written with the
-        step's snapshot and uplink mark in one transaction (`put` writes what is pending)."""
+        batch's snapshots and uplink marks in one transaction."""
         outcome = Outcome(
             key.product,
             key.device,
@@ -321,7 +321,7 @@ class PoolPlatform:
             relayed=self.leader,  # the leader's own runner heard it in-process already
         )
         record = f"{key.product}/{key.device}/{effect.version}/{secrets.token_hex(4)}"
-        self.store.put(OUTCOMES, record, attrs.asdict(outcome))
+        self.store.stage(OUTCOMES, record, attrs.asdict(outcome))
         if self._user_hook is not None:
             self._user_hook(key, effect)
 

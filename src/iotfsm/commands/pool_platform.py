@@ -9,6 +9,7 @@ libpq (PGPASSFILE, PGPASSWORD, a service file): never from argv.
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Literal, cast
 
 from ..adapters.identity.broker_account import BrokerAccount, platform_account
@@ -55,6 +56,8 @@ def run_pool(args: argparse.Namespace, http: tuple[str, int]) -> int:
         )
     if not 1 <= args.partitions <= 1024:
         raise CommandError(f"--partitions {args.partitions} must be 1-1024")
+    # pika logs every channel it opens and closes at INFO: chatter next to the pool's own lines
+    logging.getLogger("pika").setLevel(max(logging.WARNING, logging.getLogger().level))
     mqtt, _ = login_options(args, device=False)
     if mqtt.username is not None and mqtt.password is not None:
         login = BrokerAccount(mqtt.username, mqtt.password)

@@ -161,7 +161,11 @@ class PoolWorker:
         self._features_of: dict[str, tuple[str, ...]] = {}
         self._unacked: dict[int, int] = {}
         """partition -> highest delivery tag stepped and not acked yet."""
-        self._outbox: list[tuple[str, bytes, int]] = []
+        self._outbox: dict[int | None, list[tuple[str, bytes, int]]] = {}
+        """Answers not published yet, by the partition whose delivery made them (None: a timer
+        or a command from elsewhere); published in that partition's channel transaction."""
+        self._current: int | None = None
+        """The partition of the delivery being stepped, while it is."""
         self.delivered = 0
         """Deliveries stepped (uplinks and commands)."""
         self.duplicates = 0
@@ -207,9 +211,9 @@ class PoolWorker:
             raise TransportError(f"QoS {qos} is not supported (0 or 1)")
         item = (routing_key(topic), payload, qos)
         if threading.get_ident() == self._loop_ident:
-            self._outbox.append(item)
+            self._outbox.setdefault(self._current, []).append(item)
         else:
-            self._call_soon(partial(self._outbox.append, item))
+            self._call_soon(partial(self._outbox.setdefault(None, []).append, item))
 
     def start(self) -> None:
         if self._thread is not None:
@@ -331,13 +335,24 @@ class PoolWorker:
         self.store.commit()
         if self.store.pending:
             return False
-        for key, payload, qos in self._outbox:
-            properties = pika.BasicProperties(delivery_mode=2 if qos else 1)
-            self._channel.basic_publish("amq.topic", key, payload, properties)
-        self.published += len(self._outbox)
-        self._outbox.clear()
+        for partition, items in self._outbox.items():
+            channel = (
+                self._channels.get(partition, self._channel)
+                if partition is not None
+                else self._channel
+            )
+            for key, payload, qos in items:
+                properties = pika.BasicProperties(delivery_mode=2 if qos else 1)
+                channel.basic_publish("amq.topic", key, payload, properties)
+            self.published += len(items)
         for partition, tag in self._unacked.items():
             self._channels[partition].basic_ack(delivery_tag=tag, multiple=True)
+        # a partition's answers and acks in one broker transaction: both or neither
+        for partition in {p for p in self._outbox if p is not None} | set(self._unacked):
+            channel = self._channels.get(partition)
+            if channel is not None:
+                channel.tx_commit()
+        self._outbox.clear()
         self._unacked.clear()
         return True
 
@@ -372,16 +387,29 @@ class PoolWorker:
             key, features = route.key, tuple(f.name for f in route.features)
         for feature in features:
             self._owner[(feature, key)] = partition
-        if method.redelivered and self.store.mark_digest(key_text) == digest:
-            self.duplicates += 1
-            self._reload(features, key)
-            return
-        self.store.mark(key_text, key, partition, digest)
+        if method.redelivered:
+            answers = self.store.marked_answers(key_text, digest)
+            if answers is not None:  # stepped and committed; its ack (and answers) were lost
+                self.duplicates += 1
+                replay = [(k, p.encode("latin-1"), q) for k, p, q in answers]
+                self._outbox.setdefault(partition, []).extend(replay)
+                self._reload(features, key)
+                return
+        self.store.mark(key_text, key, partition, digest, [])
         self.delivered += 1
-        if command is not None:
-            self.runtime.post(command.feature, command.key, command.event)
-        elif self._on_message is not None:
-            self._on_message(topic, body)
+        outbox = self._outbox.setdefault(partition, [])
+        before = len(outbox)
+        self._current = partition
+        try:
+            if command is not None:
+                self.runtime.post(command.feature, command.key, command.event)
+            elif self._on_message is not None:
+                self._on_message(topic, body)
+        finally:
+            self._current = None
+        made = [(k, p.decode("latin-1"), q) for k, p, q in outbox[before:]]
+        if made:
+            self.store.mark(key_text, key, partition, digest, made)
 
     def _reload(self, features: tuple[str, ...], key: DeviceKey) -> None:
         """After a duplicate, take the committed snapshots again: the previous owner's last
@@ -435,6 +463,7 @@ class PoolWorker:
             runtime.adopt(feature, session)
             loaded += 1
         channel = self._connection.channel()
+        channel.tx_select()
         channel.basic_qos(prefetch_count=self.settings.prefetch)
         channel.basic_consume(
             queue_name(partition), on_message_callback=partial(self._on_delivery, partition)
@@ -476,13 +505,14 @@ class PoolWorker:
     def _drop_everything(self) -> None:
         """After losing the broker or the leases: nothing held, nothing pending."""
         dropped = self.store.discard_pending()
-        if dropped or self._outbox:
+        answers = sum(len(items) for items in self._outbox.values())
+        if dropped or answers:
             log.warning(
                 "%s: %d uncommitted changes and %d answers dropped; the next owner steps their"
                 " messages again",
                 self.name,
                 dropped,
-                len(self._outbox),
+                answers,
             )
         self._outbox.clear()
         self._unacked.clear()

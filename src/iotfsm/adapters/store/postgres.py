@@ -98,8 +98,8 @@ class PostgresStore:
         self._write_timeout = write_timeout
         self._sessions: dict[tuple[str, str, str], str | object] = {}
         self._records: dict[tuple[str, str], str | object] = {}
-        self._marks: dict[str, tuple[str, str, int, str]] = {}
-        """routing key -> (product, device, partition, digest): the pool's uplink marks, written
+        self._marks: dict[str, tuple[str, str, int, list[Any]]] = {}
+        """routing key -> (product, device, partition, steps): the pool's uplink marks, written
         in the transaction of the snapshots saved with them (see `mark`)."""
         self._failing_since: float | None = None
         self._failures = 0
@@ -201,24 +201,45 @@ class PostgresStore:
 
     # --- what the worker pool needs (adapters/amqp) ---
 
-    def mark(self, routing_key: str, key: DeviceKey, partition: int, digest: str) -> None:
-        """Remember the last uplink of a stream stepped from `partition`, durable with the
-        snapshots of the same batch (one transaction): a redelivery that matches it was
-        stepped, its effects committed, and only its ack was lost."""
-        with self._lock:
-            self._marks[routing_key] = (key.product, key.device, partition, digest)
-
-    def mark_digest(self, routing_key: str) -> str | None:
-        """The digest of the last uplink stepped on this stream (None: none yet)."""
+    def mark(
+        self,
+        routing_key: str,
+        key: DeviceKey,
+        partition: int,
+        digest: str,
+        answers: list[tuple[str, str, int]],
+    ) -> None:
+        """Remember an uplink of a stream stepped from `partition` and the answers it made,
+        durable with the snapshots of the same batch (one transaction). The marks of a batch
+        replace the stream's marks of the batch before: by then those were acked."""
+        entry: list[Any] = [digest, [list(a) for a in answers]]
         with self._lock:
             pending = self._marks.get(routing_key)
-            if pending is not None:
-                return pending[3]
-            with self._pool.connection() as conn:
-                row = conn.execute(
-                    "SELECT digest FROM uplink_marks WHERE routing_key = %s", (routing_key,)
-                ).fetchone()
-        return None if row is None else str(row[0])
+            steps = pending[3] if pending is not None else []
+            if steps and steps[-1][0] == digest:
+                steps[-1] = entry  # the same step again, now with its answers
+            else:
+                steps.append(entry)
+            self._marks[routing_key] = (key.product, key.device, partition, steps)
+
+    def stage(self, table: str, key: str, value: Any) -> None:
+        """`put` without writing now: the record goes with the next `commit`, in the same
+        transaction as the snapshots and marks of that batch."""
+        text = json.dumps(value)
+        with self._lock:
+            self._records[(table, key)] = text
+
+    def marked_answers(self, routing_key: str, digest: str) -> list[tuple[str, str, int]] | None:
+        """The answers of a committed step of this stream's last batch whose message had
+        `digest`; None when no such step was committed (the message was not stepped)."""
+        with self._lock, self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT steps FROM uplink_marks WHERE routing_key = %s", (routing_key,)
+            ).fetchone()
+        for step_digest, answers in row[0] if row is not None else []:
+            if step_digest == digest:
+                return [(str(k), str(p), int(q)) for k, p, q in answers]
+        return None
 
     def partition_sessions(
         self, partition: int
@@ -391,15 +412,16 @@ def _write_batch(
         conn.execute("UPDATE change_counter SET version = version + 1")
 
 
-def _write_marks(conn: Conn, marks: dict[str, tuple[str, str, int, str]]) -> None:
+def _write_marks(conn: Conn, marks: dict[str, tuple[str, str, int, list[Any]]]) -> None:
     keys = list(marks)
-    products, devices, partitions, digests = (list(c) for c in zip(*marks.values(), strict=True))
+    products, devices, partitions, steps = (list(c) for c in zip(*marks.values(), strict=True))
     conn.execute(
-        "INSERT INTO uplink_marks (routing_key, product, device, partition, digest)"
-        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[])"
+        "INSERT INTO uplink_marks (routing_key, product, device, partition, steps)"
+        " SELECT k, p, d, n, s::jsonb FROM"
+        " unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[]) AS t(k, p, d, n, s)"
         " ON CONFLICT (routing_key) DO UPDATE SET partition = EXCLUDED.partition,"
-        " digest = EXCLUDED.digest",
-        [keys, products, devices, partitions, digests],
+        " steps = EXCLUDED.steps",
+        [keys, products, devices, partitions, [json.dumps(s) for s in steps]],
     )
 
 

@@ -31,13 +31,14 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         2,
         """
         -- the worker pool (adapters/amqp): per uplink stream (routing key) of a device, the
-        -- partition that carried it and the digest of the last message stepped, written in the
-        -- transaction of that step's snapshot: a redelivery after a crash between commit and
-        -- ack is recognised and not stepped again; a worker taking a partition over finds the
-        -- sessions to load here
+        -- partition that carried it and, for the messages of the last batch stepped, their
+        -- digests and the answers they made ([[digest, [[key, payload, qos], ...]], ...]),
+        -- written in the transaction of those steps' snapshots: a redelivery after a crash
+        -- between commit and ack is recognised, not stepped again, and its answers are sent
+        -- with its ack; a worker taking a partition over finds the sessions to load here
         CREATE TABLE uplink_marks (
             routing_key text PRIMARY KEY, product text NOT NULL, device text NOT NULL,
-            partition integer NOT NULL, digest text NOT NULL);
+            partition integer NOT NULL, steps jsonb NOT NULL);
         CREATE INDEX uplink_marks_partition ON uplink_marks (partition);
         -- files the HTTP file service serves (firmware, resources), so any worker serves any URL
         CREATE TABLE blobs (
