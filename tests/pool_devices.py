@@ -41,8 +41,12 @@ class SimDevice:
         self.state = "new"
         self.outstanding = 0
         self.sent_at = 0.0
+        self.resend_after = RESEND
+        self.connected = False
+        self.sock: Any = None
         self.counts = {"reports": 0, "rsp": 0, "duplicates": 0, "offers": 0, "resends": 0,
-                       "uplinks": 0, "downloads": 0, "failed_fetches": 0}  # fmt: skip
+                       "uplinks": 0, "downloads": 0, "failed_fetches": 0,
+                       "reconnects": 0}  # fmt: skip
         self.client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"{product}{name}",
@@ -53,17 +57,24 @@ class SimDevice:
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        self.client.on_disconnect = self._on_disconnect
         self.client.on_socket_open = _nodelay
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             self.fleet.refused += 1
             return
+        self.connected = True
         client.subscribe(self.down, 1)
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
+        self.connected = False
 
     def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
         if self.state == "new":
             self.state = "reporting"
+            self.report()
+        elif self.state != "done":  # back after a lost connection: report again, as devices do
             self.report()
 
     def publish(self, doc: dict[str, Any], qos: int) -> None:
@@ -77,8 +88,9 @@ class SimDevice:
         self.publish({"type": "report_version", "report": {"version": self.version}}, 1)
 
     def check_resend(self, now: float) -> None:
-        if self.outstanding and self.state != "done" and now - self.sent_at > RESEND:
+        if self.outstanding and self.state != "done" and now - self.sent_at > self.resend_after:
             self.counts["resends"] += 1
+            self.resend_after *= 2
             self.report()
 
     def _progress(self, state: str, target: str, percent: int | None = None) -> None:
@@ -97,6 +109,7 @@ class SimDevice:
                 self.counts["duplicates"] += 1
                 return
             self.outstanding -= 1
+            self.resend_after = RESEND
             if self.version != OLD and self.outstanding == 0:
                 self.state = "done"
         elif kind == "update_firmware":
@@ -155,10 +168,27 @@ class Fleet:
 
     def connect(self) -> None:
         for device in self.devices:
-            device.client.connect(self.host, self.port, keepalive=60)
-            sock = device.client.socket()
-            assert sock is not None
-            self.selector.register(sock, selectors.EVENT_READ, device)
+            device.client.connect(self.host, self.port, keepalive=120)
+            self._watch(device)
+
+    def _watch(self, device: SimDevice) -> None:
+        if device.sock is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self.selector.unregister(device.sock)
+        device.sock = device.client.socket()
+        if device.sock is not None:
+            self.selector.register(device.sock, selectors.EVENT_READ, device)
+
+    def revive(self) -> None:
+        """Reconnect the devices whose connection was lost (paho's manual loop does not)."""
+        for device in self.devices:
+            if not device.connected and device.state != "new" or (
+                device.state == "new" and device.client.socket() is None
+            ):
+                device.counts["reconnects"] += 1
+                with contextlib.suppress(OSError):
+                    device.client.reconnect()
+                self._watch(device)
 
     def pump(self, timeout: float) -> None:
         for key, _ in self.selector.select(timeout):
@@ -214,3 +244,4 @@ def run(conn: Any, host: str, port: int, product: str, logins: list[tuple[str, s
             for device in fleet.devices:
                 device.client.loop_misc()
                 device.check_resend(now)
+            fleet.revive()
