@@ -27,7 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-RESEND = 10.0
+RESEND = 30.0
 OLD = "1.0.0"
 
 
