@@ -12,8 +12,8 @@ answer that comes with no report waiting for one is a duplicate. A report left u
 from __future__ import annotations
 
 import contextlib
-import http.client
 import hashlib
+import http.client
 import json
 import random
 import selectors
@@ -182,9 +182,8 @@ class Fleet:
     def revive(self) -> None:
         """Reconnect the devices whose connection was lost (paho's manual loop does not)."""
         for device in self.devices:
-            if not device.connected and device.state != "new" or (
-                device.state == "new" and device.client.socket() is None
-            ):
+            lost = not device.connected and device.state != "new"
+            if lost or (device.state == "new" and device.client.socket() is None):
                 device.counts["reconnects"] += 1
                 with contextlib.suppress(OSError):
                     device.client.reconnect()
@@ -207,10 +206,15 @@ class Fleet:
         return total
 
 
-def run(conn: Any, host: str, port: int, product: str, logins: list[tuple[str, str, str]],
-        file_services: list[tuple[str, int]]) -> None:  # fmt: skip
+def run(
+    conn: Any,
+    broker: tuple[str, int],
+    product: str,
+    logins: list[tuple[str, str, str]],
+    file_services: list[tuple[str, int]],
+) -> None:
     """A device process: connect everything, run until told to quit, answer `totals` asks."""
-    fleet = Fleet(host, port, product, logins, file_services)
+    fleet = Fleet(*broker, product, logins, file_services)
     fleet.connect()
     fleet.selector.register(conn.fileno(), selectors.EVENT_READ, None)
     last_misc = time.monotonic()

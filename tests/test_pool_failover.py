@@ -39,6 +39,7 @@ from iotfsm.adapters.amqp.topology import queue_name
 from iotfsm.adapters.http.broker_auth import BrokerAuthServer
 from iotfsm.adapters.identity.broker_account import BrokerAccount
 from iotfsm.adapters.identity.broker_policy import BrokerPolicy
+from iotfsm.adapters.identity.credentials import DeviceCredentials
 from iotfsm.adapters.identity.registry import (
     ProductSecrets,
     RegisteredDevice,
@@ -46,7 +47,6 @@ from iotfsm.adapters.identity.registry import (
     derive_psk,
     device_topics,
 )
-from iotfsm.adapters.identity.credentials import DeviceCredentials
 from iotfsm.adapters.store.postgres import PostgresStore
 from iotfsm.machines import all_features
 from iotfsm.pool import outcomes, queue_deploy
@@ -172,6 +172,89 @@ def pool(
         found.stop()
 
 
+@attrs.define
+class Devices:
+    """The device processes (`pool_devices`), each with a pipe to ask for its counts."""
+
+    procs: list[tuple[Any, Any]] = attrs.Factory(list)
+
+    def start(self, pool: Pool, logins: list[tuple[str, str, str]]) -> None:
+        context = multiprocessing.get_context("spawn")
+        share = -(-len(logins) // DEVICE_PROCS)
+        broker = (pool.node.broker.host, pool.node.broker.port)
+        for n in range(DEVICE_PROCS):
+            parent, child = context.Pipe()
+            chunk = logins[n * share : (n + 1) * share]
+            process = context.Process(
+                target=pool_devices.run,
+                args=(child, broker, PRODUCT, chunk, pool.http),
+                daemon=True,
+            )
+            process.start()
+            self.procs.append((process, parent))
+
+    def ask(self, what: str) -> list[Any]:
+        answers = []
+        for _, pipe in self.procs:
+            pipe.send(what)
+            if not pipe.poll(30):
+                raise AssertionError("a device process does not answer")
+            answers.append(pipe.recv())
+        return answers
+
+    def totals(self) -> dict[str, int]:
+        summed: dict[str, int] = {}
+        for counts in self.ask("totals"):
+            for k, v in counts.items():
+                summed[k] = summed.get(k, 0) + v
+        return summed
+
+    def stop(self) -> None:
+        for process, pipe in self.procs:
+            if process.is_alive():
+                pipe.send("quit")
+                pipe.poll(10)
+            process.join(timeout=10)
+
+
+def _logins(registry: Registry, names: list[str]) -> list[tuple[str, str, str]]:
+    secret = registry.secrets.get(PRODUCT)
+    logins = []
+    for name in names:
+        login = DeviceCredentials(PRODUCT, name, derive_psk(secret, PRODUCT, name, 1)).login()
+        logins.append((name, login.username, login.password))
+    return logins
+
+
+def _succeeded(store: PostgresStore) -> int:
+    with store.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM records WHERE tbl = 'ota_outcomes' AND (value->>'ok')::boolean"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _diagnosis(pool: Pool, devices: Devices, store: PostgresStore) -> str:
+    """What a failure needs to be understood: queues, stuck devices, their sessions, logs."""
+    queues = pool.node.broker.ctl(
+        "list_queues", "name", "messages", "messages_unacknowledged", "consumers", "--quiet"
+    ).stdout
+    queues = "\n".join(line for line in queues.splitlines() if "iotfsm." in line)
+    stuck = [d for found in devices.ask("stuck") for d in found]
+    with store.connection() as conn:
+        rows = conn.execute(
+            "SELECT s.device, s.doc::text, m.partition, m.steps::text FROM sessions s"
+            " LEFT JOIN uplink_marks m USING (product, device)"
+            " WHERE s.device = ANY(%s) AND s.feature = 'ota'",
+            ([name for name, *_ in stuck],),
+        ).fetchall()
+    return f"{devices.totals()}\n{queues}\n{stuck}\n{rows}\n{pool.logs()}"
+
+
+def _has_deployment(store: PostgresStore) -> bool:
+    return store.get("product_firmware", PRODUCT) is not None
+
+
 @pytest.mark.timeout(600)
 def test_three_workers_one_killed_every_device_updated_once(pool: Pool) -> None:
     began = time.monotonic()
@@ -179,97 +262,40 @@ def test_three_workers_one_killed_every_device_updated_once(pool: Pool) -> None:
     store = PostgresStore(pool.cluster.conninfo(pool.dbname))
     registry = _register(store, pool.root / "secrets", names)
     policy = BrokerPolicy(registry, ACCOUNT, all_features(), device_topics)
-    auth = BrokerAuthServer(policy, *pool.node.auth_address, workers=8, pending=512).start()
-    secret = registry.secrets.get(PRODUCT)
-    logins = []
-    for name in names:
-        login = DeviceCredentials(PRODUCT, name, derive_psk(secret, PRODUCT, name, 1)).login()
-        logins.append((name, login.username, login.password))
-    procs: list[tuple[Any, Any]] = []
-    context = multiprocessing.get_context("spawn")
+    auth = BrokerAuthServer(policy, *pool.node.auth_address, workers=8, pending=2048).start()
+    devices = Devices()
     try:
         queue_deploy(store, PRODUCT, TARGET, IMAGE)
         for _ in range(3):
             pool.start_worker()
         _wait("three workers holding every partition", lambda: pool.locks(MEMBER_SPACE) == 3
               and pool.locks(PARTITION_SPACE) == PARTITIONS)  # fmt: skip
-        _wait("the leader to apply the deployment", lambda: store.get("product_firmware", PRODUCT))
+        _wait("the leader to apply the deployment", lambda: _has_deployment(store))
         ready = time.monotonic()
-        share = -(-DEVICES // DEVICE_PROCS)
-        for n in range(DEVICE_PROCS):
-            parent, child = context.Pipe()
-            chunk = logins[n * share : (n + 1) * share]
-            process = context.Process(
-                target=pool_devices.run,
-                args=(child, pool.node.broker.host, pool.node.broker.port, PRODUCT, chunk,
-                      pool.http),
-                daemon=True,
-            )  # fmt: skip
-            process.start()
-            procs.append((process, parent))
-
-        def succeeded() -> int:
-            with store.connection() as conn:
-                row = conn.execute(
-                    "SELECT count(*) FROM records WHERE tbl = 'ota_outcomes'"
-                    " AND (value->>'ok')::boolean"
-                ).fetchone()
-            return int(row[0]) if row else 0
-
-        _wait("a third of the fleet updated", lambda: succeeded() >= DEVICES // 3)
+        devices.start(pool, _logins(registry, names))
+        _wait("a third of the fleet updated", lambda: _succeeded(store) >= DEVICES // 3)
         victim = pool.workers[0]
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-        killed_at = succeeded()
-        _wait("two thirds of the fleet updated", lambda: succeeded() >= 2 * DEVICES // 3)
+        killed_at = _succeeded(store)
+        _wait("two thirds of the fleet updated", lambda: _succeeded(store) >= 2 * DEVICES // 3)
         pool.start_worker()
-        joined_at = succeeded()
-
-        def totals() -> dict[str, int]:
-            summed: dict[str, int] = {}
-            for _, pipe in procs:
-                pipe.send("totals")
-                if not pipe.poll(30):
-                    raise AssertionError("a device process does not answer")
-                for k, v in pipe.recv().items():
-                    summed[k] = summed.get(k, 0) + v
-            return summed
-
+        joined_at = _succeeded(store)
         try:
-            _wait("every device updated", lambda: totals()["done"] == DEVICES)
+            _wait("every device updated", lambda: devices.totals()["done"] == DEVICES)
         except AssertionError:
-            state = pool.node.broker.ctl(
-                "list_queues", "name", "messages", "messages_unacknowledged", "consumers",
-                "--quiet"
-            ).stdout  # fmt: skip
-            stuck = []
-            for _, pipe in procs:
-                pipe.send("stuck")
-                stuck += pipe.recv()
-            with store.connection() as conn:
-                rows = conn.execute(
-                    "SELECT s.device, s.doc::text, m.routing_key, m.partition, m.steps::text FROM sessions s"
-                    " LEFT JOIN uplink_marks m USING (product, device)"
-                    " WHERE s.device = ANY(%s) AND s.feature = 'ota'",
-                    ([n for n, *_ in stuck],),
-                ).fetchall()
-            raise AssertionError(f"{totals()}\n{state}\n{stuck}\n{rows}\n{pool.logs()}") from None
+            raise AssertionError(_diagnosis(pool, devices, store)) from None
         finished = time.monotonic()
         _wait("every partition queue drained", lambda: not any(pool.queue_depths().values()))
-        counts = totals()
+        counts = devices.totals()
     finally:
-        for process, pipe in procs:
-            if process.is_alive():
-                pipe.send("quit")
-                pipe.poll(10)
-            process.join(timeout=10)
+        devices.stop()
         auth.stop()
-    recorded = [o for o in outcomes(store) if o.ok]
-    store.close()
     per_device: dict[str, int] = {}
-    for outcome in recorded:
-        assert outcome.version == TARGET
+    for outcome in outcomes(store):
+        assert outcome.ok and outcome.version == TARGET
         per_device[outcome.device] = per_device.get(outcome.device, 0) + 1
+    store.close()
     print(
         f"\npool: {DEVICES} devices, 3 workers (one SIGKILLed at {killed_at} successes, one "
         f"joined at {joined_at}); setup {ready - began:.1f} s, fleet {finished - ready:.1f} s;"
@@ -277,11 +303,14 @@ def test_three_workers_one_killed_every_device_updated_once(pool: Pool) -> None:
     )
     assert sorted(per_device) == names, "every device has an OTA success recorded"
     assert set(per_device.values()) == {1}, "no OTA success recorded twice"
-    assert counts["done"] == DEVICES and counts["refused"] == 0
+    # a login may be refused while the auth listener's queue is full (it sheds load that way);
+    # the device logs in again, as real ones do, and must end updated all the same
+    assert counts["done"] == DEVICES
     assert counts["duplicates"] == 0, "no report answered twice"
     assert counts["downloads"] == DEVICES and counts["failed_fetches"] == 0
-    # no report lost: each device's reports were answered, once each, apart from those it
-    # sent again because the answer never came (a worker died between commit and publish)
+    # no report lost: every report was answered once, apart from those sent again because
+    # the answer was late (`pool_devices.RESEND`); the queues hold nothing more
     assert counts["rsp"] <= counts["reports"]
     assert counts["reports"] - counts["rsp"] <= counts["resends"]
+    assert counts["reports"] >= 2 * DEVICES and counts["uplinks"] >= 5 * DEVICES
     assert set(pool.queue_depths()) == {queue_name(p) for p in range(PARTITIONS)}

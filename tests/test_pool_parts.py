@@ -13,7 +13,7 @@ import pytest
 from postgres_fixtures import fresh_database
 
 from iotfsm.adapters.amqp.commands import CommandCodec, CommandError
-from iotfsm.adapters.amqp.leases import Leases, LeaseLostError, fair_share
+from iotfsm.adapters.amqp.leases import LeaseLostError, Leases, fair_share
 from iotfsm.adapters.http.file_service import FileService
 from iotfsm.adapters.store.postgres import PostgresStore
 from iotfsm.adapters.store.postgres_blobs import PostgresBlobs
@@ -77,7 +77,9 @@ def test_a_command_not_signed_by_this_pool_is_refused(tamper: object) -> None:
         ({"type": "iotfsm.machines.ota:DeployFirmware", "event": {"version": 1}}, "malformed"),
     ],
 )
-def test_a_signed_command_naming_no_machine_event_is_refused(doc: dict, problem: str) -> None:
+def test_a_signed_command_naming_no_machine_event_is_refused(
+    doc: dict[str, object], problem: str
+) -> None:
     codec = CommandCodec(SECRET)
     body = json.dumps({"feature": "ota", "product": "P", "device": "d", **doc}).encode()
     with pytest.raises(CommandError, match=problem):
