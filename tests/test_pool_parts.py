@@ -183,3 +183,36 @@ def test_a_url_signed_by_one_worker_is_served_by_another_from_the_shared_store(
     finally:
         one.stop()
         other.stop()
+
+
+# ---- joining from the command line ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ([], "give its --store postgresql://"),
+        (["--store", "postgresql://u:secret@127.0.0.1/db"], "visible to every user"),
+    ],
+)
+def test_joining_a_pool_refuses_what_it_cannot_use_and_never_echoes_a_password(
+    tmp_path: object, capsys: pytest.CaptureFixture[str], extra: list[str], problem: str
+) -> None:
+    from iotfsm.cli import main
+
+    argv = ["platform", "--broker", "amqp://127.0.0.1:1/%2F", "--data-dir", str(tmp_path)]
+    assert main([*argv, "--http", "127.0.0.1:0", *extra]) != 0
+    err = capsys.readouterr().err
+    assert problem in err and "secret" not in err
+
+
+def test_a_broker_url_with_a_login_is_refused(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from iotfsm.cli import main
+
+    argv = ["platform", "--broker", "amqp://iotfsm:secret@127.0.0.1:1/%2F", "--http", "127.0.0.1:0"]
+    argv += ["--data-dir", str(tmp_path), "--store", "postgresql://u@127.0.0.1:1/db"]
+    assert main(argv) != 0
+    err = capsys.readouterr().err
+    assert "no login in the URL" in err and "secret" not in err
