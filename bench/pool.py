@@ -62,6 +62,27 @@ def _cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _tree_cpu(root: int) -> float:
+    """CPU seconds of a process and all its descendants (the broker's beam, the database's
+    backends), so the bench can say which part is the limit."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            total += _cpu(pid)
+        except OSError:
+            continue
+        todo += children.get(pid, [])
+    return total
+
+
 def _report(version: str) -> bytes:
     return json.dumps({"type": "report_version", "report": {"version": version}}).encode()
 
@@ -142,18 +163,31 @@ class MqttLoad:
 
 
 def _measure(
-    load: AmqpLoad | MqttLoad, pids: list[int], devices: int, rounds: int
+    load: AmqpLoad | MqttLoad,
+    pids: list[int],
+    others: dict[str, int],
+    devices: int,
+    rounds: int,
 ) -> dict[str, float]:
+    """`others`: name -> root pid of a server whose CPU per message is reported beside."""
     load.round(devices, "0.0.1")  # warm-up: every session exists afterwards
     cpu0 = sum(_cpu(p) for p in pids)
+    other0 = {name: _tree_cpu(pid) for name, pid in others.items()}
     began = time.monotonic()
     for r in range(rounds):
         load.round(devices, f"1.0.{r}")
     took = time.monotonic() - began
     cpu = sum(_cpu(p) for p in pids) - cpu0
     messages = 2 * devices * rounds
-    return {"messages": messages, "seconds": took, "msg_per_s": messages / took,
-            "cpu_us_per_msg": cpu / messages * 1e6}  # fmt: skip
+    result = {"messages": messages, "seconds": took, "msg_per_s": messages / took,
+              "cpu_us_per_msg": cpu / messages * 1e6}  # fmt: skip
+    for name, pid in others.items():
+        result[f"{name}_cpu_us_per_msg"] = (_tree_cpu(pid) - other0[name]) / messages * 1e6
+    return result
+
+
+def _postmaster(cluster: PostgreSQL) -> int:
+    return int((cluster.data / "postmaster.pid").read_text().split()[0])
 
 
 def _locks(conninfo: str, space: int) -> int:
@@ -182,7 +216,10 @@ def run_pool(
               and _locks(conninfo, PARTITION_SPACE) == PARTITIONS)  # fmt: skip
         load = AmqpLoad(node)
         try:
-            result: dict[str, Any] = _measure(load, [p.pid for p in processes], devices, rounds)
+            beam = int((node.directory / "node.pid").read_text().split()[0])
+            servers = {"broker": beam, "database": _postmaster(cluster)}
+            pids = [p.pid for p in processes]
+            result: dict[str, Any] = _measure(load, pids, servers, devices, rounds)
         finally:
             load.close()
     finally:
@@ -207,7 +244,8 @@ def run_mosquitto(devices: int, rounds: int, root: Path) -> dict[str, Any]:
             load = MqttLoad(broker)
             try:
                 _wait("the platform to answer", lambda: _answers_once(load), 60.0)
-                return _measure(load, [process.pid], devices, rounds)
+                servers = {"broker": broker.pid or 0}
+                return _measure(load, [process.pid], servers, devices, rounds)
             finally:
                 load.close()
         finally:
@@ -243,6 +281,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pool benchmark: {devices} devices x {rounds} rounds, {cpu_model()}")
     for name, r in results.items():
         line = f"  {name:32} {r['msg_per_s']:8.0f} msg/s  {r['cpu_us_per_msg']:6.0f} µs CPU/msg"
+        line += (
+            "  ("
+            + ", ".join(
+                f"{k.split('_')[0]} {v:.0f} µs"
+                for k, v in r.items()
+                if k.endswith("_cpu_us_per_msg") and not k.startswith("cpu")
+            )
+            + ")"
+        )
         if "bytes_per_idle_session" in r:
             line += f"  {r['bytes_per_idle_session']:.0f} B/idle session in PostgreSQL"
         print(line)

@@ -43,6 +43,7 @@ import heapq
 import itertools
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -69,6 +70,9 @@ from .topology import COMMAND_TYPE, EXCHANGE, QueueType, declare, queue_name, to
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "iotfsm-signature"
+BATCH_WINDOW = 0.005
+"""Seconds a batch may keep gathering deliveries that are already waiting, before its commit."""
+BATCH_MAX = 1000
 
 
 @attrs.frozen
@@ -322,10 +326,23 @@ class PoolWorker:
             if self._calls:
                 wait = 0.0
             self._connection.process_data_events(time_limit=wait)
+            self._gather()
             while self._calls:
                 self._calls.popleft()()
             self.scheduler.run_due()
             self._settle()
+
+    def _gather(self) -> None:
+        """Let a batch that has begun grow for up to `BATCH_WINDOW` (or `BATCH_MAX` deliveries):
+        its commit, broker transactions and acks are paid once for all of it."""
+        if not self._unacked:
+            return
+        began, count = time.monotonic(), self.delivered
+        while self.delivered - count < BATCH_MAX and time.monotonic() - began < BATCH_WINDOW:
+            before = self.delivered + self.duplicates
+            self._connection.process_data_events(time_limit=0)
+            if self.delivered + self.duplicates == before:
+                break
 
     def _settle(self) -> bool:
         """Commit the batch, then publish its answers, then ack its deliveries. False (nothing
