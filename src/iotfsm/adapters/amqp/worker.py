@@ -408,6 +408,13 @@ class PoolWorker:
             answers = self.store.marked_answers(key_text, digest)
             if answers is not None:  # stepped and committed; its ack (and answers) were lost
                 self.duplicates += 1
+                log.info(
+                    "%s: a redelivered message on %s was stepped and committed already:"
+                    " acked with its %d recorded answers, not stepped again",
+                    self.name,
+                    key_text[:80],
+                    len(answers),
+                )
                 replay = [(k, p.encode("latin-1"), q) for k, p, q in answers]
                 self._outbox.setdefault(partition, []).extend(replay)
                 self._reload(features, key)
