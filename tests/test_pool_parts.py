@@ -193,6 +193,8 @@ def test_a_url_signed_by_one_worker_is_served_by_another_from_the_shared_store(
     [
         ([], "give its --store postgresql://"),
         (["--store", "postgresql://u:secret@127.0.0.1/db"], "visible to every user"),
+        (["--store", "postgresql://u@127.0.0.1:1/db", "--desired", "d.toml"], "not supported"),
+        (["--store", "postgresql://u@127.0.0.1:1/db", "--firmware-key", "k"], "not supported"),
     ],
 )
 def test_joining_a_pool_refuses_what_it_cannot_use_and_never_echoes_a_password(

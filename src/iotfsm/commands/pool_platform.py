@@ -54,6 +54,12 @@ def run_pool(args: argparse.Namespace, http: tuple[str, int]) -> int:
             "--broker: no login in the URL (argv is public); give --username and "
             "--password-file (or $IOTFSM_BROKER_PASSWORD)"
         )
+    for flag, given in (("--desired", args.desired), ("--firmware-key", args.firmware_key)):
+        if given:
+            raise CommandError(
+                f"{flag} is not supported in a pool yet: run a single platform for it, or "
+                "deploy through the pool's leader (iotfsm.pool.queue_deploy)"
+            )
     if not 1 <= args.partitions <= 1024:
         raise CommandError(f"--partitions {args.partitions} must be 1-1024")
     # pika logs every channel it opens and closes at INFO: chatter next to the pool's own lines
