@@ -9,24 +9,24 @@ that owns the pika connection (pika, not aio-pika: the runtime is thread-based, 
 - timers of the runtime run on the same thread (`LoopScheduler`), and a post from any other thread
   (server code, the campaign runner, the file service) is sent as a signed command through the
   session's partition (`commands`), so each session is stepped by one thread of one worker;
-- after each batch (what one `process_data_events` delivered, plus timers) the worker commits the
-  batch's snapshots to PostgreSQL in one transaction, then publishes the answers the batch made to
-  `amq.topic`, then acks the batch's deliveries. Nothing is acked that is not committed, nothing
-  is answered that is not committed.
+- after each batch (what `process_data_events` delivered, gathered for up to 5 ms, plus timers)
+  the worker commits the batch's snapshots to PostgreSQL in one transaction, then, per partition,
+  publishes the answers the batch made to `amq.topic` and acks the batch's deliveries in one
+  broker transaction (`tx.select` on the partition's channel): answers and acks go together or
+  not at all. Nothing is acked or answered that is not committed.
 
 Exactly once across a crash. Killed before the commit: nothing of the batch is durable or
 answered, its deliveries were not acked, and the next owner steps them from the last committed
-snapshots. Killed between commit and ack: the deliveries come back flagged `redelivered`; the
-commit holds, per uplink stream (routing key), the digest of the last message stepped (written in
-the snapshot's transaction, `PostgresStore.mark`), and a redelivery whose digest matches is acked
-without being stepped again: it is neither answered nor counted twice. A verbatim repeat of a
-device's previous message that arrives redelivered is taken for that duplicate; the protocol's
-reports repeat nothing a second copy would add. Killed between publishing and acking: as the
-previous case, the answers went out once. The answers of a batch whose worker dies between its
-commit and its publish are lost; devices repeat an unanswered report (that is the protocol's own
-recovery, and the redelivered copy of that report is recognised as stepped). Publishing uses no
-publisher confirms: the acks follow the publishes on the same connection, so a broker that
-received an ack has received the publishes before it; only a broker crash in between loses them.
+snapshots. Killed between the commit and the broker transaction: the deliveries come back flagged
+`redelivered`, and none of their answers went out. The commit holds, per uplink stream (routing
+key), an uplink mark: for each message of the batch its digest and the answers its step made
+(written in the snapshots' transaction, `PostgresStore.mark`). A redelivery whose digest is
+marked is not stepped again, so it is not counted twice; its recorded answers are published with
+its ack, in one broker transaction, so it is answered exactly once. After the broker transaction
+nothing is redelivered. A verbatim repeat of a device's message of the same batch that arrives
+redelivered is taken for the one that was stepped; the protocol's reports repeat nothing a second
+copy would add. Answers of timers and of commands from elsewhere (no delivery behind them) go out
+after the commit without a transaction: a crash in between loses them, and the device repeats.
 
 Taking a partition over: the worker takes the lease, loads the sessions of the devices whose
 streams the partition carried (`uplink_marks`) from PostgreSQL, re-arms their timers, then
