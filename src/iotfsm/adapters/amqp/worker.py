@@ -25,8 +25,9 @@ marked is not stepped again, so it is not counted twice; its recorded answers ar
 its ack, in one broker transaction, so it is answered exactly once. After the broker transaction
 nothing is redelivered. A verbatim repeat of a device's message of the same batch that arrives
 redelivered is taken for the one that was stepped; the protocol's reports repeat nothing a second
-copy would add. Answers of timers and of commands from elsewhere (no delivery behind them) go out
-after the commit without a transaction: a crash in between loses them, and the device repeats.
+copy would add. (Commands from other threads travel as deliveries too.) Answers made by timers
+have no delivery behind them: they go out after the commit without a transaction, and a crash in
+between loses them (the device repeats its report, or the timer's state re-offers).
 
 Taking a partition over: the worker takes the lease, loads the sessions of the devices whose
 streams the partition carried (`uplink_marks`) from PostgreSQL, re-arms their timers, then
