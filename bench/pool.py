@@ -39,7 +39,7 @@ import psycopg
 from benchkit import cpu_model
 from paho.mqtt.enums import CallbackAPIVersion
 
-from iotfsm.adapters.amqp.leases import MEMBER_SPACE, PARTITION_SPACE
+from iotfsm.adapters.amqp.leases import MEMBER_SPACE, PARTITION_SPACE, held_locks
 from iotfsm.testing.mosquitto import Mosquitto, free_port
 from iotfsm.testing.postgres import PostgreSQL
 from iotfsm.testing.rabbitmq import RabbitMQ
@@ -192,12 +192,7 @@ def _postmaster(cluster: PostgreSQL) -> int:
 
 def _locks(conninfo: str, space: int) -> int:
     with psycopg.connect(conninfo) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND classid = %s::int::oid AND objsubid = 2",
-            (space,),
-        ).fetchone()
-    return int(row[0]) if row else 0
+        return held_locks(conn, space)
 
 
 def run_pool(

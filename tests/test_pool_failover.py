@@ -34,7 +34,7 @@ import pytest
 from postgres_fixtures import fresh_database, postgres_cluster  # noqa: F401 (fixture)
 from rabbitmq_fixtures import RabbitNode, rabbitmq_node  # noqa: F401 (fixture)
 
-from iotfsm.adapters.amqp.leases import MEMBER_SPACE, PARTITION_SPACE
+from iotfsm.adapters.amqp.leases import MEMBER_SPACE, PARTITION_SPACE, held_locks
 from iotfsm.adapters.amqp.topology import queue_name
 from iotfsm.adapters.http.broker_auth import BrokerAuthServer
 from iotfsm.adapters.identity.broker_account import BrokerAccount
@@ -104,12 +104,7 @@ class Pool:
 
     def locks(self, space: int) -> int:
         with psycopg.connect(self.cluster.conninfo(self.dbname)) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                " AND classid = %s::int::oid AND objsubid = 2",
-                (space,),
-            ).fetchone()
-        return int(row[0]) if row else 0
+            return held_locks(conn, space)
 
     def queue_depths(self) -> dict[str, int]:
         result = self.node.broker.ctl("list_queues", "name", "messages", "--quiet")

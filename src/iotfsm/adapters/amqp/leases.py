@@ -48,6 +48,13 @@ class LeaseLostError(Exception):
     """The lock connection failed: leases can no longer be proven (give every partition up)."""
 
 
+def held_locks(conn: psycopg.Connection[Any], space: int) -> int:
+    """How many locks of `space` are held in the connection's database (live workers for
+    `MEMBER_SPACE`, owned partitions for `PARTITION_SPACE`): for operators and tests."""
+    row = conn.execute(_COUNT, (space,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def fair_share(partitions: int, members: int) -> int:
     return math.ceil(partitions / max(1, members))
 
