@@ -23,6 +23,7 @@ import attrs
 from ._role import RoleFacade
 from .adapters.connect import Broker, MqttOptions, transport_for
 from .adapters.durable import create_file_exclusive
+from .adapters.http.blobs import BlobStore
 from .adapters.http.broker_auth import BrokerAuthServer, platform_broker_auth
 from .adapters.http.file_service import FileRef, FileService, UploadRecord
 from .adapters.http.log_endpoint import LogEndpoint, LogFollower, LogLine
@@ -170,6 +171,7 @@ class Platform(RoleFacade, PlatformMessaging):
         max_upload: int | None = None,
         broker_auth: tuple[str, int] | None = None,
         broker_account: BrokerAccount | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         """`data_dir` keeps the SQLite store and the served files (default: a temporary folder
         and an in-memory store, gone at `stop`). The file service listens on
@@ -186,7 +188,9 @@ class Platform(RoleFacade, PlatformMessaging):
         `firmware_key` (an Ed25519 key or its PEM file, mode 0600) signs every deployed image:
         offers then carry `firmware_sha256` and `firmware_signature` (FirmwareKeyError, a
         ValueError, for a key it cannot use or a file others may read).
-        `max_upload` bounds a device upload in bytes (None: only the free disk space does)."""
+        `max_upload` bounds a device upload in bytes (None: only the free disk space does).
+        `blobs` keeps the served files (default: the data directory; a pool shares PostgreSQL's).
+        """
         self._messaging_init()
         signing_key = None if firmware_key is None else load_private_key(firmware_key)
         if max_upload is not None and max_upload < 1:
@@ -226,6 +230,7 @@ class Platform(RoleFacade, PlatformMessaging):
             public_base=public_base,
             secret=self._secret(),
             clock=clock,
+            blobs=blobs,
         )
         self.broker_auth: BrokerAuthServer | None = None
         if broker_auth is not None:

@@ -47,6 +47,9 @@ EffectHandler = Callable[[DeviceKey, Any], None]
 class Runtime:
     _drainer: int | None = None
     """The thread running this runtime's steps right now, if any (`stepping_here`)."""
+    router: Callable[[str, DeviceKey, Event], bool] | None = None
+    """Asked first by `post`: True means it took the event elsewhere (a worker pool sends it to
+    the worker that owns the session's partition), so this runtime does not step it."""
 
     def __init__(
         self,
@@ -244,6 +247,8 @@ class Runtime:
 
     def post(self, feature: str, key: DeviceKey, event: Event) -> None:
         """Queue an event for a session and, unless a step is already running, run the queue."""
+        if self.router is not None and self.router(feature, key, event):
+            return
         with self._lock:
             if self._stopped:
                 log.debug("%s %s/%s: %s after stop, dropped", feature, *key, event.trigger)

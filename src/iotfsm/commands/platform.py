@@ -26,17 +26,25 @@ from .common import (
     stop_on_signals,
     wait_connected,
 )
+from .pool_platform import add_pool_arguments, is_pool, run_pool
 from .store_option import add_store_argument, open_dsn
 
 EXAMPLE = """example:
   iotfsm platform --broker mqtt://127.0.0.1:1883 --data-dir ./platform \\
       --http 127.0.0.1:8080 --desired desired.toml --events jsonl --api 127.0.0.1:8090
   PGPASSFILE=~/.pgpass iotfsm platform --store postgresql://iotfsm@db:5432/iotfsm ...
+  IOTFSM_BROKER_PASSWORD=... iotfsm platform --broker amqp://127.0.0.1:5672/ \
+      --username iotfsm-platform --store postgresql://iotfsm@db/iotfsm ...   # one pool worker
 """
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
+    parser.add_argument(
+        "--broker",
+        required=True,
+        help="mqtt://HOST:PORT or mqtts://HOST:PORT; amqp://HOST:PORT/VHOST joins a worker pool "
+        "(RabbitMQ, with --store postgresql://…)",
+    )
     parser.add_argument(
         "--data-dir", required=True, type=Path, help="files, secrets and the SQLite store"
     )
@@ -93,6 +101,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-upload", type=_size, help="largest device upload granted, e.g. 50M (default: any)"
     )
+    add_pool_arguments(parser)
 
 
 def _size(value: str) -> int:
@@ -134,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     host, port = parse_address("--http", args.http)
     if args.api:
         parse_address("--api", args.api)  # refuse a bad address before anything starts
+    if is_pool(args.broker):
+        return run_pool(args, (host, port))
     mqtt, _ = login_options(args, device=False)
     events = JsonLines() if args.events == "jsonl" else None
     if args.reset_store and not args.store:

@@ -14,6 +14,7 @@ What it sets, and why:
 - `ignore_colons_in_username` (advanced.config: the 3.10 schema has no rabbitmq.conf key for it):
   the MQTT plugin otherwise reads `vhost:user` out of a username with a colon, and Tencent device
   names may hold colons (`PROD1dev:a;12010126;...` would log in as `a;...` to vhost `PROD1dev`).
+- `rabbitmq_consistent_hash_exchange`: the worker pool's partitions (`adapters/amqp/topology`).
 - POST (form bodies) rather than GET: passwords stay out of the access log of any proxy in between.
 
 Values are checked before they are written: a newline or a space in a URL would let a caller add
@@ -33,7 +34,9 @@ AUTH_KINDS = ("user", "vhost", "resource", "topic")
 
 AUTH_PATH_PREFIX = "/auth/"
 
-PLUGINS = ("rabbitmq_mqtt", "rabbitmq_auth_backend_http")
+PLUGINS = ("rabbitmq_mqtt", "rabbitmq_auth_backend_http", "rabbitmq_consistent_hash_exchange")
+"""The consistent-hash exchange splits device uplinks into the worker pool's partition queues
+(`iotfsm.adapters.amqp.topology`); a node without a pool just does not use it."""
 
 _HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,253}")
 

@@ -66,6 +66,7 @@ from iotfsm.fsm.clock import Clock, RealClock
 
 from ...machines.names import MAX_NAME_LENGTH, check_name, name_problem
 from ..durable import fsync_dir
+from .blobs import BlobStore, DirectoryBlobs, FileRef
 from .bounded_server import (
     DEFAULT_BACKLOG,
     DEFAULT_HEADER_TIMEOUT,
@@ -99,15 +100,6 @@ earlier process (killed in the middle of a PUT), never a body this process is re
 
 
 # Data -------------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class FileRef:
-    """A published file as the platform puts it in an offer: id, size and lowercase hex md5."""
-
-    file_id: str
-    size: int
-    md5: str
 
 
 @attrs.frozen
@@ -351,9 +343,12 @@ class FileService:
         backlog: int = DEFAULT_BACKLOG,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        blobs: BlobStore | None = None,
     ) -> None:
-        """`workers` bounds the requests served at once (each streams one file); connections
-        waiting for a request cost no thread and are cut after `idle_timeout` seconds of silence,
+        """`blobs` holds the published files (default: `files/` under `data_dir`; a pool of
+        workers shares one in PostgreSQL). `workers` bounds the requests served at once (each
+        streams one file); connections waiting for a request cost no thread and are cut after
+        `idle_timeout` seconds of silence,
         or `header_timeout` seconds into an unfinished request head (`bounded_http`).
         `request_timeout` bounds each socket read or write inside a request."""
         self._data_dir = Path(data_dir).resolve()
@@ -363,6 +358,7 @@ class FileService:
         for folder in (self._files_dir, self._uploads_dir, self._tmp_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self._remove_orphans()
+        self.blobs: BlobStore = blobs or DirectoryBlobs(self._files_dir, self._tmp_dir)
         self._host = host
         self._port = port
         self._public_base = _check_public_base(public_base) if public_base is not None else None
@@ -473,45 +469,14 @@ class FileService:
     # Publishing and signing ---------------------------------------------------------------------
 
     def publish_file(self, source: Path | bytes, *, name: str) -> FileRef:
-        """Copy a file (or bytes) in under `name` and return what an offer needs to carry.
-
-        The copy is hashed while it streams and renamed into place, so a download running
-        meanwhile sees the old file or the new one, never a mixture.
-        """
-        check_name(name)
-        digest = hashlib.md5(usedforsecurity=False)
-        size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp_dir, prefix="publish-")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                if isinstance(source, bytes | bytearray | memoryview):
-                    data = bytes(source)
-                    out.write(data)
-                    digest.update(data)
-                    size = len(data)
-                else:
-                    with Path(source).open("rb") as src:
-                        while chunk := src.read(_CHUNK):
-                            out.write(chunk)
-                            digest.update(chunk)
-                            size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self._files_dir / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(self._files_dir)
-        ref = FileRef(name, size, digest.hexdigest())
-        with self._lock:
-            self._published[name] = ref
-        logger.info("published %s (%d bytes, md5 %s)", name, size, ref.md5)
+        """Store a file (or bytes) under `name` and return what an offer needs to carry; a
+        download running meanwhile sees the old content or the new, never a mixture."""
+        ref = self.blobs.put(check_name(name), source)
+        logger.info("published %s (%d bytes, md5 %s)", name, ref.size, ref.md5)
         return ref
 
     def published(self, file_id: str) -> FileRef | None:
-        with self._lock:
-            return self._published.get(file_id)
+        return self.blobs.ref(file_id)
 
     def signed_get_url(self, file_id: str, expires_in: float) -> str:
         """A download URL valid for `expires_in` seconds. The id need not exist (yet): 404 then."""
@@ -773,17 +738,16 @@ class _Handler(PooledRequestHandler):
         if problem is not None:
             self._fail(403, problem)
             return
-        try:
-            handle = (self.service._files_dir / name).open("rb")
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        found = self.service.blobs.open(name)
+        if found is None:
             self._fail(404, "no such file")
             return
+        handle, size = found
         with handle:
-            self._send_file(handle, name)
+            self._send_file(handle, name, size)
 
-    def _send_file(self, handle: BinaryIO, name: str) -> None:
+    def _send_file(self, handle: BinaryIO, name: str, size: int) -> None:
         hooks = self.service.hooks
-        size = os.fstat(handle.fileno()).st_size
         requested = None if hooks.ignore_range else self.headers.get("Range")
         try:
             byte_range = parse_range(requested, size)

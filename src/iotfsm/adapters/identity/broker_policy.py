@@ -31,6 +31,8 @@ from typing import Protocol
 
 from ...machines.feature import DeviceKey, Feature
 from ..amqp.routing import routing_key
+from ..amqp.topology import EXCHANGE as POOL_EXCHANGE
+from ..amqp.topology import QUEUE_PREFIX as POOL_QUEUE_PREFIX
 from ..topics import DEVICE_NAME, PRODUCT_ID, SUFFIX_VALUE
 from .broker_account import BrokerAccount
 
@@ -165,6 +167,8 @@ class BrokerPolicy:
             params.get("name"),
             params.get("permission"),
         )
+        if identity is PLATFORM and _pool_resource(resource, name, permission):
+            return True
         if resource == "exchange":
             return name == TOPIC_EXCHANGE and permission in ("read", "write")
         if resource != "queue" or permission not in ("configure", "read", "write"):
@@ -240,6 +244,17 @@ class BrokerPolicy:
             if _is_name(key.product, key.device) and self._registry.admits(key):
                 return key
         return None
+
+
+def _pool_resource(resource: str | None, name: str | None, permission: str | None) -> bool:
+    """What the platform's own login needs over AMQP for the worker pool: its hash exchange and
+    partition queues, which the workers declare, bind and consume. Devices never get these: they
+    reach the pool only through `amq.topic`."""
+    if name is None or permission not in ("configure", "read", "write"):
+        return False
+    if resource == "exchange":
+        return name == POOL_EXCHANGE
+    return resource == "queue" and name.startswith(POOL_QUEUE_PREFIX) and name.isprintable()
 
 
 def _client_id(key: DeviceKey) -> str:

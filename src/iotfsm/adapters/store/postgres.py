@@ -20,6 +20,7 @@ password to libpq through PGPASSFILE, PGPASSWORD or a service file, not in the s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -97,6 +98,9 @@ class PostgresStore:
         self._write_timeout = write_timeout
         self._sessions: dict[tuple[str, str, str], str | object] = {}
         self._records: dict[tuple[str, str], str | object] = {}
+        self._marks: dict[str, tuple[str, str, int, list[Any]]] = {}
+        """routing key -> (product, device, partition, steps): the pool's uplink marks, written
+        in the transaction of the snapshots saved with them (see `mark`)."""
         self._failing_since: float | None = None
         self._failures = 0
         self._warned_at = float("-inf")
@@ -123,7 +127,7 @@ class PostgresStore:
     def pending(self) -> int:
         """Changes kept in memory because they could not be written yet (0 when all is saved)."""
         with self._lock:
-            return len(self._sessions) + len(self._records)
+            return len(self._sessions) + len(self._records) + len(self._marks)
 
     def load(self) -> Iterator[tuple[str, DeviceKey, dict[str, Any]]]:
         with self._lock, self._pool.connection() as conn:
@@ -195,6 +199,112 @@ class PostgresStore:
         self._version = int(row[0]) if row is not None else 0
         return self._version
 
+    # --- what the worker pool needs (adapters/amqp) ---
+
+    def mark(
+        self,
+        routing_key: str,
+        key: DeviceKey,
+        partition: int,
+        digest: str,
+        answers: list[tuple[str, str, int]],
+    ) -> None:
+        """Remember an uplink of a stream stepped from `partition` and the answers it made,
+        durable with the snapshots of the same batch (one transaction). The marks of a batch
+        replace the stream's marks of the batch before: by then those were acked."""
+        entry: list[Any] = [digest, [list(a) for a in answers]]
+        with self._lock:
+            pending = self._marks.get(routing_key)
+            steps = pending[3] if pending is not None else []
+            if steps and steps[-1][0] == digest:
+                steps[-1] = entry  # the same step again, now with its answers
+            else:
+                steps.append(entry)
+            self._marks[routing_key] = (key.product, key.device, partition, steps)
+
+    def stage(self, table: str, key: str, value: Any) -> None:
+        """`put` without writing now: the record goes with the next `commit`, in the same
+        transaction as the snapshots and marks of that batch."""
+        text = json.dumps(value)
+        with self._lock:
+            self._records[(table, key)] = text
+
+    def marked_answers(self, routing_key: str, digest: str) -> list[tuple[str, str, int]] | None:
+        """The answers of a committed step of this stream's last batch whose message had
+        `digest`; None when no such step was committed (the message was not stepped)."""
+        with self._lock, self._pool.connection() as conn:
+            row = conn.execute(
+                "SELECT steps FROM uplink_marks WHERE routing_key = %s", (routing_key,)
+            ).fetchone()
+        for step_digest, answers in row[0] if row is not None else []:
+            if step_digest == digest:
+                return [(str(k), str(p), int(q)) for k, p, q in answers]
+        return None
+
+    def partition_sessions(
+        self, partition: int
+    ) -> list[tuple[str, str, DeviceKey, dict[str, Any]]]:
+        """(routing key, feature, key, snapshot) of every session of a device with a stream in
+        `partition`; the caller keeps the features that stream carries. One query."""
+        with self._lock, self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT m.routing_key, s.feature, s.product, s.device, s.doc"
+                " FROM uplink_marks m JOIN sessions s USING (product, device)"
+                " WHERE m.partition = %s",
+                (partition,),
+            ).fetchall()
+        return [(rk, f, DeviceKey(p, d), doc) for rk, f, p, d, doc in rows]
+
+    def device_sessions(
+        self, key: DeviceKey, features: tuple[str, ...]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """(feature, committed snapshot) of one device's sessions of these features."""
+        with self._lock, self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT feature, doc FROM sessions WHERE product = %s AND device = %s"
+                " AND feature = ANY(%s)",
+                (key.product, key.device, list(features)),
+            ).fetchall()
+        return [(str(f), doc) for f, doc in rows]
+
+    def session_keys(self, feature: str, product: str) -> list[DeviceKey]:
+        """Every device of `product` with a committed session of `feature`, whichever worker
+        steps it (a product-wide task reaches them all)."""
+        with self._lock, self._pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT device FROM sessions WHERE feature = %s AND product = %s ORDER BY device",
+                (feature, product),
+            ).fetchall()
+        return [DeviceKey(product, str(d)) for (d,) in rows]
+
+    def discard_pending(self) -> int:
+        """Forget the session snapshots and marks not written yet; how many. A worker that lost
+        its partitions calls it: the new owner steps those messages again from what was
+        committed, and a late write of ours would overwrite its progress."""
+        with self._lock:
+            count = len(self._sessions) + len(self._marks)
+            self._sessions.clear()
+            self._marks.clear()
+            return count
+
+    def setdefault(self, table: str, key: str, value: Any) -> Any:
+        """The record's value, storing `value` first if there is none: the first of several
+        workers starting at once decides (a pool-wide secret, the partition count)."""
+        with self._lock, self._pool.connection() as conn, conn.transaction():
+            conn.execute(
+                "INSERT INTO records (tbl, key, value) VALUES (%s, %s, %s::jsonb)"
+                " ON CONFLICT (tbl, key) DO NOTHING",
+                (table, key, json.dumps(value)),
+            )
+            row = conn.execute(
+                "SELECT value FROM records WHERE tbl = %s AND key = %s", (table, key)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def connection(self) -> contextlib.AbstractContextManager[Conn]:
+        """A connection of the store's pool (autocommit), for tables beside the sessions."""
+        return self._pool.connection(timeout=self._write_timeout)
+
     def close(self) -> None:
         with self._lock:
             if not self._write():
@@ -209,7 +319,7 @@ class PostgresStore:
 
     def _write(self) -> bool:
         """Write every pending change in one transaction; False (changes kept) if it failed."""
-        if not self._sessions and not self._records:
+        if not self._sessions and not self._records and not self._marks:
             return True
         saved = [(*k, v) for k, v in self._sessions.items() if isinstance(v, str)]
         gone = [k for k, v in self._sessions.items() if v is _GONE]
@@ -218,12 +328,15 @@ class PostgresStore:
         try:
             with self._pool.connection(timeout=self._write_timeout) as conn, conn.transaction():
                 _write_batch(conn, saved, gone, puts, dropped)
+                if self._marks:
+                    _write_marks(conn, self._marks)
         except psycopg.Error as exc:
             self._cannot_write(exc)
             return False
-        count = len(self._sessions) + len(self._records)
+        count = len(self._sessions) + len(self._records) + len(self._marks)
         self._sessions.clear()
         self._records.clear()
+        self._marks.clear()
         if self._failing_since is not None:
             log.warning(
                 "store %s: writing works again; %d changes kept in memory over %.0f s are saved",
@@ -297,6 +410,19 @@ def _write_batch(
         )
     if puts or dropped:
         conn.execute("UPDATE change_counter SET version = version + 1")
+
+
+def _write_marks(conn: Conn, marks: dict[str, tuple[str, str, int, list[Any]]]) -> None:
+    keys = list(marks)
+    products, devices, partitions, steps = (list(c) for c in zip(*marks.values(), strict=True))
+    conn.execute(
+        "INSERT INTO uplink_marks (routing_key, product, device, partition, steps)"
+        " SELECT k, p, d, n, s::jsonb FROM"
+        " unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[]) AS t(k, p, d, n, s)"
+        " ON CONFLICT (routing_key) DO UPDATE SET partition = EXCLUDED.partition,"
+        " steps = EXCLUDED.steps",
+        [keys, products, devices, partitions, [json.dumps(s) for s in steps]],
+    )
 
 
 def _first_line(exc: BaseException) -> str:

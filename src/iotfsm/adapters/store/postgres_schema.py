@@ -27,6 +27,24 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         INSERT INTO change_counter (version) VALUES (0);
         """,
     ),
+    (
+        2,
+        """
+        -- the worker pool (adapters/amqp): per uplink stream (routing key) of a device, the
+        -- partition that carried it and, for the messages of the last batch stepped, their
+        -- digests and the answers they made ([[digest, [[key, payload, qos], ...]], ...]),
+        -- written in the transaction of those steps' snapshots: a redelivery after a crash
+        -- between commit and ack is recognised, not stepped again, and its answers are sent
+        -- with its ack; a worker taking a partition over finds the sessions to load here
+        CREATE TABLE uplink_marks (
+            routing_key text PRIMARY KEY, product text NOT NULL, device text NOT NULL,
+            partition integer NOT NULL, steps jsonb NOT NULL);
+        CREATE INDEX uplink_marks_partition ON uplink_marks (partition);
+        -- files the HTTP file service serves (firmware, resources), so any worker serves any URL
+        CREATE TABLE blobs (
+            name text PRIMARY KEY, size bigint NOT NULL, md5 text NOT NULL, data bytea NOT NULL);
+        """,
+    ),
 )
 """(version, SQL) in the order they apply."""
 
