@@ -13,6 +13,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import attrs
@@ -21,6 +22,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 
 from ..machines.feature import Direction, Feature
 from ..machines.messages import Message, RawMessage, wire_info
+from .codec_structure import Generator, Structure
 from .limits import MAX_PAYLOAD_BYTES
 
 _EXTRA = "\x00extra"
@@ -146,6 +148,11 @@ def _where(features: Sequence[str], direction: str) -> str:
     return f"{'/'.join(features)} {direction}"
 
 
+def _field_hook(cls: type[Any], field: attrs.Attribute[Any]) -> Any:
+    """A field's own structure hook, as `Codec._overrides` gives it to cattrs."""
+    return _object_or_text if wire_info(field).object_text else None
+
+
 def _as_text(value: Any) -> Any:
     return None if value is None else str(value)
 
@@ -172,6 +179,10 @@ class Codec:
         self._conv = self._converter(detailed_validation=True)
         self._fast = self._converter(detailed_validation=False)
         self._encoders: dict[type[Message], Callable[[Any], dict[str, Any]]] = {}
+        self._generator = Generator(_strict_int, _field_hook)
+        self._structurers: dict[type[Message], Structure] = {}
+        """Per message class, its one-pass structuring (or cattrs' fast converter where the
+        generator does not cover a field type)."""
         self._known: dict[type[Message], frozenset[str]] = {}
         # one decoder and one encoder for every message: json.loads/dumps with options build a
         # new one per call, a measurable share of the platform's cost per message
@@ -280,10 +291,18 @@ class Codec:
         """`structure` on the fast converter; only a document it refuses pays for the detailed
         one, which names every problem (most messages are valid, and detailed validation wraps
         each field in its own error bookkeeping)."""
+        fast = self._structurers.get(cls)
+        if fast is None:
+            fast = self._structurers[cls] = self._generator.get(cls) or partial(
+                self._structure_cattrs, cls
+            )
         try:
-            return self._fast.structure(self._fields(cls, doc), cls)
+            return fast(doc)
         except Exception:  # whatever it was, the detailed pass names it properly
             return self.structure(cls, doc, _where(features, direction))
+
+    def _structure_cattrs(self, cls: type[Message], doc: dict[str, Any]) -> Message:
+        return self._fast.structure(self._fields(cls, doc), cls)
 
     def _fields(self, cls: type[Message], doc: dict[str, Any]) -> dict[str, Any]:
         """The document with its unknown keys gathered under the `extra` field's wire name."""
