@@ -86,11 +86,17 @@ class Generator:
     def _check(self, tp: Any, var: str, lines: list[str], indent: str) -> bool:
         """Append lines that check (and convert) `var` as `tp`; False when `tp` is unsupported."""
         if tp is int:
+            # an in-range int as it is; up to 18 ASCII digits (what devices send as text, and
+            # always in range) straight to int(); anything else by the codec's own rule
             lines.append(
                 f"{indent}if type({var}) is not int or not "
                 f"-9223372036854775808 <= {var} <= 9223372036854775807:"
             )
-            lines.append(f"{indent}    {var} = _int({var}, None)")
+            lines.append(
+                f"{indent}    if type({var}) is str and {var}.isascii() and {var}.isdigit()"
+                f" and len({var}) <= 18: {var} = int({var})"
+            )
+            lines.append(f"{indent}    else: {var} = _int({var}, None)")
             return True
         if tp in _SCALARS:
             lines.append(f"{indent}if type({var}) is not {_SCALARS[tp]}: raise _Refused")
