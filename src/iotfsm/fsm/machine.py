@@ -123,6 +123,8 @@ class Machine(Generic[C]):
             out[:0] = cancels
         if out:
             self._stamp_timers(session, out, now)
+        if self.tracer is None:  # the common case: no record to build, no call to make
+            return out
         return self._record(session, event, source, out, fired)
 
     def _stamp_timers(self, session: Session, out: list[Effect], now: float) -> None:
