@@ -271,6 +271,34 @@ class Codec:
             raw = self._raw.get((features[0], direction))
             if raw is not None:
                 return features[0], raw(payload=bytes(payload))
+        # The common case in one pass, with no call that is not needed: one feature, a payload
+        # orjson reads as json would (see `_load`), a known type, a document the generated
+        # structuring takes. Anything else, including every error, takes the general path.
+        if (
+            len(features) == 1
+            and payload.count(b"[") + payload.count(b"{") <= MAX_DEPTH
+            and b"\\u" not in payload
+            and len(payload) - len(payload.translate(None, _DIGITS)) < 19
+        ):
+            try:
+                doc = orjson.loads(payload)
+            except orjson.JSONDecodeError:
+                doc = None
+            types = self._types.get((features[0], direction))
+            if type(doc) is dict and types is not None:
+                kind = doc.get("type")
+                cls = types.get(kind) if type(kind) is str else None
+                fast = self._structurers.get(cls) if cls is not None else None
+                if fast is not None:
+                    try:
+                        return features[0], fast(doc)
+                    except Exception:  # the general path below names what is wrong
+                        pass
+        return self._decode_general(features, direction, payload)
+
+    def _decode_general(
+        self, features: Sequence[str], direction: Direction, payload: bytes
+    ) -> tuple[str, Message]:
         doc = self._load(features, direction, payload)
         if not isinstance(doc, dict):
             where = _where(features, direction)
@@ -374,10 +402,18 @@ class Codec:
         return doc
 
     def encode(self, message: Message) -> bytes:
-        if isinstance(message, RawMessage):
-            payload = message.payload
-        else:
-            payload = self._encode_plain(message) or self._encode_general(message)
+        emit = self._emitters.get(type(message))
+        payload = None
+        if emit is not None:  # a plain message, as most are: one document, orjson writes it
+            try:
+                payload = orjson.dumps(emit(message))
+            except (FallbackError, TypeError):
+                payload = None
+        if payload is None:
+            if isinstance(message, RawMessage):
+                payload = message.payload
+            else:
+                payload = self._encode_plain(message) or self._encode_general(message)
         if len(payload) > MAX_PAYLOAD_BYTES:
             raise ValueError(
                 f"{message.TYPE} encodes to {len(payload)} bytes, over the {MAX_PAYLOAD_BYTES}-byte"
