@@ -36,7 +36,7 @@ class DictPlatform:
             "report_progress": self._progress,
         }
 
-    def handle(self, topic: str, payload: bytes) -> Reply:
+    def handle(self, topic: str, payload: bytes | bytearray) -> Reply:
         _, product, device = topic.rsplit("/", 2)
         doc = self._loads(payload)
         state = self.states.get((product, device))

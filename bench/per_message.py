@@ -151,15 +151,20 @@ def _load() -> list[tuple[str, bytes, int]]:
     return build_load(LOAD_SIZE, 1000).messages
 
 
-def runtime_engine() -> Callable[[int, int], None]:
+def runtime_engine(sqlite: bool = False) -> Callable[[int, int], None]:
     from mqtt import device_keys
 
     from iotfsm.adapters.runtime import Runtime
+    from iotfsm.adapters.store.session_store import SqliteStore
     from iotfsm.machines import DeviceKey, all_features
 
     registered = {DeviceKey(p, d) for p, d in device_keys(1000)}
     transport = LastReply()
-    runtime = Runtime("platform", transport, all_features(), admit=registered.__contains__)
+    where = Path(tempfile.mkdtemp(prefix="iotfsm-pm-")) / "store.db"
+    store = SqliteStore(where) if sqlite else None
+    runtime = Runtime(
+        "platform", transport, all_features(), admit=registered.__contains__, store=store
+    )
     messages = _load()
     on_message = runtime.on_message
     size = len(messages)
@@ -202,12 +207,14 @@ def runtime_floor() -> Callable[[int, int], None]:
 SECTIONS: dict[str, tuple[tuple[str, str], str]] = {
     "event": (("event_engine", "event_floor"), "engine + codec / dict + json, per event"),
     "runtime": (("runtime_engine", "runtime_floor"), "Runtime.on_message / dict platform"),
+    "sqlite": (("sqlite_engine", "runtime_floor"), "the same with a SqliteStore / dict platform"),
 }
 LABELS = {
     "event_engine": "engine + codec (report_progress)",
     "event_floor": "dict + json floor (report_progress)",
     "runtime_engine": "Runtime.on_message (mqtt.py load)",
     "runtime_floor": "DictPlatform.handle (mqtt.py load)",
+    "sqlite_engine": "Runtime.on_message, SqliteStore",
 }
 
 
@@ -218,6 +225,8 @@ def build(variant: str) -> Callable[[int, int], None]:
         return event_floor()
     if variant == "runtime_engine":
         return runtime_engine()
+    if variant == "sqlite_engine":
+        return runtime_engine(sqlite=True)
     if variant == "runtime_floor":
         return runtime_floor()
     raise SystemExit(f"unknown variant {variant!r}")
@@ -286,13 +295,15 @@ def callgrind(events: int) -> dict[str, Any]:
     if shutil.which("valgrind") is None:
         raise SystemExit("--callgrind needs valgrind (apt-get install valgrind)")
     out: dict[str, Any] = {}
+    counted: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="iotfsm-cg-") as workdir:
         for section, ((engine, floor), _) in SECTIONS.items():
-            per: dict[str, float] = {}
             for variant in (engine, floor):
-                low = instructions(variant, events, workdir)
-                high = instructions(variant, 3 * events, workdir)
-                per[variant] = (high - low) / (2 * events)
+                if variant not in counted:
+                    low = instructions(variant, events, workdir)
+                    high = instructions(variant, 3 * events, workdir)
+                    counted[variant] = (high - low) / (2 * events)
+            per = {v: counted[v] for v in (engine, floor)}
             out[section] = {"instructions_per_event": per, "ratio": per[engine] / per[floor]}
     return out
 
