@@ -162,7 +162,11 @@ class Generator:
                 return None
             n = attrs.fields(cls).index(extra)
             known_name = self._bind(frozenset(known))
-            lines.append(f"f{n} = {{k: v for k, v in o.items() if k not in {known_name}}}")
+            # most documents carry no unknown key: a C-level subset test, no comprehension
+            lines.append(
+                f"f{n} = {{}} if o.keys() <= {known_name} else "
+                f"{{k: v for k, v in o.items() if k not in {known_name}}}"
+            )
         call = ", ".join(positional + keywords)
         body = "\n".join(f"    {line}" for line in lines)
         name = f"structure_{cls.__name__}"
