@@ -412,6 +412,11 @@ def consume_bare(url: str, client_id: str, meter: Meter, go: Go, reply: bool) ->
     # The persistent session holds the subscriptions; nothing to subscribe here.
     client = _client(client_id, clean_session=False)
     client.on_message = on_message_and_reply if reply else on_message
+    return _drain_with(client, url, meter, go)
+
+
+def _drain_with(client: paho.Client, url: str, meter: Meter, go: Go) -> dict[str, Any]:
+    """Connect once the parent says go, drain the backlog on paho's network thread, report."""
     go()
     host, port = _host_port(url)
     client.connect(host, port, keepalive=60)
@@ -449,14 +454,7 @@ def consume_same(url: str, client_id: str, meter: Meter, go: Go) -> dict[str, An
     # whole packets come to on_publish_received; what the fast path does not take, to on_message
     client.on_publish_received = lambda topic, payload: answer(topic.decode(), payload)
     client.on_message = lambda _c, _u, message: answer(message.topic, message.payload)
-    go()
-    host, port = _host_port(url)
-    client.connect(host, port, keepalive=60)
-    client.loop_start()
-    meter.wait()
-    client.disconnect()
-    client.loop_stop()
-    result = meter.result()
+    result = _drain_with(client, url, meter, go)
     result["replies"] = replies[0]
     return result
 

@@ -16,15 +16,13 @@ any other field type gets no function (`None`); a value that fails its check rai
 
 from __future__ import annotations
 
-import itertools
-import types
-import typing
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from ..machines.messages import Message, wire_info
+from .codec_gen import CodeGenerator, optional
 
 Emit = Callable[[Any], dict[str, Any]]
 
@@ -36,40 +34,18 @@ class FallbackError(Exception):
 _PLAIN = {str: "str", int: "int", bool: "bool"}
 
 
-def _optional(tp: Any) -> Any | None:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        rest = [a for a in args if a is not type(None)]
-        if len(rest) == 1 and len(args) == 2:
-            return rest[0]
-    return None
-
-
-class EmitGenerator:
+class EmitGenerator(CodeGenerator[Emit]):
     """Writes document-building functions for plain attrs classes."""
 
     def __init__(self) -> None:
-        self._made: dict[type[Any], Emit | None] = {}
-        self._names = itertools.count()
-        self._ns: dict[str, Any] = {"_Fallback": FallbackError}
-
-    def get(self, cls: type[Any]) -> Emit | None:
-        if cls not in self._made:
-            self._made[cls] = None  # a class that contains itself keeps the general path
-            self._made[cls] = self._generate(cls)
-        return self._made[cls]
-
-    def _bind(self, value: Any) -> str:
-        name = f"_v{next(self._names)}"
-        self._ns[name] = value
-        return name
+        super().__init__({"_Fallback": FallbackError})
 
     def _value(self, tp: Any, var: str, lines: list[str], indent: str) -> bool:
         """Lines that check `var` as `tp` (and turn a nested object into its document)."""
         if tp in _PLAIN:
             lines.append(f"{indent}if type({var}) is not {_PLAIN[tp]}: raise _Fallback")
             return True
-        inner = _optional(tp)
+        inner = optional(tp)
         if inner is not None:
             body: list[str] = []
             if not self._value(inner, var, body, indent + "    "):
@@ -112,11 +88,4 @@ class EmitGenerator:
                 lines.append(f"if {var} is not None: d[{key!r}] = {var}")
             else:
                 lines.append(f"d[{key!r}] = {var}")
-        body = "\n".join(f"    {line}" for line in lines)
-        name = f"emit_{cls.__name__}"
-        source = f"def {name}(o):\n{body}\n    return d\n"
-        namespace: dict[str, Any] = dict(self._ns)
-        exec(compile(source, f"<iotfsm emit {cls.__qualname__}>", "exec"), namespace)
-        made: Emit = namespace[name]
-        made.__doc__ = source
-        return made
+        return self._compile(cls, "emit", lines, "d")

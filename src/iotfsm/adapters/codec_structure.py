@@ -17,15 +17,13 @@ keeps cattrs for it.
 
 from __future__ import annotations
 
-import itertools
-import types
-import typing
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from ..machines.messages import Message, wire_info
+from .codec_gen import CodeGenerator, optional
 
 Structure = Callable[[Any], Any]
 FieldHook = Callable[[Any, Any], Any]
@@ -39,49 +37,20 @@ _MISSING = object()
 _SCALARS = {str: "str", bool: "bool", dict[str, Any]: "dict"}
 
 
-def _optional(tp: Any) -> Any | None:
-    """`X` for `X | None` (either spelling), else None."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1 and len(typing.get_args(tp)) == 2:
-            return args[0]
-    return None
-
-
-class Generator:
+class Generator(CodeGenerator[Structure]):
     """Writes structuring functions for attrs classes; shared helpers live in its namespace.
 
     `int_hook` is the codec's lenient integer rule (an int or a numeric string, in the signed
-    64-bit range), called for anything but a plain in-range int; `field_hooks` maps a (class,
-    field name) to a field's own structure hook (the codec's `object_text` rule)."""
+    64-bit range), called for anything but a plain in-range int; `field_hook` gives a (class,
+    field)'s own structure hook (the codec's `object_text` rule)."""
 
     def __init__(
         self,
         int_hook: FieldHook,
         field_hook: Callable[[type[Any], attrs.Attribute[Any]], FieldHook | None],
-        extra_key: str = "extra",
     ) -> None:
+        super().__init__({"_int": int_hook, "_Refused": RefusedError, "_MISSING": _MISSING})
         self._field_hook = field_hook
-        self._extra_key = extra_key
-        self._made: dict[type[Any], Structure | None] = {}
-        self._names = itertools.count()
-        self._ns: dict[str, Any] = {
-            "_int": int_hook,
-            "_Refused": RefusedError,
-            "_MISSING": _MISSING,
-        }
-
-    def get(self, cls: type[Any]) -> Structure | None:
-        """The generated function for `cls`, or None when cattrs must keep it."""
-        if cls not in self._made:
-            self._made[cls] = None  # a class that contains itself stays with cattrs
-            self._made[cls] = self._generate(cls)
-        return self._made[cls]
-
-    def _bind(self, value: Any) -> str:
-        name = f"_v{next(self._names)}"
-        self._ns[name] = value
-        return name
 
     def _check(self, tp: Any, var: str, lines: list[str], indent: str) -> bool:
         """Append lines that check (and convert) `var` as `tp`; False when `tp` is unsupported."""
@@ -101,7 +70,7 @@ class Generator:
         if tp in _SCALARS:
             lines.append(f"{indent}if type({var}) is not {_SCALARS[tp]}: raise _Refused")
             return True
-        inner = _optional(tp)
+        inner = optional(tp)
         if inner is not None:
             body: list[str] = []
             if not self._check(inner, var, body, indent + "    "):
@@ -168,11 +137,4 @@ class Generator:
                 f"{{k: v for k, v in o.items() if k not in {known_name}}}"
             )
         call = ", ".join(positional + keywords)
-        body = "\n".join(f"    {line}" for line in lines)
-        name = f"structure_{cls.__name__}"
-        source = f"def {name}(o):\n{body}\n    return {self._bind(cls)}({call})\n"
-        namespace: dict[str, Any] = dict(self._ns)
-        exec(compile(source, f"<iotfsm structure {cls.__qualname__}>", "exec"), namespace)
-        made: Structure = namespace[name]
-        made.__doc__ = source  # what was generated, for whoever debugs it
-        return made
+        return self._compile(cls, "structure", lines, f"{self._bind(cls)}({call})")
