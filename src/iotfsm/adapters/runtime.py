@@ -28,7 +28,7 @@ from ..fsm.effects import CancelTimer, Effect, Log, Publish, SetTimer
 from ..fsm.events import Connected, Disconnected, Event, TimerFired
 from ..fsm.machine import Machine
 from ..fsm.session import Session
-from ..fsm.snapshot import SnapshotError, restore, snapshot
+from ..fsm.snapshot import Probe, SnapshotError, change_probe, restore, snapshot
 from ..fsm.trace import Tracer
 from ..machines.feature import DeviceKey, Feature, Role, inbound_direction, outbound_direction
 from ..machines.messages import Message, RawMessage
@@ -96,8 +96,10 @@ class Runtime:
             CancelTimer: _nothing,
             Log: self._log,
         }
-        self._feature_handlers: dict[tuple[str, type[Effect]], Callable[[str, Session, Any], None]]
-        self._feature_handlers = {}
+        self._feature_handlers: dict[
+            tuple[str, type[Effect]], Callable[[str, Session, Any], None]
+        ] = {}
+        self._init_per_message_state()
         self._install(handlers or {})
         self.store = store
         self._admit = admit
@@ -128,6 +130,20 @@ class Runtime:
         """Events that no transition accepted in the session's state."""
         self.steps = 0
         """Events stepped so far (a cheap sign of activity for drivers that wait for quiet)."""
+
+    def _init_per_message_state(self) -> None:
+        """What the per-message path keeps so that it does no work a step did not ask for."""
+        self._own = tuple(self._handlers.values())
+        """The runtime's own effect handlers (before `_install`), none touches the store."""
+        self._probes: dict[str, Probe | None] = {
+            name: change_probe(f.spec(self.role)) for name, f in self.features.items()
+        }
+        """Per feature, how to tell that a step left a session as it was (no snapshot then)."""
+        self._dirty: dict[tuple[str, DeviceKey], Session] = {}
+        """Sessions stepped since their last snapshot: saved once per drain (see `_flush`)."""
+        self._names: dict[tuple[Feature, ...], tuple[str, ...]] = {}
+        """A topic's features -> their names, as the codec takes them (one tuple per topic
+        table entry, not a list per message)."""
 
     def _install(
         self, handlers: Mapping[type[Effect] | tuple[str, type[Effect]], EffectHandler]
@@ -218,6 +234,7 @@ class Runtime:
         with self._lock:
             self._queue = deque(item for item in self._queue if item[1] != key)
         for feature, sessions in self.sessions.items():
+            self._dirty.pop((feature, key), None)
             if sessions.pop(key, None) is not None and self.store is not None:
                 self.store.delete_session(feature, key)
         if self.store is not None:
@@ -276,13 +293,34 @@ class Runtime:
             with self._lock:
                 self._draining = False
                 self._drainer = None
+            self._flush()
             raise
-        if self.store is not None and not self._stopped:
-            self.store.commit()
+        if self.store is not None:
+            self._flush()
+            if not self._stopped:
+                self.store.commit()
+
+    def _flush(self) -> None:
+        """Snapshot every session stepped in this drain into the store, once each: a session
+        stepped twice is saved once, in its last state, just before the commit that made the
+        per-step saves durable anyway. Sessions forgotten meanwhile are skipped."""
+        dirty, store = self._dirty, self.store
+        if store is None:
+            return
+        while dirty:
+            (feature, key), session = dirty.popitem()
+            if self.sessions[feature].get(key) is session:
+                store.save(feature, key, snapshot(session, self._converter))
 
     def _step(self, feature: str, key: DeviceKey, event: Event) -> None:
         self.steps += 1
-        session = self.session(feature, key)
+        session = self.sessions[feature].get(key)
+        created = session is None
+        if session is None:
+            session = self.session(feature, key)
+        store = self.store
+        probe = self._probes[feature] if store is not None and not created else None
+        before = probe(session) if probe is not None else None
         try:
             effects = self.machines[feature].step(session, event, self.clock.now())
         except Exception:
@@ -292,13 +330,18 @@ class Runtime:
             self.ignored += 1
             log.debug("%s %s/%s: ignored %s in %s", feature, *key, event.trigger, session.state)
             return
-        if self.store is not None:
-            self.store.save(feature, key, snapshot(session, self._converter))
+        if store is not None and (probe is None or created or probe(session) != before):
+            self._dirty[(feature, key)] = session
+        handlers, feature_handlers = self._handlers, self._feature_handlers
         for effect in effects:
             kind = type(effect)
-            handler = self._handlers.get(kind)
-            if self._feature_handlers:
-                handler = self._feature_handlers.get((feature, kind), handler)
+            handler = handlers.get(kind)
+            if feature_handlers:
+                handler = feature_handlers.get((feature, kind), handler)
+            if store is not None and handler not in self._own:
+                # the application's handler may write the store (a record, a commit): the
+                # sessions stepped so far go first, as when every step saved its own snapshot
+                self._flush()
             if handler is None:
                 log.error("%s: no handler for effect %r; pass one in handlers=", feature, effect)
                 continue
@@ -319,9 +362,10 @@ class Runtime:
             if self._admit is not None and not self._admit(route.key):
                 self.refused += 1
                 return
-            feature, message = self.codec.decode_any(
-                [f.name for f in route.features], route.direction, payload
-            )
+            names = self._names.get(route.features)
+            if names is None:
+                names = self._names[route.features] = tuple(f.name for f in route.features)
+            feature, message = self.codec.decode_any(names, route.direction, payload)
             if route.suffix and isinstance(message, RawMessage):
                 # the topic's value after the device (RRPC's processId) goes into the message
                 changes: dict[str, Any] = {message.SUFFIX: route.suffix}

@@ -53,7 +53,10 @@ class _BoundEvent(transitions.core.Event):
     def trigger(self, model: Any, *args: Any, **kwargs: Any) -> On | None:  # type: ignore[override]
         """The declared transition that fired, or None: traces and coverage name the very edge,
         which (source, trigger, dest) alone cannot when guards split one trigger."""
-        session, event, now, out = model, args[0], args[1], args[2]
+        return self.dispatch(model, args[0], args[1], args[2])
+
+    def dispatch(self, session: Session, event: Event, now: float, out: list[Effect]) -> On | None:
+        """`trigger` without packing its arguments: what `Machine.step` calls."""
         bound: list[_BoundTransition] = self.transitions.get(session.state, [])  # type: ignore[assignment]
         for transition in bound:
             if transition.fire(session, event, now, out):
@@ -114,7 +117,7 @@ class Machine(Generic[C]):
         ev = self._events.get(event.trigger)
         source = session.state
         out: list[Effect] = []
-        fired = None if ev is None else ev.trigger(session, event, now, out)
+        fired = None if ev is None else ev.dispatch(session, event, now, out)
         if fired is None:
             return self._record(session, event, source, None)
         if session.state != source and session.timers:
@@ -123,6 +126,8 @@ class Machine(Generic[C]):
             out[:0] = cancels
         if out:
             self._stamp_timers(session, out, now)
+        if self.tracer is None:  # the common case: no record to build, no call to make
+            return out
         return self._record(session, event, source, out, fired)
 
     def _stamp_timers(self, session: Session, out: list[Effect], now: float) -> None:

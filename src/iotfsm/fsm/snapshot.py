@@ -7,12 +7,18 @@ with the document: a snapshot from an incompatible declaration is refused, not m
 
 from __future__ import annotations
 
+import operator
+import types
+import typing
+from collections.abc import Callable, Hashable
 from typing import Any
 
+import attrs
 import cattrs
 
 from .machine import Machine
 from .session import Session
+from .spec import MachineSpec
 
 FORMAT = 1
 
@@ -73,3 +79,50 @@ def restore(
     session.timers = timers or None
     session.gen = gen
     return session
+
+
+Probe = Callable[[Session], Hashable]
+
+_IMMUTABLE = frozenset({str, int, float, bool, bytes, type(None)})
+
+
+def _immutable(tp: Any) -> bool:
+    """Whether a value of type `tp` can only change by being replaced (never in place)."""
+    if tp in _IMMUTABLE:
+        return True
+    if typing.get_origin(tp) in (typing.Union, types.UnionType, typing.Literal):
+        return typing.get_origin(tp) is typing.Literal or all(
+            _immutable(arg) for arg in typing.get_args(tp)
+        )
+    if isinstance(tp, type) and attrs.has(tp) and getattr(tp, "__attrs_frozen__", False):
+        attrs.resolve_types(tp)
+        return all(_immutable(f.type) for f in attrs.fields(tp))
+    return False
+
+
+def change_probe(spec: MachineSpec[Any]) -> Probe | None:
+    """A cheap value that differs before and after a step whenever the session's snapshot would:
+    its state, timers, timer generation and every context field, compared shallowly. So a store
+    need not snapshot a session that a step left as it was (an answered `get_log_level` asks
+    only for a reply). None when the context is no attrs class or a field's type could change in
+    place (a list, a dict, a mutable object), which no shallow look can see: such sessions are
+    snapshotted after every step that fired."""
+    ctype = spec.context_type
+    if not (isinstance(ctype, type) and attrs.has(ctype)):
+        return None
+    attrs.resolve_types(ctype)
+    names = [f.name for f in attrs.fields(ctype)]
+    if not all(_immutable(f.type) for f in attrs.fields(ctype)):
+        return None
+    fields: Callable[[Any], Any] = operator.attrgetter(*names) if names else (lambda ctx: ())
+
+    def probe(session: Session) -> Hashable:
+        timers = session.timers
+        return (
+            session.state,
+            session.gen,
+            tuple(timers.items()) if timers else None,
+            fields(session.ctx),
+        )
+
+    return probe

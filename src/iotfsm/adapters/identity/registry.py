@@ -253,7 +253,12 @@ class Registry:
 
     def _look(self) -> None:
         now = time.monotonic()
-        if now < self._next_look or not isinstance(self._store, ChangeCounter):
+        if now < self._next_look:
+            return
+        if not isinstance(self._store, ChangeCounter):
+            # a store that cannot tell (MemoryStore): never ask again, as `admits` runs per
+            # message and isinstance on a runtime-checkable Protocol walks its members each time
+            self._next_look = float("inf")
             return
         self._next_look = now + REFRESH_EVERY
         if self._store.data_version() != self._version:
