@@ -218,8 +218,11 @@ def test_no_secret_reaches_any_log_in_a_run_of_every_feature(
         pair.run_until("level 4", lambda: device.log_level == 4)
         app.info("the application logs a line that goes up")
         pair.platform.set_config(PRODUCT, {"mode": "secure"})
-        deployment = pair.platform.deploy_firmware(PRODUCT, ["sec-1"], "2.0", blob(300_000, 5))
-        files.hooks.cut_at(deployment.file_id, [100_000])
+        image = pair.platform.publish_image(blob(300_000, 5))
+        files.hooks.cut_at(image.file_id, [100_000])  # before the offer, so the first GET meets it
+        pair.platform.deploy_firmware(
+            PRODUCT, ["sec-1"], "2.0", pair.platform.image_path(image.file_id)
+        )
         pair.run_until("the firmware", lambda: device.version == "2.0", timeout=30)
         pair.platform.offer_resource(PRODUCT, ["sec-1"], "faces.db", blob(50_000, 6))
         source = tmp_path / "capture.bin"

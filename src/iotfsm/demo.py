@@ -251,8 +251,13 @@ class _Scenario:
     def ota(self) -> None:
         image = self.rng.randbytes(FIRMWARE_SIZE)
         cut = FIRMWARE_SIZE * 2 // 5
-        deployment = self.pair.platform.deploy_firmware(PRODUCT, list(self.fleet), "1.1", image)
-        self.pair.platform.files.hooks.cut_at(deployment.file_id, [cut])
+        # cut first, offer after: a connected device starts its GET the moment the offer
+        # arrives, and a GET that began before `cut_at` would never be cut
+        ref = self.pair.platform.publish_image(image)
+        self.pair.platform.files.hooks.cut_at(ref.file_id, [cut])
+        deployment = self.pair.platform.deploy_firmware(
+            PRODUCT, list(self.fleet), "1.1", self.pair.platform.image_path(ref.file_id)
+        )
 
         def done() -> bool:
             for name in self.fleet:
