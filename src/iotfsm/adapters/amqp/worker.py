@@ -91,6 +91,10 @@ class PoolSettings:
     hands back."""
     rebalance_every: float = 0.5
     backoff: float = 1.0
+    """Seconds before the first reconnect of an outage; doubled after each failed one..."""
+    backoff_max: float = 15.0
+    """...up to this: a worker never gives up (PostgreSQL or the broker may come back after a
+    restart or failover), but an outage of hours costs a try every `backoff_max` seconds."""
     heartbeat: int = 30
 
 
@@ -277,18 +281,36 @@ class PoolWorker:
     # ---- the loop ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """Connect, serve, and after a failure give everything up and try again, for as long as
+        the worker runs. An outage is logged once, as a warning, when it begins (each further
+        failed try only at DEBUG, with a growing pause) and once more when it ends: a worker
+        whose database is gone for good keeps retrying, quietly, until it is stopped."""
         self._loop_ident = threading.get_ident()
+        failures = 0
         try:
             while not self._stop.is_set():
                 try:
                     self._connect()
+                    if failures:
+                        log.warning("%s: back after %d failed tries", self.name, failures)
+                        failures = 0
                     self._serve()
                 except (pika.exceptions.AMQPError, LeaseLostError, OSError) as exc:
-                    log.warning(
-                        "%s: %s: %s; partitions given up", self.name, type(exc).__name__, exc
+                    failures += 1
+                    pause = min(
+                        self.settings.backoff * 2 ** min(failures - 1, 16),
+                        self.settings.backoff_max,
+                    )
+                    log.log(
+                        logging.WARNING if failures == 1 else logging.DEBUG,
+                        "%s: %s: %s; partitions given up, trying again (every %.0f s at most)",
+                        self.name,
+                        type(exc).__name__,
+                        exc,
+                        self.settings.backoff_max,
                     )
                     self._drop_everything()
-                    self._stop.wait(self.settings.backoff)
+                    self._stop.wait(pause)
         finally:
             self._leave()
 
