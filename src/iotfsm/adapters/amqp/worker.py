@@ -303,7 +303,7 @@ class PoolWorker:
                     )
                     log.log(
                         logging.WARNING if failures == 1 else logging.DEBUG,
-                        "%s: %s: %s; partitions given up, trying again (every %.0f s at most)",
+                        "%s: %s: %s; partitions given up, trying again (every %g s at most)",
                         self.name,
                         type(exc).__name__,
                         exc,
