@@ -88,11 +88,19 @@ def _report(version: str) -> bytes:
     return json.dumps({"type": "report_version", "report": {"version": version}}).encode()
 
 
-def _platform(args: list[str], env: dict[str, str], root: Path) -> subprocess.Popen[bytes]:
+def _platform(
+    args: list[str], env: dict[str, str], root: Path, profile: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """The platform command in its own process; with `profile` (a directory) its pool worker's
+    loop thread runs under cProfile (bench/pool_profiled.py)."""
     env = {**env, "PYTHONPATH": os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])}
     data = root / f"platform-{secrets.token_hex(3)}"
     log = (root / f"{data.name}.log").open("wb")
-    argv = [sys.executable, "-m", "iotfsm", "platform", *args, "--data-dir", str(data)]
+    command = [sys.executable, "-m", "iotfsm"]
+    if profile is not None:
+        out = profile / f"{data.name}.prof"
+        command = [sys.executable, str(Path(__file__).with_name("pool_profiled.py")), str(out)]
+    argv = [*command, "platform", *args, "--data-dir", str(data)]
     argv += ["--http", f"127.0.0.1:{free_port()}", "--open-registry"]
     return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -197,7 +205,14 @@ def _locks(conninfo: str, space: int) -> int:
 
 
 def run_pool(
-    node: RabbitMQ, cluster: PostgreSQL, *, workers: int, devices: int, rounds: int, root: Path
+    node: RabbitMQ,
+    cluster: PostgreSQL,
+    *,
+    workers: int,
+    devices: int,
+    rounds: int,
+    root: Path,
+    profile: Path | None = None,
 ) -> dict[str, Any]:
     db = f"bench_{secrets.token_hex(4)}"
     cluster.create_database(db)
@@ -205,7 +220,7 @@ def run_pool(
     env = {**cluster.environment(), "IOTFSM_BROKER_PASSWORD": "guest"}
     args = ["--broker", f"amqp://127.0.0.1:{node.amqp_port}/%2F", "--username", "guest"]
     args += ["--store", cluster.url(db), "--partitions", str(PARTITIONS)]
-    processes = [_platform(args, env, root) for _ in range(workers)]
+    processes = [_platform(args, env, root, profile) for _ in range(workers)]
     try:
         _wait("the workers to share the partitions",
               lambda: _locks(conninfo, MEMBER_SPACE) == workers
@@ -264,14 +279,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="200 devices x 2 rounds")
+    parser.add_argument(
+        "--profile", type=Path, help="write each pool worker's loop profile into this directory"
+    )
     args = parser.parse_args(argv)
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     devices, rounds = (200, 2) if args.quick else (args.devices, args.rounds)
     root = Path(tempfile.mkdtemp(prefix="iotfsm-bench-pool-"))
     results: dict[str, Any] = {}
     with RabbitMQ() as node, PostgreSQL() as cluster:
         for workers in (1, 2):
             results[f"pool, {workers} worker(s)"] = run_pool(
-                node, cluster, workers=workers, devices=devices, rounds=rounds, root=root
+                node,
+                cluster,
+                workers=workers,
+                devices=devices,
+                rounds=rounds,
+                root=root,
+                profile=args.profile,
             )
     results["mosquitto + sqlite, 1 platform"] = run_mosquitto(devices, rounds, root)
     print(f"pool benchmark: {devices} devices x {rounds} rounds, {cpu_model()}")

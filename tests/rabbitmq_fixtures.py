@@ -40,6 +40,19 @@ class RabbitNode:
         values.update(overrides)
         return MqttSettings(**values)
 
+    def reset_vhost(self, vhost: str = "/") -> None:
+        """Delete `vhost` with all it holds and create it empty again: the exchanges, queues,
+        bindings and messages an earlier test left (a pool's partition queues and hash bindings
+        above all) must not route or hold anything of the next one. Its connections close."""
+        for args in (("delete_vhost", vhost), ("add_vhost", vhost)):
+            done = self.broker.ctl(*args)
+            if done.returncode != 0 and not (
+                args[0] == "delete_vhost" and "not_found" in done.stderr + done.stdout
+            ):
+                raise AssertionError(
+                    f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}"
+                )
+
 
 def _new_node(auth_address: tuple[str, int]) -> RabbitMQ:
     try:

@@ -80,6 +80,8 @@ class Pool:
     root: Path
     workers: list[subprocess.Popen[bytes]] = attrs.Factory(list)
     http: list[tuple[str, int]] = attrs.Factory(list)
+    others: list[subprocess.Popen[Any]] = attrs.Factory(list)
+    """Other processes of the test (a crashing worker): killed and reaped with the workers."""
 
     @property
     def dsn(self) -> str:
@@ -116,15 +118,21 @@ class Pool:
         return depths
 
     def stop(self) -> None:
+        """End and reap every process the test started, whatever state it is in: nothing of
+        one test may outlive it (a worker left behind takes partitions of the next test's pool,
+        and prints lease errors once the session's PostgreSQL is gone)."""
+        for other in self.others:
+            if other.poll() is None:
+                other.kill()
         for worker in self.workers:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
-        for worker in self.workers:
+        for process in [*self.others, *self.workers]:
             try:
-                worker.wait(timeout=30)
+                process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+                process.kill()
+                process.wait()
 
     def logs(self) -> str:
         keep = os.environ.get("IOTFSM_POOL_LOGS")
@@ -160,6 +168,9 @@ def pool(
     rabbitmq_node: RabbitNode,  # noqa: F811
     tmp_path: Path,
 ) -> Iterator[Pool]:
+    # the pool's exchange, partition queues and their messages live in the node's vhost: a
+    # test gets them empty, declared by its own workers with its own partition count
+    rabbitmq_node.reset_vhost()
     found = Pool(postgres_cluster, fresh_database(postgres_cluster), rabbitmq_node, tmp_path)
     try:
         yield found
@@ -207,9 +218,16 @@ class Devices:
     def stop(self) -> None:
         for process, pipe in self.procs:
             if process.is_alive():
-                pipe.send("quit")
-                pipe.poll(10)
+                try:
+                    pipe.send("quit")
+                    pipe.poll(10)
+                except OSError:  # it died: nothing to ask
+                    pass
+        for process, _ in self.procs:
             process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+                process.join()
 
 
 def _logins(registry: Registry, names: list[str]) -> list[tuple[str, str, str]]:

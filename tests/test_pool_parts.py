@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -14,12 +15,14 @@ from postgres_fixtures import fresh_database
 
 from iotfsm.adapters.amqp.commands import CommandCodec, CommandError
 from iotfsm.adapters.amqp.leases import LeaseLostError, Leases, fair_share
+from iotfsm.adapters.amqp.worker import PoolSettings, PoolWorker
 from iotfsm.adapters.http.file_service import FileService
 from iotfsm.adapters.store.postgres import PostgresStore
 from iotfsm.adapters.store.postgres_blobs import PostgresBlobs
 from iotfsm.machines import ota
 from iotfsm.machines.feature import DeviceKey
 from iotfsm.testing.postgres import PostgreSQL
+from iotfsm.testing.server import free_port
 from iotfsm.testing.waiting import wait_for
 
 KEY = DeviceKey("PPOOL", "dev-1")
@@ -116,6 +119,30 @@ def test_leases_are_exclusive_counted_and_gone_with_the_connection(
     second.close()
     with pytest.raises(LeaseLostError):
         second.take(3)
+
+
+def test_a_worker_whose_database_is_gone_keeps_trying_and_warns_once(
+    store: PostgresStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An outage is one warning, not a line a second on stderr for as long as it lasts; the
+    worker keeps trying (the database may come back) until it is stopped."""
+    caplog.set_level(logging.DEBUG, logger="iotfsm.adapters.amqp.worker")
+    gone = f"postgresql://iotfsm@127.0.0.1:{free_port()}/nothing"  # nothing listens there
+    settings = PoolSettings("amqp://127.0.0.1:1/%2F", backoff=0.001, backoff_max=0.01)
+    worker = PoolWorker(settings, store, gone, CommandCodec(SECRET))
+
+    def tries() -> list[int]:
+        return [r.levelno for r in caplog.records if "partitions given up" in r.getMessage()]
+
+    worker.start()
+    try:
+        wait_for("four failed tries", lambda: len(tries()) >= 4)
+    finally:
+        worker.stop()
+    assert tries()[:4] == [logging.WARNING, logging.DEBUG, logging.DEBUG, logging.DEBUG]
+    first = next(r.getMessage() for r in caplog.records if "partitions given up" in r.getMessage())
+    assert "LeaseLostError" in first and "every 0.01 s at most" in first
+    assert not worker.connected
 
 
 # ---- marks ----------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ def _crashing_worker(running: Pool) -> subprocess.Popen[str]:
          str(running.root / "crashing"), str(PARTITIONS)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
+    running.others.append(child)  # killed and reaped by the fixture, whatever happens here
     assert child.stdin is not None and child.stdout is not None
     child.stdin.write(f"{running.cluster.conninfo(running.dbname)} {ACCOUNT.password}\n")
     child.stdin.flush()

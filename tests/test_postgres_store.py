@@ -113,3 +113,25 @@ def test_a_missing_postgres_is_a_skip_with_the_install_command_and_a_failure_in_
     with pytest.raises(pytest.fail.Exception, match="apt-get install postgresql"):
         new_cluster(bin_dir=tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+AWKWARD = 'quote " backslash \\ braces {a,b} comma , NULL null é ✓ \t tab'
+
+
+def test_a_batch_of_awkward_text_comes_back_as_written(postgres_cluster: PostgreSQL) -> None:
+    """Batches travel as binary arrays: nothing in a name or document may need escaping."""
+    store = PostgresStore(postgres_cluster.conninfo(fresh_database(postgres_cluster)))
+    try:
+        key = DeviceKey("PPG", AWKWARD)
+        store.save("ota", key, {"state": AWKWARD, AWKWARD: [AWKWARD, 1]})
+        store.stage("tbl", AWKWARD, {"v": AWKWARD})
+        store.mark(f"rk.{AWKWARD}", key, 7, "d1", [("t", AWKWARD, 1)])
+        store.commit()
+        assert store.device_sessions(key, ("ota",)) == [
+            ("ota", {"state": AWKWARD, AWKWARD: [AWKWARD, 1]})
+        ]
+        assert store.get("tbl", AWKWARD) == {"v": AWKWARD}
+        assert store.marked_answers(f"rk.{AWKWARD}", "d1") == [("t", AWKWARD, 1)]
+        assert [k for _, _, k, _ in store.partition_sessions(7)] == [key]
+    finally:
+        store.close()

@@ -91,6 +91,10 @@ class PoolSettings:
     hands back."""
     rebalance_every: float = 0.5
     backoff: float = 1.0
+    """Seconds before the first reconnect of an outage; doubled after each failed one..."""
+    backoff_max: float = 15.0
+    """...up to this: a worker never gives up (PostgreSQL or the broker may come back after a
+    restart or failover), but an outage of hours costs a try every `backoff_max` seconds."""
     heartbeat: int = 30
 
 
@@ -277,18 +281,36 @@ class PoolWorker:
     # ---- the loop ---------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """Connect, serve, and after a failure give everything up and try again, for as long as
+        the worker runs. An outage is logged once, as a warning, when it begins (each further
+        failed try only at DEBUG, with a growing pause) and once more when it ends: a worker
+        whose database is gone for good keeps retrying, quietly, until it is stopped."""
         self._loop_ident = threading.get_ident()
+        failures = 0
         try:
             while not self._stop.is_set():
                 try:
                     self._connect()
+                    if failures:
+                        log.warning("%s: back after %d failed tries", self.name, failures)
+                        failures = 0
                     self._serve()
                 except (pika.exceptions.AMQPError, LeaseLostError, OSError) as exc:
-                    log.warning(
-                        "%s: %s: %s; partitions given up", self.name, type(exc).__name__, exc
+                    failures += 1
+                    pause = min(
+                        self.settings.backoff * 2 ** min(failures - 1, 16),
+                        self.settings.backoff_max,
+                    )
+                    log.log(
+                        logging.WARNING if failures == 1 else logging.DEBUG,
+                        "%s: %s: %s; partitions given up, trying again (every %g s at most)",
+                        self.name,
+                        type(exc).__name__,
+                        exc,
+                        self.settings.backoff_max,
                     )
                     self._drop_everything()
-                    self._stop.wait(self.settings.backoff)
+                    self._stop.wait(pause)
         finally:
             self._leave()
 
@@ -354,17 +376,15 @@ class PoolWorker:
         if self.store.pending:
             return False
         for partition, items in self._outbox.items():
-            channel = (
-                self._channels.get(partition, self._channel)
-                if partition is not None
-                else self._channel
-            )
+            channel = self._channels.get(partition) if partition is not None else None
+            # in a partition's transaction the frames are only queued (`_queued`): its
+            # tx_commit below writes them all at once; elsewhere each publish is sent now
+            publish = _queued(channel).basic_publish if channel else self._channel.basic_publish
             for key, payload, qos in items:
-                properties = pika.BasicProperties(delivery_mode=2 if qos else 1)
-                channel.basic_publish("amq.topic", key, payload, properties)
+                publish("amq.topic", key, payload, PERSISTENT if qos else TRANSIENT)
             self.published += len(items)
         for partition, tag in self._unacked.items():
-            self._channels[partition].basic_ack(delivery_tag=tag, multiple=True)
+            _queued(self._channels[partition]).basic_ack(delivery_tag=tag, multiple=True)
         # a partition's answers and acks in one broker transaction: both or neither
         for partition in {p for p in self._outbox if p is not None} | set(self._unacked):
             channel = self._channels.get(partition)
@@ -568,6 +588,19 @@ class PoolWorker:
         except (pika.exceptions.AMQPError, LeaseLostError, OSError) as exc:
             log.warning("%s: stopping: %s", self.name, exc)
         self._drop_everything()
+
+
+PERSISTENT = pika.BasicProperties(delivery_mode=2)
+TRANSIENT = pika.BasicProperties(delivery_mode=1)
+
+
+def _queued(channel: Any) -> Any:
+    """The pika channel under a `BlockingChannel`, whose publishes and acks are only queued on
+    the connection. `BlockingChannel.basic_publish` and `basic_ack` each flush the socket (a
+    send and a poll per answer, the worker's largest cost per message after the store's);
+    inside a broker transaction nothing needs to leave before `tx_commit`, which flushes what
+    was queued, in order, before its own frame."""
+    return channel._impl
 
 
 def _nothing() -> None:

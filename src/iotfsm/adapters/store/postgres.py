@@ -380,32 +380,36 @@ def _write_batch(
     puts: list[tuple[str, str, str]],
     dropped: list[tuple[str, str]],
 ) -> None:
-    """A batch as at most five statements: arrays unnested server-side, not one row a call."""
+    """A batch as at most five statements: arrays unnested server-side, not one row a call.
+
+    The arrays go in binary (`%b`): in text format psycopg escapes every `"` of every JSON
+    document with a regex substitution, ~24 µs of CPU per document, against <1 µs for the
+    length-prefixed binary array (the pool worker's commit per batch paid it twice a message)."""
     if saved:
         conn.execute(
             "INSERT INTO sessions (feature, product, device, doc)"
-            " SELECT f, p, d, doc::jsonb FROM unnest(%s::text[], %s::text[], %s::text[],"
-            " %s::text[]) AS t(f, p, d, doc)"
+            " SELECT f, p, d, doc::jsonb FROM unnest(%b::text[], %b::text[], %b::text[],"
+            " %b::text[]) AS t(f, p, d, doc)"
             " ON CONFLICT (feature, product, device) DO UPDATE SET doc = EXCLUDED.doc",
             [list(column) for column in zip(*saved, strict=True)],
         )
     if gone:
         conn.execute(
             "DELETE FROM sessions WHERE (feature, product, device) IN"
-            " (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))",
+            " (SELECT * FROM unnest(%b::text[], %b::text[], %b::text[]))",
             [list(column) for column in zip(*gone, strict=True)],
         )
     if puts:
         conn.execute(
             "INSERT INTO records (tbl, key, value)"
-            " SELECT t, k, v::jsonb FROM unnest(%s::text[], %s::text[], %s::text[]) AS u(t, k, v)"
+            " SELECT t, k, v::jsonb FROM unnest(%b::text[], %b::text[], %b::text[]) AS u(t, k, v)"
             " ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value",
             [list(column) for column in zip(*puts, strict=True)],
         )
     if dropped:
         conn.execute(
             "DELETE FROM records WHERE (tbl, key) IN"
-            " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+            " (SELECT * FROM unnest(%b::text[], %b::text[]))",
             [list(column) for column in zip(*dropped, strict=True)],
         )
     if puts or dropped:
@@ -418,7 +422,7 @@ def _write_marks(conn: Conn, marks: dict[str, tuple[str, str, int, list[Any]]]) 
     conn.execute(
         "INSERT INTO uplink_marks (routing_key, product, device, partition, steps)"
         " SELECT k, p, d, n, s::jsonb FROM"
-        " unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::text[]) AS t(k, p, d, n, s)"
+        " unnest(%b::text[], %b::text[], %b::text[], %b::int[], %b::text[]) AS t(k, p, d, n, s)"
         " ON CONFLICT (routing_key) DO UPDATE SET partition = EXCLUDED.partition,"
         " steps = EXCLUDED.steps",
         [keys, products, devices, partitions, [json.dumps(s) for s in steps]],
