@@ -3,10 +3,10 @@
 cattrs' generated hooks call one hook function per field (two arguments each), gather optional
 fields into a keyword dict, and need the message's unknown keys copied into a second dict under a
 marker key first. For the messages this library declares (strings, integers, booleans, JSON
-objects, nested attrs classes and their `| None` forms) the checks are a `type(v) is` test each,
-so this module writes the whole structuring of a class as one function: the checks inline, the
-nested classes called directly, unknown keys gathered straight into `extra`, the constructor
-called positionally.
+objects, tuples of these from JSON lists, nested attrs classes and their `| None` forms) the
+checks are a `type(v) is` test each, so this module writes the whole structuring of a class as
+one function: the checks inline, the nested classes called directly, unknown keys gathered
+straight into `extra`, the constructor called positionally.
 
 It only ever *accepts* what the codec's cattrs converters accept, and builds the same object: any
 document it refuses (a wrong type, a missing field, a number out of range) raises, and the codec
@@ -17,6 +17,7 @@ keeps cattrs for it.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,53 @@ class Generator(CodeGenerator[Structure]):
     ) -> None:
         super().__init__({"_int": int_hook, "_Refused": RefusedError, "_MISSING": _MISSING})
         self._field_hook = field_hook
+        self._int_hook = int_hook
+
+    def _converter(self, tp: Any) -> Callable[[Any], Any] | None:
+        """A function that checks and converts one value of `tp` (ints, scalars and tuples of
+        them: a JSON list of the right length, items by the same rules), or None."""
+        if tp is int:
+            int_hook = self._int_hook
+
+            def to_int(v: Any) -> Any:
+                if type(v) is int and -9223372036854775808 <= v <= 9223372036854775807:
+                    return v
+                return int_hook(v, None)
+
+            return to_int
+        if tp in (str, bool):
+
+            def same(v: Any, tp: type[Any] = tp) -> Any:
+                if type(v) is not tp:
+                    raise RefusedError
+                return v
+
+            return same
+        if typing.get_origin(tp) is not tuple:
+            return None
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            each = self._converter(args[0])
+            if each is None:
+                return None
+
+            def many(v: Any, each: Callable[[Any], Any] = each) -> tuple[Any, ...]:
+                if type(v) is not list:
+                    raise RefusedError
+                return tuple(each(x) for x in v)
+
+            return many
+        items = [self._converter(a) for a in args]
+        if not args or any(c is None for c in items):
+            return None
+        fixed = typing.cast(list[Callable[[Any], Any]], items)
+
+        def exact(v: Any) -> tuple[Any, ...]:
+            if type(v) is not list or len(v) != len(fixed):
+                raise RefusedError
+            return tuple(c(x) for c, x in zip(fixed, v, strict=True))
+
+        return exact
 
     def _check(self, tp: Any, var: str, lines: list[str], indent: str) -> bool:
         """Append lines that check (and convert) `var` as `tp`; False when `tp` is unsupported."""
@@ -77,6 +125,12 @@ class Generator(CodeGenerator[Structure]):
                 return False
             lines.append(f"{indent}if {var} is not None:")
             lines.extend(body)
+            return True
+        if typing.get_origin(tp) is tuple:
+            convert = self._converter(tp)
+            if convert is None:
+                return False
+            lines.append(f"{indent}{var} = {self._bind(convert)}({var})")
             return True
         if isinstance(tp, type) and attrs.has(tp):
             nested = self.get(tp)
