@@ -258,3 +258,42 @@ def test_stock_paho_loop_when_internals_differ(
     sub.recorder.wait_messages(len(items), timeout=30)
     assert sub.recorder.messages == [(t, p) for t, p, _ in items]
     assert _client(sub.transport)._iotfsm_buffer is None  # paho's own reader did the reading
+
+
+def test_a_batch_handler_gets_whole_reads_in_order_acknowledged_after_it_returns(
+    backlog_broker: Mosquitto, mqtt_clients: ClientFactory
+) -> None:
+    client_id = unique_client_id("batch")
+    _open_session(mqtt_clients, backlog_broker, client_id)
+    items = [(f"burst/{n % 7}", f"m{n}".encode() * 20, 1) for n in range(3000)]
+    publish_all(backlog_broker, items)
+
+    settings = fast_settings(backlog_broker, client_id, clean_session=False)
+    drain = mqtt_clients(settings, subscribe=[("burst/+", 1)], start=False)
+    client = _client(drain.transport)
+    batches: list[int] = []
+    queued_acks: list[int] = []
+
+    def on_batch(batch: Sequence[tuple[str, bytes]]) -> None:
+        # none of this batch's PUBACKs is queued yet: they follow the handler
+        queued_acks.append(sum(p["command"] & 0xF0 == 0x40 for p in client._out_packet))
+        batches.append(len(batch))
+        for topic, payload in batch:
+            drain.recorder.on_message(topic, payload)
+
+    drain.transport.set_batch_handler(on_batch)
+    drain.transport.start()
+    drain.recorder.wait_messages(len(items), timeout=30)
+    assert drain.recorder.messages == [(t, p) for t, p, _ in items]
+    assert max(batches) > 100, batches  # a 64 KiB read holds ~400 of these
+    assert sum(batches) == len(items) and set(queued_acks) == {0}
+    # a message read after the last batch: that batch's read pass has written its PUBACKs
+    publish_all(backlog_broker, [("burst/fence", b"first", 1)])
+    drain.recorder.wait_messages(len(items) + 1)
+    drain.transport.stop()
+
+    # and every PUBACK did go out afterwards: the resumed session holds nothing more
+    again = mqtt_clients(settings, subscribe=[("burst/+", 1)])
+    publish_all(backlog_broker, [("burst/fence", b"fence", 1)])
+    again.recorder.wait_messages(1)
+    assert again.recorder.messages == [("burst/fence", b"fence")]
