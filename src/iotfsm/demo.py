@@ -354,8 +354,14 @@ class _Scenario:
         platform.set_desired(PRODUCT, first, {"color": "blue"})
 
         def reported() -> bool:
-            state = platform.shadow(PRODUCT, first)["state"]
-            return bool(state["reported"].get("color") == "blue" and state["delta"] == {})
+            doc = platform.shadow(PRODUCT, first)
+            state = doc["state"]
+            return bool(
+                state["reported"].get("color") == "blue"
+                and state["delta"] == {}
+                # over a real broker the platform's answer reaches the device a moment later
+                and self.fleet[first].shadow["version"] == doc["version"]
+            )
 
         self.pair.run_until("the shadow round trip", reported)
         doc = platform.shadow(*key)
