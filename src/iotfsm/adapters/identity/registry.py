@@ -221,6 +221,10 @@ class Registry:
         """`open=True` admits every well-formed name (demos, and tests of other things): the
         behaviour before the registry, which anyone who can reach the broker can abuse."""
         self._store = store
+        self._counter = store if isinstance(store, ChangeCounter) else None
+        """The store as a change counter, or None for one that cannot tell (MemoryStore):
+        decided once, as `admits` runs per message and isinstance on a runtime-checkable
+        Protocol walks its members each time."""
         self.secrets = product_secrets
         self.open = open
         self._clock: Clock = clock or RealClock()
@@ -239,8 +243,8 @@ class Registry:
     def reload(self) -> None:
         """Read the table again (another process may have changed it)."""
         with self._lock:
-            if isinstance(self._store, ChangeCounter):
-                self._version = self._store.data_version()
+            if self._counter is not None:
+                self._version = self._counter.data_version()
             known = {}
             for _, doc in self._store.items(TABLE):
                 try:
@@ -252,26 +256,20 @@ class Registry:
             self._known = known
 
     def _look(self) -> None:
+        if self._counter is None:
+            return
         now = time.monotonic()
         if now < self._next_look:
             return
-        if not isinstance(self._store, ChangeCounter):
-            # a store that cannot tell (MemoryStore): never ask again, as `admits` runs per
-            # message and isinstance on a runtime-checkable Protocol walks its members each time
-            self._next_look = float("inf")
-            return
         self._next_look = now + REFRESH_EVERY
-        if self._store.data_version() != self._version:
+        if self._counter.data_version() != self._version:
             self.reload()
 
     def _catch_up(self) -> None:
         """Before a change: read the table again only if another connection changed it since
         (a store without a change counter is read every time). Reading it for every `add` made
         registering 2,000 devices take 45 s."""
-        if (
-            not isinstance(self._store, ChangeCounter)
-            or self._store.data_version() != self._version
-        ):
+        if self._counter is None or self._counter.data_version() != self._version:
             self.reload()
 
     def get(self, product: str, device: str) -> RegisteredDevice | None:

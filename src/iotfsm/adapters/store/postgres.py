@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psycopg
@@ -391,26 +391,26 @@ def _write_batch(
             " SELECT f, p, d, doc::jsonb FROM unnest(%b::text[], %b::text[], %b::text[],"
             " %b::text[]) AS t(f, p, d, doc)"
             " ON CONFLICT (feature, product, device) DO UPDATE SET doc = EXCLUDED.doc",
-            [list(column) for column in zip(*saved, strict=True)],
+            _columns(saved),
         )
     if gone:
         conn.execute(
             "DELETE FROM sessions WHERE (feature, product, device) IN"
             " (SELECT * FROM unnest(%b::text[], %b::text[], %b::text[]))",
-            [list(column) for column in zip(*gone, strict=True)],
+            _columns(gone),
         )
     if puts:
         conn.execute(
             "INSERT INTO records (tbl, key, value)"
             " SELECT t, k, v::jsonb FROM unnest(%b::text[], %b::text[], %b::text[]) AS u(t, k, v)"
             " ON CONFLICT (tbl, key) DO UPDATE SET value = EXCLUDED.value",
-            [list(column) for column in zip(*puts, strict=True)],
+            _columns(puts),
         )
     if dropped:
         conn.execute(
             "DELETE FROM records WHERE (tbl, key) IN"
             " (SELECT * FROM unnest(%b::text[], %b::text[]))",
-            [list(column) for column in zip(*dropped, strict=True)],
+            _columns(dropped),
         )
     if puts or dropped:
         conn.execute("UPDATE change_counter SET version = version + 1")
@@ -432,3 +432,8 @@ def _write_marks(conn: Conn, marks: dict[str, tuple[str, str, int, list[Any]]]) 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """Rows as one list per column: the arrays `unnest` takes."""
+    return [list(column) for column in zip(*rows, strict=True)]
