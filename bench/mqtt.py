@@ -479,32 +479,6 @@ class CountingTransport:
 
         self.inner.set_handlers(counted, on_connection)
 
-    def set_batch_handler(
-        self, on_batch: Callable[[Sequence[tuple[str, bytes]]], None] | None
-    ) -> None:
-        """Passed on when the inner transport batches (BatchingTransport); counts each message
-        of a batch once the batch is handled. The first tick is stamped before the first batch,
-        so the figures leave out one message's cost, as the subscribers' do."""
-        set_inner = getattr(self.inner, "set_batch_handler", None)
-        if not callable(set_inner):
-            return
-        if on_batch is None:
-            set_inner(None)
-            return
-        meter = self.meter
-        handle = on_batch
-
-        def counted(batch: Sequence[tuple[str, bytes]]) -> None:
-            left = len(batch)
-            if left and not meter.count:
-                meter.tick()
-                left -= 1
-            handle(batch)
-            for _ in range(left):
-                meter.tick()
-
-        set_inner(counted)
-
     def subscribe(self, topic_filter: str, qos: int = 0) -> None:
         self.inner.subscribe(topic_filter, qos)
 

@@ -151,12 +151,7 @@ def _load() -> list[tuple[str, bytes, int]]:
     return build_load(LOAD_SIZE, 1000).messages
 
 
-BATCH = 256
-"""Messages per `on_messages` call in the batched variants: about what one 64 KiB read of
-`MqttTransport` holds of this load."""
-
-
-def runtime_engine(sqlite: bool = False, batched: bool = False) -> Callable[[int, int], None]:
+def runtime_engine(sqlite: bool = False) -> Callable[[int, int], None]:
     from mqtt import device_keys
 
     from iotfsm.adapters.runtime import Runtime
@@ -175,17 +170,9 @@ def runtime_engine(sqlite: bool = False, batched: bool = False) -> Callable[[int
     size = len(messages)
 
     def run(start: int, stop: int) -> None:
-        if batched:
-            on_messages = runtime.on_messages
-            pairs = [(topic, payload) for topic, payload, _ in messages]
-            for first in range(start, stop, BATCH):
-                last = min(first + BATCH, stop)
-                chunk = [pairs[n % size] for n in range(first, last)]
-                on_messages(chunk)
-        else:
-            for n in range(start, stop):
-                topic, payload, _ = messages[n % size]
-                on_message(topic, payload)
+        for n in range(start, stop):
+            topic, payload, _ = messages[n % size]
+            on_message(topic, payload)
         if runtime.rejected or runtime.ignored:
             raise RuntimeError(f"{runtime.rejected} rejected, {runtime.ignored} ignored")
 
@@ -221,8 +208,6 @@ SECTIONS: dict[str, tuple[tuple[str, str], str]] = {
     "event": (("event_engine", "event_floor"), "engine + codec / dict + json, per event"),
     "runtime": (("runtime_engine", "runtime_floor"), "Runtime.on_message / dict platform"),
     "sqlite": (("sqlite_engine", "runtime_floor"), "the same with a SqliteStore / dict platform"),
-    "batch": (("batch_engine", "runtime_floor"), "Runtime.on_messages, 256 a call / dict platform"),
-    "sqlite_batch": (("sqlite_batch_engine", "runtime_floor"), "the same with a SqliteStore"),
 }
 LABELS = {
     "event_engine": "engine + codec (report_progress)",
@@ -230,8 +215,6 @@ LABELS = {
     "runtime_engine": "Runtime.on_message (mqtt.py load)",
     "runtime_floor": "DictPlatform.handle (mqtt.py load)",
     "sqlite_engine": "Runtime.on_message, SqliteStore",
-    "batch_engine": "Runtime.on_messages, 256 a call",
-    "sqlite_batch_engine": "Runtime.on_messages, 256 a call, SqliteStore",
 }
 
 
@@ -244,10 +227,6 @@ def build(variant: str) -> Callable[[int, int], None]:
         return runtime_engine()
     if variant == "sqlite_engine":
         return runtime_engine(sqlite=True)
-    if variant == "batch_engine":
-        return runtime_engine(batched=True)
-    if variant == "sqlite_batch_engine":
-        return runtime_engine(sqlite=True, batched=True)
     if variant == "runtime_floor":
         return runtime_floor()
     raise SystemExit(f"unknown variant {variant!r}")

@@ -88,7 +88,7 @@ class Runtime:
         subscriptions; note Mosquitto never delivers `$` topics to shared subscriptions)."""
         self.machines = {name: Machine(f.spec(role), tracer) for name, f in self.features.items()}
         self.sessions: dict[str, dict[DeviceKey, Session]] = {name: {} for name in self.features}
-        self._inbound_direction = inbound_direction(role)
+        self._inbound = inbound_direction(role)
         self._outbound = outbound_direction(role)
         self._handlers: dict[type[Effect], Callable[[str, Session, Any], None]] = {
             Publish: self._publish,
@@ -163,9 +163,6 @@ class Runtime:
         with self._lock:
             self._stopped = False
         self.transport.set_handlers(self.on_message, self.on_connection)
-        set_batch_handler = getattr(self.transport, "set_batch_handler", None)
-        if callable(set_batch_handler):  # optional (BatchingTransport): one drain per read
-            set_batch_handler(self.on_messages)
         if self.store is not None:
             self._restore_all(self.store)
         if self.identity is not None:
@@ -281,32 +278,9 @@ class Runtime:
             first = not self._queue  # else an interrupted drain left events: keep the order
             if not first:
                 self._queue.append((feature, key, event))
-        self._drain((feature, key, event) if first else None)
-
-    def post_many(self, events: Sequence[tuple[str, DeviceKey, Event]]) -> None:
-        """`post` for several events in order, run as one drain: one snapshot per changed
-        session and one store commit for all of them (a transport's read batch)."""
-        router = self.router
-        if router is not None:
-            events = [item for item in events if not router(*item)]
-        if not events:
-            return
-        with self._lock:
-            if self._stopped:
-                log.debug("%d events after stop, dropped", len(events))
-                return
-            self._queue.extend(events)
-            if self._draining:
-                return
-            self._draining = True
-            self._drainer = threading.get_ident()
-        self._drain(None)
-
-    def _drain(self, first: tuple[str, DeviceKey, Event] | None) -> None:
-        """Step `first`, then the queue until it is empty; then save and commit once."""
         try:
-            if first is not None:  # the common case: step it without a trip through the queue
-                self._step(*first)
+            if first:  # the common case: step it without a trip through the queue
+                self._step(feature, key, event)
             while True:
                 with self._lock:
                     if not self._queue or self._stopped:
@@ -379,32 +353,15 @@ class Runtime:
     # ---- transport callbacks ----------------------------------------------------------------
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        item = self._inbound(topic, payload)
-        if item is not None:
-            self.post(*item)
-
-    def on_messages(self, batch: Iterable[tuple[str, bytes]]) -> None:
-        """The messages of one transport read, each handled as by `on_message`, stepped as one
-        drain (`post_many`)."""
-        events = []
-        inbound = self._inbound
-        for topic, payload in batch:
-            item = inbound(topic, payload)
-            if item is not None:
-                events.append(item)
-        self.post_many(events)
-
-    def _inbound(self, topic: str, payload: bytes) -> tuple[str, DeviceKey, Message] | None:
-        """The event an inbound message makes, or None when it is dropped (and counted)."""
         try:
             route = self.topics.parse(topic)
-            if route.direction != self._inbound_direction:
+            if route.direction != self._inbound:
                 raise TopicError(f"a {self.role} does not receive {route.direction} topics")
             if self.identity is not None and route.key != self.identity:
                 raise TopicError(f"not a topic of this device ({'/'.join(self.identity)})")
             if self._admit is not None and not self._admit(route.key):
                 self.refused += 1
-                return None
+                return
             names = self._names.get(route.features)
             if names is None:
                 names = self._names[route.features] = tuple(f.name for f in route.features)
@@ -416,8 +373,8 @@ class Runtime:
         except (TopicError, DecodeError) as exc:
             self.rejected += 1
             log.warning("dropped a message on %r: %s", topic, exc)
-            return None
-        return feature, route.key, message
+            return
+        self.post(feature, route.key, message)
 
     def on_connection(self, up: bool) -> None:
         if self.identity is None:

@@ -7,15 +7,11 @@ runtime run over the in-process broker in tests and over a real MQTT broker in p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Protocol
 
 MessageHandler = Callable[[str, bytes], None]
 """Called with (topic, payload) for every message that matches a subscription."""
-
-BatchHandler = Callable[[Sequence[tuple[str, bytes]]], None]
-"""Called with the (topic, payload) pairs of one network read, in order; optional, see
-`BatchingTransport`."""
 
 ConnectionHandler = Callable[[bool], None]
 """Called with True after every (re)connect, once subscriptions are back in place, and with False
@@ -44,14 +40,3 @@ class Transport(Protocol):
 
     @property
     def connected(self) -> bool: ...
-
-
-class BatchingTransport(Transport, Protocol):
-    """A transport that can also hand over several messages at once (one network read): the
-    consumer then steps them as one drain with one store commit. It is optional: a consumer
-    that finds no `set_batch_handler` gets every message through `on_message` alone.
-    QoS 1 messages of a batch are acknowledged only after the batch handler returns."""
-
-    def set_batch_handler(self, on_batch: BatchHandler | None) -> None:
-        """Install (or with None remove) the batch callback, before `start`; messages the
-        transport cannot batch still come to `on_message`, in order with the batches."""

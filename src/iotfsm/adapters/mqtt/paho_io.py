@@ -83,7 +83,6 @@ WRITE_BATCH = 64 * 1024
 """A batch stops growing once it holds this many bytes (a single larger packet goes alone)."""
 
 PublishReceiver = Callable[[bytes, bytes], None]
-BatchReceiver = Callable[[list[tuple[bytes, bytes]]], None]
 
 
 class _NoSuchError(Exception):
@@ -273,14 +272,6 @@ class BatchedIOClient(paho.Client):
         `MQTTMessageInfo` with a `threading.Condition` that a received message never uses. Not
         used once per-topic callbacks exist; other messages (MQTT 5, QoS 2, a packet cut at the
         end of a read) still come to `on_message`, so a transport sets both."""
-        self.on_publish_batch: BatchReceiver | None = None
-        """Takes the (topic bytes, payload) pairs `on_publish_received` would take, all of one
-        read at once, before their PUBACKs are queued: a consumer can then commit once per read
-        and still acknowledge only what it has handled. A message that comes another way (to
-        `on_message`) first delivers the pairs read before it, so the order is kept."""
-        self._iotfsm_batch: list[tuple[bytes, bytes]] = []
-        self._iotfsm_acks: list[int] = []
-        """The batch's QoS 1 message ids, acknowledged once the batch is delivered."""
         missing = check_internals(self)
         self.batched_io = not missing
         if missing:
@@ -356,17 +347,12 @@ class BatchedIOClient(paho.Client):
             while True:
                 rc = self._packet_read()
                 if rc > 0:
-                    self._deliver_batch()
                     return self._loop_rc_handle(rc)
                 if rc == MQTTErrorCode.MQTT_ERR_AGAIN or self._sock is not sock:
                     break
                 if not buffer.refills and not buffer.buffered():
                     break
-            rc = self._deliver_batch()
-            if rc > 0:
-                return self._loop_rc_handle(rc)
         finally:
-            self._deliver_batch()  # after an unexpected error: what was read is still handled
             self._iotfsm_reader = 0
             buffer.refills = 0
             # Once per pass rather than per packet, for the packets of the fast path above.
@@ -413,16 +399,8 @@ class BatchedIOClient(paho.Client):
                 topic.decode("utf-8", "backslashreplace"),
                 len(payload),
             )
-        if self._iotfsm_topic_callbacks:
-            receiver = None
-        elif self.on_publish_batch is not None and self._iotfsm_reader:
-            self._iotfsm_batch.append((topic, payload))
-            if qos and not self._manual_ack:
-                self._iotfsm_acks.append(mid)
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        else:
-            receiver = self.on_publish_received
-        if receiver is not None:
+        receiver = self.on_publish_received
+        if receiver is not None and not self._iotfsm_topic_callbacks:
             self._deliver(receiver, topic, payload)
         else:
             message = paho.MQTTMessage(mid, topic)
@@ -445,36 +423,11 @@ class BatchedIOClient(paho.Client):
                 if not self.suppress_exceptions:
                     raise
 
-    def _deliver_batch(self) -> MQTTErrorCode:
-        """Hand the pairs read so far to `on_publish_batch`, then acknowledge them (QoS 1):
-        an acknowledgement never goes out before its message was handled."""
-        batch, acks = self._iotfsm_batch, self._iotfsm_acks
-        if not batch:
-            return MQTTErrorCode.MQTT_ERR_SUCCESS
-        self._iotfsm_batch, self._iotfsm_acks = [], []
-        receiver = self.on_publish_batch
-        with self._in_callback_mutex:
-            try:
-                if receiver is not None:
-                    receiver(batch)
-            except Exception as err:
-                self._easy_log(paho.MQTT_LOG_ERR, "Caught exception in on_message: %s", err)
-                if not self.suppress_exceptions:
-                    raise
-            finally:
-                rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-                for mid in acks:
-                    sent = self._send_puback(mid)
-                    if sent > 0 and rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-                        rc = sent
-        return rc
-
     def message_callback_add(self, sub: str, callback: paho.CallbackOnMessage) -> None:
         self._iotfsm_topic_callbacks = True
         super().message_callback_add(sub, callback)
 
     def _handle_on_message(self, message: paho.MQTTMessage) -> None:
-        self._deliver_batch()  # the messages read before this one go first
         if not self.batched_io or self._iotfsm_topic_callbacks:
             super()._handle_on_message(message)
             return

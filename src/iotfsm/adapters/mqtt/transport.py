@@ -56,12 +56,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from iotfsm.adapters.identity.credentials import DeviceCredentials
 from iotfsm.adapters.mqtt.paho_io import BatchedIOClient
 from iotfsm.adapters.mqtt.topic_filter import validate_filter, validate_topic
-from iotfsm.adapters.transport import (
-    BatchHandler,
-    ConnectionHandler,
-    MessageHandler,
-    TransportError,
-)
+from iotfsm.adapters.transport import ConnectionHandler, MessageHandler, TransportError
 
 from ..limits import MAX_PAYLOAD_BYTES, MAX_TOPIC_BYTES
 
@@ -355,7 +350,6 @@ class MqttTransport:
         self._lock = threading.Lock()
         self._life = _Life.NEW
         self._on_message: MessageHandler | None = None
-        self._on_batch: BatchHandler | None = None
         self._on_connection: ConnectionHandler | None = None
         self._filters: dict[str, int] = {}
         self._link_up = False  # CONNACK accepted on the current connection
@@ -382,11 +376,6 @@ class MqttTransport:
         with self._lock:
             self._on_message = on_message
             self._on_connection = on_connection
-
-    def set_batch_handler(self, on_batch: BatchHandler | None) -> None:
-        """Messages of one read go to `on_batch` together (see `BatchingTransport`)."""
-        with self._lock:
-            self._on_batch = on_batch
 
     def subscribe(self, topic_filter: str, qos: int = 0) -> None:
         """Remember the filter (for every reconnect) and subscribe now if connected."""
@@ -565,7 +554,6 @@ class MqttTransport:
         client.on_subscribe = self._handle_subscribe
         client.on_message = self._handle_message
         client.on_publish_received = self._handle_publish
-        client.on_publish_batch = self._handle_publish_batch
         return client
 
     def _may_connect(self) -> bool:
@@ -750,24 +738,6 @@ class MqttTransport:
             log.warning("dropping a message whose topic is not valid UTF-8")
             return
         self._deliver(topic, payload)
-
-    def _handle_publish_batch(self, batch: list[tuple[bytes, bytes]]) -> None:
-        """The messages of one read: to the batch handler if there is one, else one by one."""
-        handler = self._on_batch
-        if handler is None:
-            for topic_bytes, payload in batch:
-                self._handle_publish(topic_bytes, payload)
-            return
-        items: list[tuple[str, bytes]] = []
-        for topic_bytes, payload in batch:
-            try:
-                items.append((topic_bytes.decode("utf-8"), payload))
-            except UnicodeDecodeError:
-                log.warning("dropping a message whose topic is not valid UTF-8")
-        try:
-            handler(items)
-        except Exception:
-            log.exception("batch handler failed for %d messages", len(items))
 
     def _deliver(self, topic: str, payload: bytes) -> None:
         handler = self._on_message
