@@ -44,6 +44,8 @@ class SimDevice:
         self.resend_after = RESEND
         self.connected = False
         self.sock: Any = None
+        self.history: list[str] = []
+        """What happened to this device, with times: a stuck one's story for the failure."""
         self.counts = {"reports": 0, "rsp": 0, "duplicates": 0, "offers": 0, "resends": 0,
                        "uplinks": 0, "downloads": 0, "failed_fetches": 0,
                        "reconnects": 0}  # fmt: skip
@@ -61,6 +63,7 @@ class SimDevice:
         self.client.on_socket_open = _nodelay
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.note(f"connack {reason}")
         if reason.is_failure:
             self.fleet.refused += 1
             return
@@ -68,6 +71,7 @@ class SimDevice:
         client.subscribe(self.down, 1)
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, _rc: Any, _p: Any) -> None:
+        self.note(f"disconnected {_rc}")
         self.connected = False
 
     def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, _codes: Any, _p: Any) -> None:
@@ -77,7 +81,12 @@ class SimDevice:
         elif self.state != "done":  # back after a lost connection: report again, as devices do
             self.report()
 
+    def note(self, what: str) -> None:
+        self.history.append(f"{time.time():.3f} {what}")
+        del self.history[:-12]
+
     def publish(self, doc: dict[str, Any], qos: int) -> None:
+        self.note(f"sent {doc.get('type')} {doc.get('report')} qos {qos}")
         self.counts["uplinks"] += 1
         self.client.publish(self.up, json.dumps(doc, separators=(",", ":")), qos)
 
@@ -103,6 +112,7 @@ class SimDevice:
     def _on_message(self, _c: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         doc = json.loads(message.payload)
         kind = doc.get("type")
+        self.note(f"got {kind}")
         if kind == "report_version_rsp":
             self.counts["rsp"] += 1
             if self.outstanding == 0:
@@ -230,7 +240,7 @@ def run(
                 if command == "stuck":
                     conn.send(
                         [
-                            (d.name, d.state, d.version, d.outstanding, d.counts)
+                            (d.name, d.state, d.version, d.outstanding, d.counts, d.history)
                             for d in fleet.devices
                             if d.state != "done"
                         ][:5]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -121,3 +122,19 @@ def test_every_command_has_help_with_an_example() -> None:
     for command in ("demo", "device", "platform", "status", "diagram"):
         done = iotfsm(command, "--help")
         assert done.returncode == 0 and "xample" in done.stdout, command
+
+
+@pytest.mark.parametrize("entry", ["iotfsm.pool", "=debug", "iotfsm.pool=loud"])
+def test_a_malformed_logger_level_is_a_usage_error(entry: str) -> None:
+    result = iotfsm("--log", entry, "status", "--data-dir", "/nonexistent")
+    assert result.returncode == 2
+    assert "is not LOGGER=LEVEL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_one_logger_can_be_louder_than_the_rest() -> None:
+    from iotfsm.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["--log", "iotfsm.pool.deliveries=debug", "--log", "x=WARNING", "status", "--data-dir", "d"]
+    )
+    assert args.log == [("iotfsm.pool.deliveries", logging.DEBUG), ("x", logging.WARNING)]

@@ -95,7 +95,7 @@ class Pool:
         broker = f"amqp://{self.node.broker.host}:{self.node.broker.amqp_port}/%2F"
         log = (self.root / f"worker{n}.log").open("wb")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "iotfsm", "--log-level", "info", "platform", "--broker", broker, "--store", self.dsn,
+            [sys.executable, "-m", "iotfsm", "--log-level", "info", "--log", "iotfsm.pool.deliveries=debug", "platform", "--broker", broker, "--store", self.dsn,
              "--data-dir", str(self.root / f"worker{n}"), "--http", f"127.0.0.1:{port}",
              "--username", ACCOUNT.username, "--partitions", str(PARTITIONS)],
             env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -133,6 +133,15 @@ class Pool:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+    def lines_about(self, needles: list[str], most: int = 60) -> str:
+        """The workers' log lines that name one of `needles` (each delivery is traced)."""
+        found = []
+        for n in range(len(self.workers)):
+            text = (self.root / f"worker{n}.log").read_text(errors="replace")
+            found += [f"worker{n}: {line}" for line in text.splitlines()
+                      if any(needle in line for needle in needles)]  # fmt: skip
+        return "\n".join(found[-most:])
 
     def logs(self) -> str:
         keep = os.environ.get("IOTFSM_POOL_LOGS")
@@ -261,7 +270,8 @@ def _diagnosis(pool: Pool, devices: Devices, store: PostgresStore) -> str:
             " WHERE s.device = ANY(%s) AND s.feature = 'ota'",
             ([name for name, *_ in stuck],),
         ).fetchall()
-    return f"{devices.totals()}\n{queues}\n{stuck}\n{rows}\n{pool.logs()}"
+    traces = pool.lines_about([f".{name}" for name, *_ in stuck])
+    return f"{devices.totals()}\n{queues}\n{stuck}\n{rows}\n{traces}\n{pool.logs()}"
 
 
 def _has_deployment(store: PostgresStore) -> bool:

@@ -147,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="how much of the library's log goes to stderr (default: error)",
     )
+    parser.add_argument(
+        "--log",
+        action="append",
+        default=[],
+        type=_logger_level,
+        metavar="LOGGER=LEVEL",
+        help="the level of one logger and those below it, over --log-level (repeatable), "
+        "e.g. --log iotfsm.pool.deliveries=debug for every delivery a pool worker takes",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser(
@@ -273,6 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}  # fmt: skip
+
+
+def _logger_level(text: str) -> tuple[str, int]:
+    name, equals, level = text.partition("=")
+    if not equals or not name or level.lower() not in LEVELS:
+        raise argparse.ArgumentTypeError(
+            f"{text[:80]!r} is not LOGGER=LEVEL (level one of {', '.join(LEVELS)})"
+        )
+    return name, LEVELS[level.lower()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -280,6 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for name, level in args.log:
+        logging.getLogger(name).setLevel(level)
     if getattr(args, "devices", 1) < 1:
         print("iotfsm: --devices must be at least 1", file=sys.stderr)
         return 2

@@ -69,6 +69,9 @@ from .routing import routing_key
 from .topology import COMMAND_TYPE, EXCHANGE, QueueType, declare, queue_name, topic_of
 
 log = logging.getLogger(__name__)
+trace = logging.getLogger("iotfsm.pool.deliveries")
+"""One DEBUG line per delivery (what was done with it) and per settled batch: off unless asked
+for (`iotfsm --log iotfsm.pool.deliveries=debug platform ...`), to follow a lost message."""
 
 SIGNATURE_HEADER = "iotfsm-signature"
 BATCH_WINDOW = 0.005
@@ -390,6 +393,13 @@ class PoolWorker:
             channel = self._channels.get(partition)
             if channel is not None:
                 channel.tx_commit()
+        if trace.isEnabledFor(logging.DEBUG):
+            trace.debug(
+                "%s: settled: %s acked, %d answers published",
+                self.name,
+                ", ".join(f"p{p} to #{tag}" for p, tag in sorted(self._unacked.items())) or "none",
+                sum(len(items) for items in self._outbox.values()),
+            )
         self._outbox.clear()
         self._unacked.clear()
         return True
@@ -400,6 +410,7 @@ class PoolWorker:
         self, partition: int, _channel: Any, method: Any, properties: Any, body: bytes
     ) -> None:
         if partition not in self._active:
+            self._trace(partition, method, body, "not ours any more: requeued by the close")
             return  # being given up: the channel's close requeues it
         self._unacked[partition] = method.delivery_tag
         key_text = str(method.routing_key)
@@ -411,6 +422,7 @@ class PoolWorker:
             except CommandError as exc:
                 self.rejected += 1
                 log.warning("%s: dropped a command on %r: %s", self.name, key_text[:80], exc)
+                self._trace(partition, method, body, "command refused")
                 return
             key = command.key
             features: tuple[str, ...] = (command.feature,)
@@ -421,25 +433,13 @@ class PoolWorker:
             except TopicError:
                 if self._on_message is not None:
                     self._on_message(topic, body)  # the runtime logs and counts it
+                self._trace(partition, method, body, "not a topic of ours")
                 return
             key, features = route.key, tuple(f.name for f in route.features)
         for feature in features:
             self._owner[(feature, key)] = partition
-        if method.redelivered:
-            answers = self.store.marked_answers(key_text, digest)
-            if answers is not None:  # stepped and committed; its ack (and answers) were lost
-                self.duplicates += 1
-                log.info(
-                    "%s: a redelivered message on %s was stepped and committed already:"
-                    " acked with its %d recorded answers, not stepped again",
-                    self.name,
-                    key_text[:80],
-                    len(answers),
-                )
-                replay = [(k, p.encode("latin-1"), q) for k, p, q in answers]
-                self._outbox.setdefault(partition, []).extend(replay)
-                self._reload(features, key)
-                return
+        if method.redelivered and self._replayed(partition, method, body, digest, (features, key)):
+            return
         self.store.mark(key_text, key, partition, digest, [])
         self.delivered += 1
         outbox = self._outbox.setdefault(partition, [])
@@ -455,6 +455,49 @@ class PoolWorker:
         made = [(k, p.decode("latin-1"), q) for k, p, q in outbox[before:]]
         if made:
             self.store.mark(key_text, key, partition, digest, made)
+        self._trace(partition, method, body, f"stepped: {len(made)} answers")
+
+    def _replayed(
+        self,
+        partition: int,
+        method: Any,
+        body: bytes,
+        digest: str,
+        sessions: tuple[tuple[str, ...], DeviceKey],
+    ) -> bool:
+        """A redelivery that was stepped and committed already (its ack and answers were
+        lost): its recorded answers go out with its ack, and it is not stepped again."""
+        key_text = str(method.routing_key)
+        answers = self.store.marked_answers(key_text, digest)
+        if answers is None:
+            return False
+        features, key = sessions
+        self.duplicates += 1
+        log.info(
+            "%s: a redelivered message on %s was stepped and committed already:"
+            " acked with its %d recorded answers, not stepped again",
+            self.name,
+            key_text[:80],
+            len(answers),
+        )
+        replay = [(k, p.encode("latin-1"), q) for k, p, q in answers]
+        self._outbox.setdefault(partition, []).extend(replay)
+        self._reload(features, key)
+        self._trace(partition, method, body, f"duplicate: {len(replay)} answers replayed")
+        return True
+
+    def _trace(self, partition: int, method: Any, body: bytes, what: str) -> None:
+        if trace.isEnabledFor(logging.DEBUG):
+            trace.debug(
+                "%s: p%d #%d%s %s %s: %s",
+                self.name,
+                partition,
+                method.delivery_tag,
+                " redelivered" if method.redelivered else "",
+                str(method.routing_key)[:80],
+                hashlib.sha256(body).hexdigest()[:8],
+                what,
+            )
 
     def _reload(self, features: tuple[str, ...], key: DeviceKey) -> None:
         """After a duplicate, take the committed snapshots again: the previous owner's last
