@@ -26,6 +26,7 @@ from iotfsm.adapters.store.session_store import MemoryStore, SqliteStore
 from iotfsm.fsm.clock import ManualClock
 from iotfsm.machines import DeviceKey
 from iotfsm.testing import wait_for
+from iotfsm.testing.server import free_port
 
 PRODUCT = "REG0000001"
 NOW = 1_800_000_000.0
@@ -405,3 +406,23 @@ def test_300k_invented_names_grow_nothing_and_real_devices_are_answered_througho
         assert len({s.device for s in platform.status()}) == 100
     finally:
         platform.stop()
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["platform", "pool"])
+def test_open_registry_says_so_loudly_at_start(tmp_path: Path, pool: bool) -> None:
+    """`--open-registry` is announced on stderr before anything starts (a single platform and a
+    pool alike); without it there is no such line. The broker is unreachable and the pool has no
+    store, so each run ends at once with its usual one-line error."""
+    dead = f"127.0.0.1:{free_port()}"
+    broker = f"amqp://{dead}/" if pool else f"mqtt://{dead}"
+    args = ["platform", "--broker", broker, "--data-dir", str(tmp_path / "p"),
+            "--http", "127.0.0.1:0", "--connect-timeout", "1"]  # fmt: skip
+    warned = iotfsm(*args, "--open-registry")
+    quiet = iotfsm(*args)
+    assert warned.returncode == quiet.returncode == 1, warned.stderr + quiet.stderr
+    first = warned.stderr.splitlines()[0]
+    assert first.startswith("iotfsm platform: WARNING --open-registry: every device name"), first
+    assert "anyone who reaches the broker can act as any device" in first
+    assert "WARNING --open-registry" not in quiet.stderr
+    expected = "joins a pool" if pool else "cannot reach the broker"
+    assert expected in warned.stderr.splitlines()[-1] and expected in quiet.stderr
