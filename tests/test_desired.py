@@ -114,3 +114,29 @@ def test_invalid_files_are_refused_with_the_entry_named(
 def test_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DesiredStateError, match="no such file"):
         load(tmp_path / "absent.toml")
+
+
+def test_going_back_to_an_earlier_declaration_applies_it_again(tmp_path: Path) -> None:
+    """Marks are kept per subject: 4 -> 3 -> 4 applies three times (a set of every mark ever
+    applied skipped the last one, and the device stayed at 3); a store written by the earlier
+    version (one row per applied mark) is not applied again on upgrade."""
+    from iotfsm import MemoryBroker, Platform
+    from iotfsm.reconcile import APPLIED, Reconciler
+
+    path = tmp_path / "desired.toml"
+
+    def declare(platform: Platform, level: int) -> list[str]:
+        path.write_text(f'[[log_level]]\nproduct = "P1"\ndevices = ["D1"]\nlevel = {level}\n')
+        return Reconciler(platform, path).apply()
+
+    with Platform(MemoryBroker(), open_registry=True) as platform:
+        for level in (4, 3, 4):
+            assert declare(platform, level) == [f"log level {level} for P1/D1"]
+            assert platform.log_level("P1", "D1") == level
+        assert declare(platform, 4) == []
+    with Platform(MemoryBroker(), open_registry=True) as upgraded:
+        path.write_text('[[log_level]]\nproduct = "P1"\ndevices = ["D1"]\nlevel = 2\n')
+        upgraded.store.put(APPLIED, fingerprint(load(path).log_level[0]), "log level 2")
+        assert Reconciler(upgraded, path).apply() == []
+        assert declare(upgraded, 1) == ["log level 1 for P1/D1"]
+        assert declare(upgraded, 2) == ["log level 2 for P1/D1"]

@@ -35,7 +35,7 @@ from iotfsm.adapters.mqtt.mosquitto_config import (
     hash_password,
     platform_password,
 )
-from iotfsm.adapters.mqtt.transport import MqttTransport, settings_from_url
+from iotfsm.adapters.mqtt.transport import MqttSettings, MqttTransport, settings_from_url
 from iotfsm.commands.mosquitto_broker import cert_devices
 from iotfsm.commands.registry import open_registry
 from iotfsm.device import Device
@@ -101,6 +101,17 @@ def device_options(broker: SecureMosquitto, cert: IssuedCertificate) -> MqttOpti
         keyfile=cert.key_file,
         backoff_min=0.05,
         backoff_max=0.3,
+    )
+
+
+def attacker_settings(broker: SecureMosquitto, cert: IssuedCertificate) -> MqttSettings:
+    """The attacker device's own login: its client id and its certificate."""
+    return settings_from_url(
+        broker.url,
+        client_id=f"{ATTACKER.product}{ATTACKER.device}",
+        ca_file=broker.ca_file,
+        certfile=cert.cert_file,
+        keyfile=cert.key_file,
     )
 
 
@@ -253,17 +264,10 @@ def test_attacks_refused_by_mosquitto_while_a_valid_device_works(
         on_config=applied.append,
         on_upload_finished=lambda *a: uploaded.append(a),
     )
-    attacker_settings = settings_from_url(
-        broker.url,
-        client_id=f"{ATTACKER.product}{ATTACKER.device}",
-        ca_file=broker.ca_file,
-        certfile=certs[ATTACKER].cert_file,
-        keyfile=certs[ATTACKER].key_file,
-    )
     # the attacker also listens to everything it can name: its subscriptions are granted (3.1.1
     # has no per-topic refusal Mosquitto uses here) but nothing of another device is delivered
     attacker = mqtt_clients(
-        attacker_settings,
+        attacker_settings(broker, certs[ATTACKER]),
         subscribe=[
             ("$ota/#", 1),
             ("$config/#", 1),
@@ -320,14 +324,7 @@ def test_revoked_device_is_cut_off_after_a_reload_without_restart(
     with SecureMosquitto(data, registered(data, VICTIM, ATTACKER)) as broker:
         ca = PlatformCA.in_data_dir(data)
         certs = {key: ca.issue_device(key, tmp_path / "certs") for key in (VICTIM, ATTACKER)}
-        settings = settings_from_url(
-            broker.url,
-            client_id="S3EUVBRJLBattacker",
-            ca_file=broker.ca_file,
-            certfile=certs[ATTACKER].cert_file,
-            keyfile=certs[ATTACKER].key_file,
-        )
-        attacker = mqtt_clients(settings)
+        attacker = mqtt_clients(attacker_settings(broker, certs[ATTACKER]))
         own = "$ota/report/S3EUVBRJLB/attacker"
         attacker.transport.publish(own, b'{"type":"report_version"}', qos=1)
         wait_for("its own report accepted", lambda: f"m1, '{own}'" in broker.log_text())
@@ -348,6 +345,46 @@ def test_revoked_device_is_cut_off_after_a_reload_without_restart(
         assert len(re.findall(r"mosquitto version \S+ starting", broker.log_text())) == 1
 
 
+def _cert_devices_now(data_dir: Path, change: str, key: DeviceKey) -> list[DeviceKey]:
+    """`iotfsm registry disable|enable` on the data directory, then the devices the broker
+    lets in, as `iotfsm broker-config mosquitto --reload` reads them."""
+    registry, store = open_registry(data_dir, None)
+    try:
+        getattr(registry, change)(key.product, key.device)
+        return cert_devices(registry)
+    finally:
+        store.close()
+
+
+def test_a_disabled_device_loses_its_topics_and_re_enabled_gets_them_back_without_restart(
+    tmp_path: Path, mqtt_clients: ClientFactory
+) -> None:
+    """Disabled (not removed): its certificate stays valid, the ACL without it takes its own
+    topics away on the open connection; enabled again, the same connection may use them once
+    more. Two SIGHUPs, one broker start."""
+    data = tmp_path / "platform"
+    with SecureMosquitto(data, registered(data, VICTIM, ATTACKER)) as broker:
+        cert = PlatformCA.in_data_dir(data).issue_device(ATTACKER, tmp_path / "certs")
+        device = mqtt_clients(attacker_settings(broker, cert))
+        own = "$ota/report/S3EUVBRJLB/attacker"
+
+        def received(mid: int) -> bool:
+            return f"Received PUBLISH from S3EUVBRJLBattacker (d0, q1, r0, m{mid}, '{own}'" in (
+                broker.log_text()
+            )
+
+        device.transport.publish(own, b'{"type":"report_version"}', qos=1)
+        wait_for("its own report accepted", lambda: received(1))
+        broker.update_access(_cert_devices_now(data, "disable", ATTACKER))
+        device.transport.publish(own, b'{"type":"report_version"}', qos=1)
+        wait_for("the disabled device's report denied", lambda: denied(broker) == [own])
+        broker.update_access(_cert_devices_now(data, "enable", ATTACKER))  # waits for it
+        device.transport.publish(own, b'{"type":"report_version"}', qos=1)
+        wait_for("the re-enabled device's report accepted", lambda: received(3))
+        assert denied(broker) == [own]
+        assert len(re.findall(r"mosquitto version \S+ starting", broker.log_text())) == 1
+
+
 def test_why_per_device_blocks_and_not_patterns(
     tmp_path: Path, mqtt_clients: ClientFactory
 ) -> None:
@@ -361,14 +398,7 @@ def test_why_per_device_blocks_and_not_patterns(
         patterns = "pattern write $ota/report/%u\npattern read $ota/update/%u\n"
         broker.files.acl.write_text(patterns + "\nuser S3EUVBRJLB/attacker\ntopic deny #\n")
         broker.reload()
-        settings = settings_from_url(
-            broker.url,
-            client_id="S3EUVBRJLBattacker",
-            ca_file=broker.ca_file,
-            certfile=cert.cert_file,
-            keyfile=cert.key_file,
-        )
-        attacker = mqtt_clients(settings)
+        attacker = mqtt_clients(attacker_settings(broker, cert))
         for topic in ("$ota/report/S3EUVBRJLB/victim", "$ota/report/S3EUVBRJLB/attacker"):
             attacker.transport.publish(topic, b"{}", qos=1)
         received = "Received PUBLISH from S3EUVBRJLBattacker (d0, q1, r0, m2, '$ota/report/S3EUVBRJLB/attacker'"

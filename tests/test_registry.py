@@ -23,9 +23,12 @@ from iotfsm.adapters.identity.registry import (
     device_topics,
 )
 from iotfsm.adapters.store.session_store import MemoryStore, SqliteStore
+from iotfsm.desired import DesiredStateError
 from iotfsm.fsm.clock import ManualClock
 from iotfsm.machines import DeviceKey
+from iotfsm.reconcile import Reconciler
 from iotfsm.testing import wait_for
+from iotfsm.testing.server import free_port
 
 PRODUCT = "REG0000001"
 NOW = 1_800_000_000.0
@@ -405,3 +408,62 @@ def test_300k_invented_names_grow_nothing_and_real_devices_are_answered_througho
         assert len({s.device for s in platform.status()}) == 100
     finally:
         platform.stop()
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["platform", "pool"])
+def test_open_registry_says_so_loudly_at_start(tmp_path: Path, pool: bool) -> None:
+    """`--open-registry` is announced on stderr before anything starts (a single platform and a
+    pool alike); without it there is no such line. The broker is unreachable and the pool has no
+    store, so each run ends at once with its usual one-line error."""
+    dead = f"127.0.0.1:{free_port()}"
+    broker = f"amqp://{dead}/" if pool else f"mqtt://{dead}"
+    args = ["platform", "--broker", broker, "--data-dir", str(tmp_path / "p"),
+            "--http", "127.0.0.1:0", "--connect-timeout", "1"]  # fmt: skip
+    warned = iotfsm(*args, "--open-registry")
+    quiet = iotfsm(*args)
+    assert warned.returncode == quiet.returncode == 1, warned.stderr + quiet.stderr
+    first = warned.stderr.splitlines()[0]
+    assert first.startswith("iotfsm platform: WARNING --open-registry: every device name"), first
+    assert "anyone who reaches the broker can act as any device" in first
+    assert "WARNING --open-registry" not in quiet.stderr
+    expected = "joins a pool" if pool else "cannot reach the broker"
+    assert expected in warned.stderr.splitlines()[-1] and expected in quiet.stderr
+
+
+def test_the_desired_state_devices_table_registers_disables_and_enables(tmp_path: Path) -> None:
+    """`[[devices]]` in the desired-state file: registered with their kind of login, turned away
+    by `enabled = false` (entry kept), let back in when the file says so again; a wrong kind is
+    refused with the entry and the field named, and nothing of that file applied."""
+    broker = MemoryBroker()
+    heard = listen(broker)
+    path = tmp_path / "desired.toml"
+
+    def declare(enabled: str, auth: str = "key") -> list[str]:
+        path.write_text(
+            f'[[devices]]\nproduct = "{PRODUCT}"\ndevices = ["d1", "d2"]\nauth = "{auth}"\n'
+            f"enabled = {enabled}\n"
+            f'[[devices]]\nproduct = "{PRODUCT}"\ndevices = ["c1"]\nauth = "cert"\n'
+        )
+        return Reconciler(platform, path).apply()
+
+    with Platform(broker, data_dir=tmp_path / "platform") as platform:
+        assert declare("true") == [
+            f"devices {PRODUCT}/d1,d2 (key, enabled)",
+            f"devices {PRODUCT}/c1 (cert, enabled)",
+        ]
+        assert [(d.device, d.auth, d.enabled) for d in platform.registry.devices()] == [
+            ("c1", "cert", True), ("d1", "key", True), ("d2", "key", True),
+        ]  # fmt: skip
+        _ask(broker, "d1")
+        assert len(heard) == 1
+        assert declare("false") == [f"devices {PRODUCT}/d1,d2 (key, disabled)"]
+        assert not platform.registry.admits(DeviceKey(PRODUCT, "d1"))
+        assert platform.registry.get(PRODUCT, "d1") is not None  # kept, only turned away
+        _ask(broker, "d1")
+        assert len(heard) == 1
+        with pytest.raises(DesiredStateError, match=r"devices\[0\]: 'auth' must be"):
+            declare("true", auth="password")
+        assert not platform.registry.admits(DeviceKey(PRODUCT, "d1"))
+        declare("true")
+        _ask(broker, "d1")
+        assert len(heard) == 2

@@ -1,8 +1,9 @@
 """Moves a running platform toward its desired-state file, and again whenever the file changes.
 
 Each entry is applied once: its fingerprint (content and file bytes) is remembered in the
-platform's store, so a restart or a reload re-applies only what changed. A file that does not
-validate is refused as a whole and the platform keeps what it had.
+platform's store for what it sets (its subject), so a restart or a reload re-applies only what
+changed, and a file that goes back to an earlier declaration applies it again. A file that does
+not validate is refused as a whole and the platform keeps what it had.
 
 Campaigns are not entries to re-apply: a `[[campaigns]]` table is started once under its id,
 and afterwards only a change of its declared `state` acts (pause, resume, cancel). The state
@@ -36,6 +37,14 @@ from .platform import EVERY_DEVICE, Platform
 
 log = logging.getLogger(__name__)
 
+LAST_APPLIED = "desired_last_applied"
+"""Per subject (what an entry sets: a product's config, some devices' firmware, ...): the
+fingerprint of the entry last applied to it. Kept per subject, not as a set of every mark ever
+applied, so a file that goes back to an earlier declaration (`enabled = true` again, the
+previous firmware) is applied again."""
+APPLIED = "desired_applied"
+"""Marks applied by earlier versions (one row per mark): still read, so an upgrade does not
+apply everything again."""
 CAMPAIGNS = "desired_campaigns"
 """Per declared campaign id: {"state": the declared state last acted on, "plan": a mark of
 the rest of its declaration}."""
@@ -55,12 +64,16 @@ class Reconciler:
         self._seen = self._stamp()
         self._check_campaigns(state)
         applied = []
+        store = self.platform.store
         for entry in _entries(state):
-            mark = fingerprint(entry)
-            if self.platform.store.get("desired_applied", mark) is not None:
+            mark, subject = fingerprint(entry), _subject(entry)
+            last = store.get(LAST_APPLIED, subject)
+            if last is None and store.get(APPLIED, mark) is not None:
+                last = mark  # recorded before marks were kept per subject: applied already
+            if last == mark:
                 continue
             self._apply_one(entry)
-            self.platform.store.put("desired_applied", mark, _describe(entry))
+            store.put(LAST_APPLIED, subject, mark)
             applied.append(_describe(entry))
             log.info("desired state: applied %s", _describe(entry))
         for spec in state.campaigns:
@@ -205,6 +218,17 @@ def _spec_mark(spec: CampaignSpec) -> str:
 
 def _entries(state: DesiredState) -> list[Entry]:
     return [*state.devices, *state.firmware, *state.config, *state.log_level, *state.resource]
+
+
+def _subject(entry: Entry) -> str:
+    """What an entry sets, without the value it sets it to: two entries with one subject are
+    the same setting, the later replacing the earlier."""
+    if isinstance(entry, ConfigEntry):
+        return f"config {entry.product}"
+    where = f"{entry.product}/{','.join(sorted(entry.devices))}"
+    if isinstance(entry, ResourceEntry):
+        return f"resource {entry.name} {where}"
+    return f"{type(entry).__name__} {where}"
 
 
 def _describe(entry: Entry) -> str:

@@ -143,6 +143,12 @@ def run(args: argparse.Namespace) -> int:
     host, port = parse_address("--http", args.http)
     if args.api:
         parse_address("--api", args.api)  # refuse a bad address before anything starts
+    if args.open_registry:  # before anything starts, a pool's workers too
+        print(
+            "iotfsm platform: WARNING --open-registry: every device name is answered, registered "
+            "or not; anyone who reaches the broker can act as any device",
+            file=sys.stderr,
+        )
     if is_pool(args.broker):
         return run_pool(args, (host, port))
     mqtt, _ = login_options(args, device=False)
@@ -183,12 +189,6 @@ def run(args: argparse.Namespace) -> int:
         except DesiredStateError as exc:
             platform.store.close()
             raise CommandError(str(exc)) from None
-    if args.open_registry:
-        print(
-            "iotfsm platform: WARNING --open-registry: every device name is answered, registered "
-            "or not; anyone who reaches the broker can act as any device",
-            file=sys.stderr,
-        )
     return _serve(args, platform, reconciler, events)
 
 
