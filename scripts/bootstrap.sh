@@ -76,13 +76,14 @@ step() {
 }
 
 # Whether a probe is there: PROBE is one or more alternatives separated by |, each a command on
-# PATH or an absolute path (a glob is fine).
+# PATH or an absolute path (a glob is fine). Absolute paths are looked up under
+# $BOOTSTRAP_PROBE_ROOT when set (tests/test_bootstrap.py: a fake root, not this machine's).
 present() {
   local alternative alternatives
   IFS='|' read -ra alternatives <<<"$1"
   for alternative in "${alternatives[@]}"; do
     case $alternative in
-      /*) compgen -G "$alternative" >/dev/null && return 0 ;;
+      /*) compgen -G "${BOOTSTRAP_PROBE_ROOT:-}$alternative" >/dev/null && return 0 ;;
       *) command -v "$alternative" >/dev/null 2>&1 && return 0 ;;
     esac
   done

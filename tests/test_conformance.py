@@ -5,6 +5,7 @@ against `iotfsm platform`, and against one that answers report_version with resu
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +14,20 @@ import pytest
 
 from iotfsm.adapters.http import transfer as http_transfer
 from iotfsm.cli import main
+from iotfsm.commands.common import PSK_ENV
 from iotfsm.testing import Mosquitto
 
 PRODUCT = "CONFORM001"
 PSK = "vX6PQqazsGsMyf5SMfs6OA6y"
 SCENARIOS = 10
+WITH_KEY = {**os.environ, PSK_ENV: PSK}
+"""The environment of a process logging in as the device: its key in $IOTFSM_PSK, not argv."""
 
 DEVICE = """
 import sys
 from iotfsm.adapters.http import transfer as http_transfer
 from iotfsm.cli import main
+from iotfsm.commands.common import PSK_ENV
 from iotfsm.machines import ota
 
 # Two scenarios cut a download; the device reports its version again DEVICE_RETRY (10 s) after
@@ -48,10 +53,12 @@ def _download_class() -> str:
 
 def _device(mosquitto: Mosquitto, state: Path, name: str, fault: bool) -> subprocess.Popen[str]:
     args = ["device", "--broker", mosquitto.url, "--product-id", PRODUCT, "--device-name", name]
-    args += ["--psk", PSK, "--version", "1.0", "--state-dir", str(state)]
+    args += ["--version", "1.0", "--state-dir", str(state)]
     code = DEVICE.format(retry=RETRY, fault=fault, cls=_download_class())
     command = [sys.executable, "-c", code, *args]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=WITH_KEY
+    )
 
 
 def _run(
@@ -99,6 +106,10 @@ def test_a_device_that_appends_after_a_200_fails_that_scenario_by_name(
     assert code == 1, out
     assert "FAILED: ota 200 to a Range request restarts\n" in out, out
     assert out.count("  pass  ") == len(only) - 1, out
+    # under the failure, what the device said: the appended image failed its md5 check
+    said = out.split("the device's last messages in it:\n", 1)[1].split("FAILED:")[0]
+    assert f"< $ota/report/{PRODUCT}/dev-bad  " in said, out
+    assert '"state":"fail","result_code":"-4"' in said, out
 
 
 def test_a_bad_file_service_address_is_refused_with_the_fix(
@@ -111,11 +122,22 @@ def test_a_bad_file_service_address_is_refused_with_the_fix(
 
 # ---- conformance platform: the kit plays a device ------------------------------------------
 
+
+def test_the_device_key_comes_from_a_file_or_the_environment_never_argv(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PSK_ENV, raising=False)
+    argv = ["conformance", "platform", "--broker", "mqtt://127.0.0.1:1", "--product-id", PRODUCT]
+    assert main([*argv, "--device-name", "kit-1"]) == 1
+    assert "no login: give --psk-file (or $IOTFSM_PSK)" in capsys.readouterr().err
+
+
 NONZERO_RSP = """
 import sys
 from iotfsm.fsm import Publish
 from iotfsm.machines import ota
 from iotfsm.cli import main
+from iotfsm.commands.common import PSK_ENV
 
 # the fault: report_version answered with result 1 (the C SDK then ignores every offer)
 def rsp(ctx, event):
@@ -151,11 +173,12 @@ def _kit_against_platform(mosquitto: Mosquitto, tmp: Path, *, fault: bool) -> tu
     args = ["--broker", mosquitto.url, "--product-id", PRODUCT, "--device-name", "kit-1"]
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "iotfsm", "conformance", "platform", *args, "--psk", PSK],
+            [sys.executable, "-m", "iotfsm", "conformance", "platform", *args],
             capture_output=True,
             text=True,
             timeout=300,
             check=False,
+            env=WITH_KEY,  # the device key never in argv
         )
     finally:
         platform.terminate()

@@ -14,7 +14,8 @@ import pytest
 
 from iotfsm.diagrams.cli import main as diagram_main
 from iotfsm.fsm import Connected, Stepper
-from iotfsm.machines import log_level
+from iotfsm.machines import campaign, log_level
+from iotfsm.machines.examples import CAMPAIGN_PLANS
 from iotfsm.machines.feature import DeviceKey
 from iotfsm.testing.coverage import CoverageFileError, TransitionCoverage, load, recording
 
@@ -126,3 +127,20 @@ def test_the_diagram_draws_untaken_edges_grey_and_dashed(
     assert diagram_main(["--all", "-o", str(tmp_path), "--coverage", str(path)]) == 2
     path.write_text("{}")
     assert diagram_main([*argv, "--coverage", str(path)]) == 1
+
+
+def test_a_platform_level_machine_is_drawn_with_its_coverage_too(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    with recording() as coverage:
+        Stepper(campaign.SPEC, key="c-1").step(campaign.Launch(CAMPAIGN_PLANS[0]))
+    path = tmp_path / "cov.json"
+    coverage.save(path)
+    assert diagram_main(["campaign", "--format", "dot", "-o", "-", "--coverage", str(path)]) == 0
+    dot = capsysbinary.readouterr().out.decode()
+    assert "campaign: tests took 1 of 60 edges" in dot
+    edges = [line for line in dot.splitlines() if "->" in line and "label=" in line]
+    dashed = [e for e in edges if "style=dashed" in e and "#6c757d" in e]
+    assert any("scheduled -> running" in e for e in dashed)  # timer:begin never fired
+    assert not any("scheduled -> scheduled" in e and "Launch" in e for e in dashed)
+    assert len(dashed) < len(edges)

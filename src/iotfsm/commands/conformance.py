@@ -2,9 +2,10 @@
 
 The kit is a real `Platform` (MQTT, the HTTP file service with its fault hooks) that walks a
 device through the scenarios the declarations imply, one after the other, and prints a
-pass/fail table. The device may be anything that speaks the protocol: `iotfsm device`, or
-firmware on Tencent's C SDK pointed at the same broker. Start the kit first, then (re)start the
-device: the first scenario waits for the report a device sends after it connects.
+pass/fail table; under a failed scenario, the last messages the device sent during it. The
+device may be anything that speaks the protocol: `iotfsm device`, or firmware on Tencent's C
+SDK pointed at the same broker. Start the kit first, then (re)start the device: the first
+scenario waits for the report a device sends after it connects.
 """
 
 from __future__ import annotations
@@ -40,10 +41,19 @@ class Result:
     name: str
     passed: bool
     detail: str
+    messages: tuple[str, ...] = ()
+    """For a failed scenario, the last messages the device sent during it (topic and payload):
+    where the protocol broke."""
 
 
 class ScenarioFailedError(Exception):
     """A scenario's expectation did not hold; the message says what the device did instead."""
+
+
+SHOWN = 8
+"""Messages of the device shown under a failed scenario (the last ones it sent during it)."""
+SHOWN_BYTES = 300
+"""Of each message's payload."""
 
 
 class Kit:
@@ -52,6 +62,28 @@ class Kit:
     def __init__(self, platform: Platform, key: DeviceKey, timeout: float, size: int) -> None:
         self.platform, self.key, self.timeout, self.size = platform, key, timeout, size
         self._releases = 0
+        self.heard: list[tuple[str, bytes]] = []
+        """Every (topic, payload) the platform received since `listen`, in order."""
+
+    def listen(self) -> None:
+        """Keep a copy of every message the platform's runtime receives (then steps as usual)."""
+        runtime = self.platform.runtime
+        deliver = runtime.on_message
+
+        def tap(topic: str, payload: bytes) -> None:
+            self.heard.append((topic, payload))
+            deliver(topic, payload)
+
+        runtime.transport.set_handlers(tap, runtime.on_connection)
+
+    def said(self, since: int) -> tuple[str, ...]:
+        """The last messages heard after the first `since`, one line each, payloads cut short."""
+        shown = []
+        for topic, payload in self.heard[since:][-SHOWN:]:
+            text = payload[:SHOWN_BYTES].decode("utf-8", "replace")
+            cut = " ..." if len(payload) > SHOWN_BYTES else ""
+            shown.append(f"{topic}  {text}{cut}")
+        return tuple(shown)
 
     def wait(self, what: str, predicate: Callable[[], bool]) -> None:
         deadline = time.monotonic() + self.timeout
@@ -225,10 +257,11 @@ def run_scenarios(kit: Kit, only: set[str] | None = None) -> list[Result]:
     for name, scenario in SCENARIOS:
         if only and name not in only:
             continue
+        since = len(kit.heard)
         try:
             results.append(Result(name, True, scenario(kit)))
         except ScenarioFailedError as exc:
-            results.append(Result(name, False, str(exc)))
+            results.append(Result(name, False, str(exc), kit.said(since)))
     return results
 
 
@@ -293,12 +326,12 @@ def run(args: argparse.Namespace) -> int:
                 lambda: transport.connected, threading.Event(), 15.0, args.broker
             ):
                 return 1
+            key = DeviceKey(args.product_id, args.device_name)
+            kit = Kit(platform, key, args.timeout, args.size)
+            kit.listen()
             sys.stderr.write("conformance kit ready: (re)start the device now\n")
             sys.stderr.flush()
-            key = DeviceKey(args.product_id, args.device_name)
-            results = run_scenarios(
-                Kit(platform, key, args.timeout, args.size), set(args.only or ())
-            )
+            results = run_scenarios(kit, set(args.only or ()))
         finally:
             platform.stop()
     print_results(results, args.json)
@@ -312,6 +345,10 @@ def print_results(results: list[Result], as_json: bool) -> None:
     width = max(len(r.name) for r in results)
     for r in results:
         sys.stdout.write(f"{r.name:<{width}}  {'pass' if r.passed else 'FAIL'}  {r.detail}\n")
+        if r.messages:
+            sys.stdout.write(f"{'':<{width}}        the device's last messages in it:\n")
+        for message in r.messages:
+            sys.stdout.write(f"{'':<{width}}        < {message}\n")
     failed = [r.name for r in results if not r.passed]
     verdict = "all scenarios passed" if not failed else f"FAILED: {', '.join(failed)}"
     sys.stdout.write(verdict + "\n")

@@ -1,11 +1,12 @@
 """`iotfsm conformance platform`: play a device against any platform and check its answers.
 
-The kit logs in as the device (`--psk`, Tencent's key credentials), sends what a device sends and
-checks what comes back on the device's own topics: every report_version answered with result 0
-(a non-zero answer makes the C SDK ignore every later offer), get_log_level answered with the
-same clientToken and a level 0-4, a config get answered with a payload exactly when result is 0,
-an upload granted a URL that accepts the PUT with its Content-MD5 and every report answered, and
-a malformed message survived.
+The kit logs in as the device (Tencent's key credentials, the key from `--psk-file` or
+$IOTFSM_PSK, never argv; or `--cert` and `--key`), sends what a device sends and checks what comes
+back on the device's own topics: every report_version answered with result 0 (a non-zero answer
+makes the C SDK ignore every later offer), get_log_level answered with the same clientToken and a
+level 0-4, a config get answered with a payload exactly when result is 0, an upload granted a URL
+that accepts the PUT with its Content-MD5 and every report answered, and a malformed message
+survived.
 """
 
 from __future__ import annotations
@@ -19,31 +20,33 @@ import time
 from pathlib import Path
 
 from ..adapters.codec import Codec, DecodeError
-from ..adapters.connect import transport_for
+from ..adapters.connect import MqttOptions, transport_for
 from ..adapters.http.transfer import TransferError, upload
 from ..adapters.topics import Topics
 from ..machines import all_features, config, log_level, ota, resources
 from ..machines.feature import DeviceKey
 from ..machines.messages import Message
-from .common import CommandError, check_ca
+from .common import CommandError, add_login_arguments, login_options
 from .conformance import Result, ScenarioFailedError, print_results
 
 EXAMPLE = """example:
   iotfsm conformance platform --broker mqtt://127.0.0.1:1883 --product-id S3EUVBRJLB \\
-      --device-name dev-1 --psk vX6PQqazsGsMyf5SMfs6OA6y
+      --device-name dev-1 --psk-file dev-1.psk
 """
 
 
 class DeviceKit:
     """One device connection: send messages, take the answers as they arrive."""
 
-    def __init__(self, broker: str, key: DeviceKey, psk: str, args: argparse.Namespace) -> None:
-        self.key, self.timeout = key, args.timeout
+    def __init__(
+        self, broker: str, key: DeviceKey, psk: str | None, options: MqttOptions, timeout: float
+    ) -> None:
+        self.key, self.timeout = key, timeout
         features = list(all_features())
         self.codec, self.topics = Codec(features), Topics(features)
         self.inbox: queue.Queue[Message | str] = queue.Queue()
         """Answers as they arrive; a string says why one could not be decoded."""
-        self.transport = transport_for(broker, key, psk, check_ca(args.tls_ca))
+        self.transport = transport_for(broker, key, psk, options)
         self.transport.set_handlers(self._on_message, lambda up: None)
         for topic_filter in self.topics.filters("device", device=key):
             self.transport.subscribe(topic_filter, 1)
@@ -170,15 +173,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT")
     parser.add_argument("--product-id", required=True)
     parser.add_argument("--device-name", required=True)
-    parser.add_argument("--psk", required=True, help="the device key (base64), for the login")
     parser.add_argument("--tls-ca", type=Path, help="CA file that signed the broker's certificate")
+    add_login_arguments(parser, device=True)  # the key from a file or $IOTFSM_PSK, never argv
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds per answer")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        kit = DeviceKit(args.broker, DeviceKey(args.product_id, args.device_name), args.psk, args)
+        options, psk = login_options(args, device=True)
+        key = DeviceKey(args.product_id, args.device_name)
+        kit = DeviceKit(args.broker, key, psk, options, args.timeout)
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     kit.start()

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import graphviz
 
+from ..fsm.spec import MachineSpec
 from ..machines import Feature, all_features, platform_machines
 from ..testing.coverage import CoverageFileError, load
 from ..testing.paths import edges
@@ -139,7 +141,9 @@ def _run_one(args: argparse.Namespace) -> int:
                 f"{args.feature} is a platform-level machine without roles; drop --role"
             )
         spec = machines[args.feature]
-        return _write(args, render(machine_graph(spec), fmt), machine_file_name(spec, fmt))
+        covered = None if args.coverage is None else _highlight(spec, load(Path(args.coverage)))
+        graph = machine_graph(spec, highlight=covered)
+        return _write(args, render(graph, fmt), machine_file_name(spec, fmt))
     if feature is None:
         raise UsageError(f"unknown feature {args.feature!r}; known features: {_known()}")
     view: View = args.role or "both"
@@ -166,13 +170,16 @@ def _write(args: argparse.Namespace, data: bytes, name: str) -> int:
 def _covered(feature: Feature, view: View, args: argparse.Namespace) -> graphviz.Digraph:
     """The feature drawn with the edges the saved test run did not take grey and dashed."""
     taken = load(Path(args.coverage))
-    highlights = {}
-    for role in ("device", "platform"):
-        spec = feature.spec(role)
-        total = len(edges(spec))
-        got = taken.get(spec.name, frozenset())
-        note = f"{spec.name}: tests took {len(got)} of {total} edges (grey, dashed: untaken)"
-        highlights[role] = Highlight(taken=got, note=note)
+    highlights = {role: _highlight(feature.spec(role), taken) for role in ("device", "platform")}
     if view == "both":
         return paired_graph(feature, device=highlights["device"], platform=highlights["platform"])
     return feature_graph(feature, view, highlights[view])
+
+
+def _highlight(
+    spec: MachineSpec[Any], taken: Mapping[str, frozenset[tuple[int, str]]]
+) -> Highlight:
+    """`spec`'s edges a saved test run took (the others drawn grey and dashed), with a note."""
+    got = taken.get(spec.name, frozenset())
+    note = f"{spec.name}: tests took {len(got)} of {len(edges(spec))} edges (grey, dashed: untaken)"
+    return Highlight(taken=got, note=note)

@@ -16,7 +16,7 @@ from ..fsm.effects import Effect
 from ..fsm.events import Connected, Disconnected, Event
 from ..fsm.examples import ExampleFn, Examples, always
 from ..fsm.spec import MachineSpec
-from . import broadcast, config, log_level, ota, resources, rrpc, shadow
+from . import broadcast, campaign, config, log_level, ota, resources, rrpc, shadow
 from .feature import DeviceKey
 from .messages import Message
 from .transfer import (
@@ -447,6 +447,70 @@ RRPC_PLATFORM = Examples(
 )
 
 
+# ---- campaign -------------------------------------------------------------------------------
+
+_WAVES = (("dev-a", "dev-b"), ("dev-c",))
+_FIRMWARE = campaign.Firmware("2.0.0", "fw-example", 1024, MD5)
+CAMPAIGN_PLANS = (
+    # threshold: half of the first wave must succeed; one failure in two finished aborts; a
+    # started device has 30 s (so an abort can leave one running, and timeouts happen)
+    campaign.Plan(
+        KEY.product,
+        _FIRMWARE,
+        _WAVES,
+        success_percent=50.0,
+        abort=(campaign.AbortRule(50.0),),
+        device_timeout=30.0,
+    ),
+    # operator: NextWave starts the next wave; one start a minute keeps a wave's queue full
+    campaign.Plan(
+        KEY.product,
+        _FIRMWARE,
+        _WAVES,
+        advance="operator",
+        rate=campaign.Rate(1.0),
+        device_timeout=30.0,
+    ),
+)
+"""Plans a campaign of the examples is launched with: between them every edge is reachable."""
+
+
+def _running(ctx: campaign.CampaignContext) -> list[str]:
+    return [d for d, run in ctx.devices.items() if run.state == campaign.RUNNING]
+
+
+CAMPAIGN = Examples(
+    campaign.SPEC,
+    "campaign-1",
+    {
+        campaign.Launch: always(*(campaign.Launch(p) for p in CAMPAIGN_PLANS)),
+        campaign.Pause: always(campaign.Pause()),
+        campaign.Resume: always(campaign.Resume()),
+        campaign.NextWave: always(campaign.NextWave()),
+        campaign.RetryFailed: always(campaign.RetryFailed()),
+        campaign.Cancel: always(campaign.Cancel()),
+        # outcomes of the devices in flight, and of one that is not in the campaign
+        campaign.DeviceSucceeded: lambda ctx: [
+            *(campaign.DeviceSucceeded(d) for d in _running(ctx)),
+            campaign.DeviceSucceeded("stranger"),
+        ],
+        campaign.DeviceFailed: lambda ctx: [
+            *(campaign.DeviceFailed(d, -1, "gave up") for d in _running(ctx)),
+            campaign.DeviceFailed("stranger", -1),
+        ],
+        # a bad image (-4: the device's part ends) and a timeout (-1: the OTA task retries)
+        campaign.DeviceAttemptFailed: lambda ctx: [
+            *(
+                campaign.DeviceAttemptFailed(d, code)
+                for d in _running(ctx)[:1]
+                for code in (-4, -1)
+            ),
+            campaign.DeviceAttemptFailed("stranger", -1),
+        ],
+    },
+)
+
+
 ALL = (
     OTA_DEVICE,
     OTA_PLATFORM,
@@ -464,6 +528,7 @@ ALL = (
     SHADOW_PLATFORM,
     RRPC_DEVICE,
     RRPC_PLATFORM,
+    CAMPAIGN,
 )
 
 
