@@ -28,7 +28,7 @@ from iotfsm.adapters.http.file_service import FileService
 SLOW_CLIENTS = 2000
 WORKERS = 8
 WAIT = 60.0
-"""Generous: these are waits for a condition, never a timed assertion."""
+"""Generous: these are waits for a condition; the one timed assertion is the issue's 1 s bound."""
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
@@ -101,9 +101,14 @@ def test_2000_slow_clients_hold_no_threads_and_a_5_mb_download_completes(
         for sock in slow:  # still alive, still slow: one more header byte each
             sock.sendall(b"X")
         assert threading.active_count() <= before + WORKERS + 1
+        took = []
         for _ in range(3):
+            began = time.perf_counter()
             body = download(service, "big.bin")
+            took.append(time.perf_counter() - began)
             assert hashlib.md5(body).digest() == hashlib.md5(data).digest()
+        # the issue's bound: under a second (the bench measures 0.005-0.015 s, so this is ~70x)
+        assert max(took) < 1.0, f"5 MB downloads under {SLOW_CLIENTS} slow clients took {took}"
         # the pool served the downloads; the slow clients are still held, on no thread of theirs
         assert service.server.connections >= SLOW_CLIENTS
         assert threading.active_count() <= before + WORKERS + 1

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from tmpfs_fixtures import TmpfsFactory, fill, small_tmpfs
 
-from iotfsm import Platform
+from iotfsm import Platform, cli
 from iotfsm.adapters.mqtt.memory_broker import MemoryBroker
 from iotfsm.adapters.store.session_store import (
     WARN_EVERY,
@@ -234,6 +234,34 @@ def test_platform_and_status_refuse_a_damaged_store_with_one_line_and_exit_3(
         assert str(path) in lines[0] and "damaged" in lines[0] and "--reset-store" in lines[0]
     assert path.read_bytes() == before  # refused, not touched
     assert "exit codes" in _iotfsm("platform", "--help").stdout
+
+
+def test_every_command_that_opens_the_store_refuses_a_damaged_one_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not only `platform` and `status`: registry, api-token, campaign and broker-config read
+    the same file (they gave a raw StoreCorruptError traceback and exit 1). In-process, through
+    `cli.main`, where the one line and the exit code are made."""
+    data_dir = tmp_path / "p"
+    data_dir.mkdir()
+    path = data_dir / "platform.sqlite3"
+    path.write_bytes(b"\x89garbage" * 1000)
+    d = str(data_dir)
+    for args in (
+        ["registry", "list", "--data-dir", d],
+        ["registry", "add", "--data-dir", d, "--product-id", PRODUCT, "--device-name", "d1"],
+        ["api-token", "list", "--data-dir", d],
+        ["campaign", "status", "--data-dir", d],
+        ["broker-config", "mosquitto", "--data-dir", d, "--out", str(tmp_path / "mq")],
+    ):
+        assert cli.main(args) == STORE_DAMAGED, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1, (args, lines)
+        assert str(path) in lines[0] and "--reset-store" in lines[0], (args, lines)
+    assert path.read_bytes() == b"\x89garbage" * 1000
+    with pytest.raises(SystemExit):
+        cli.main(["registry", "--help"])
+    assert "exit codes" in capsys.readouterr().out
 
 
 def test_reset_store_moves_a_damaged_store_aside_and_keeps_a_healthy_one(tmp_path: Path) -> None:

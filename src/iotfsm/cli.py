@@ -243,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "register, list, enable, disable and remove the devices a platform admits",
         "The devices a platform admits (kept in its data directory; a running platform sees "
         "changes within a second). " + registry.EXAMPLE,
+        epilog=status.EXIT_CODES,
     )
     from .commands import api_token, broker_config, campaign
 
@@ -253,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         "create, list and revoke the tokens of the management API",
         "Tokens for `iotfsm platform --api` (kept hashed in the platform's store). "
         + api_token.EXAMPLE,
+        epilog=status.EXIT_CODES,
     )
 
     _mount(
@@ -270,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
         broker_config,
         "write a broker configuration that lets only registered devices in",
         "Write a ready broker configuration. " + broker_config.EXAMPLE,
+        epilog=status.EXIT_CODES,
     )
     _mount(
         sub,
@@ -307,13 +310,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "devices", 1) < 1:
         print("iotfsm: --devices must be at least 1", file=sys.stderr)
         return 2
-    from .commands.common import CommandError
+    from .adapters.store.session_store import StoreCorruptError
+    from .commands.common import STORE_DAMAGED, CommandError
 
     try:
         code: int = args.run(args)
     except CommandError as exc:
         print(f"iotfsm: {exc}", file=sys.stderr)
         return exc.exit_code
+    except StoreCorruptError as exc:
+        # every command that opens platform.sqlite3 (platform, status, registry, api-token,
+        # campaign, broker-config): one line and the same exit code, never a traceback
+        print(f"iotfsm: {exc}", file=sys.stderr)
+        return STORE_DAMAGED
     return code
 
 

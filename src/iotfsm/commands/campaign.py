@@ -23,12 +23,12 @@ from typing import Any
 
 import attrs
 
-from ..adapters.store.session_store import SessionStore, SqliteStore, StoreCorruptError
+from ..adapters.store.session_store import SessionStore, SqliteStore
 from ..campaign_spec import CampaignSpecError
 from ..campaign_spec import parse as parse_campaign
 from ..campaigns import ACTIONS, START, CampaignStatus, queue_command, queue_start, stored_statuses
 from ..machines.campaign import CampaignError
-from .common import STORE_DAMAGED, CommandError
+from .common import CommandError
 from .store_option import add_store_argument, describe_store, open_dsn
 
 EXAMPLE = """examples:
@@ -184,10 +184,7 @@ def open_store(data_dir: Path | None, dsn: str | None = None) -> SessionStore:
     path = data_dir / "platform.sqlite3"
     if not path.is_file():
         raise CommandError(f"{data_dir} holds no platform store (no platform.sqlite3)")
-    try:
-        return SqliteStore(path)
-    except StoreCorruptError as exc:
-        raise CommandError(str(exc), STORE_DAMAGED) from None
+    return SqliteStore(path)
 
 
 def statuses(

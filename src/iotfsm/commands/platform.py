@@ -12,12 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..adapters.store.session_store import StoreCorruptError, reset_if_damaged
+from ..adapters.store.session_store import reset_if_damaged
 from ..desired import DesiredStateError
 from ..platform import Platform
 from ..reconcile import Reconciler
 from .common import (
-    STORE_DAMAGED,
     CommandError,
     JsonLines,
     add_login_arguments,
@@ -174,8 +173,6 @@ def run(args: argparse.Namespace) -> int:
             max_upload=args.max_upload,
             store=store,
         )
-    except StoreCorruptError as exc:
-        raise CommandError(str(exc), STORE_DAMAGED) from None
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     except OSError as exc:
