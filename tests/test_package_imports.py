@@ -17,7 +17,14 @@ import pytest
 import iotfsm
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-HEAVY = ("paho", "cryptography", "http.server", "urllib.request", "iotfsm.platform", "iotfsm.device")
+HEAVY = (
+    "paho",
+    "cryptography",
+    "http.server",
+    "urllib.request",
+    "iotfsm.platform",
+    "iotfsm.device",
+)
 
 
 def test_engine_modules_import_without_transport_or_crypto() -> None:
