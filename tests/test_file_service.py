@@ -488,3 +488,18 @@ def test_signatures_never_reach_the_log(
     assert "Bad request syntax" in caplog.text
     assert caplog.records
     assert signature not in caplog.text
+
+
+def test_a_url_signed_for_a_device_is_served_while_it_is_admitted(service: FileService) -> None:
+    service.publish_file(b"payload", name="fw-held")
+    admitted = {"P1/d1"}
+    service.admits = lambda product, device: f"{product}/{device}" in admitted
+    url = service.signed_get_url("fw-held", 60, ("P1", "d1"))
+    assert request(service, "GET", url)[0] == 200
+    assert request(service, "GET", url + "&device=P1%2Fd1")[0] == 403  # repeated
+    admitted.clear()
+    status, _, body = request(service, "GET", url)
+    assert status == 403 and b"not admitted" in body
+    put = service.signed_put_url("up-held", 4, hashlib.md5(b"data").hexdigest(), 60, ("P1", "d1"))
+    assert request(service, "PUT", put, body=b"data")[0] == 403
+    assert service.upload_record("up-held") is None

@@ -467,3 +467,49 @@ def test_the_desired_state_devices_table_registers_disables_and_enables(tmp_path
         declare("true")
         _ask(broker, "d1")
         assert len(heard) == 2
+
+
+def _offer_url(broker: MemoryBroker, platform: Platform, device: str) -> str:
+    """The URL of the firmware offer the platform sends `device` after its version report."""
+    offers: list[dict[str, object]] = []
+    client = broker.connect(f"device-{device}")
+    client.set_handlers(lambda topic, payload: offers.append(json.loads(payload)), lambda up: None)
+    client.subscribe(f"$ota/update/{PRODUCT}/{device}", 0)
+    client.start()
+    platform.deploy_firmware(PRODUCT, [device], "2.0", b"image for " + device.encode())
+    report = {"type": "report_version", "report": {"version": "1.0"}}
+    client.publish(f"$ota/report/{PRODUCT}/{device}", json.dumps(report).encode(), 1)
+    wait_for("the offer", lambda: any(o.get("type") == "update_firmware" for o in offers), 5)
+    client.stop()
+    return str(next(o for o in offers if o.get("type") == "update_firmware")["url"])
+
+
+def _status(url: str) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as refused:
+        return int(refused.code)
+
+
+def test_a_url_handed_out_before_a_disable_stops_working_at_once(tmp_path: Path) -> None:
+    """A signed URL names its device; the file service asks the registry at every request,
+    so disabling or removing a device cuts its downloads short of the URL's expiry."""
+    broker = MemoryBroker()
+    with Platform(broker, data_dir=tmp_path / "platform") as platform:
+        platform.register_device(PRODUCT, "real")
+        platform.register_device(PRODUCT, "other")
+        url = _offer_url(broker, platform, "real")
+        assert f"device={PRODUCT}%2Freal" in url
+        assert _status(url) == 200
+        platform.registry.disable(PRODUCT, "real")
+        assert _status(url) == 403
+        platform.registry.enable(PRODUCT, "real")
+        assert _status(url) == 200
+        # the URL is signed for its device: naming another admitted one breaks the signature
+        assert _status(url.replace("%2Freal", "%2Fother")) == 403
+        platform.registry.remove(PRODUCT, "real")
+        assert _status(url) == 403

@@ -232,6 +232,8 @@ class Platform(RoleFacade, PlatformMessaging):
             clock=clock,
             blobs=blobs,
         )
+        # a URL handed to a device is served only while the registry lets that device in
+        self.files.admits = lambda product, device: self.registry.admits(DeviceKey(product, device))
         self.broker_auth: BrokerAuthServer | None = None
         if broker_auth is not None:
             self.broker_auth, mqtt = platform_broker_auth(
@@ -410,7 +412,7 @@ class Platform(RoleFacade, PlatformMessaging):
             self.runtime.post("ota", key, ota.DeployFirmware(d.version, d.file_id, d.size, d.md5))
 
     def _offer(self, key: DeviceKey, effect: ota.OfferFirmware) -> None:
-        url = self.files.signed_get_url(effect.file_id, self.url_ttl)
+        url = self.files.signed_get_url(effect.file_id, self.url_ttl, key)
         windows = ota.burn_windows_at(effect.burn, self.runtime.clock.now())
         if effect.burn and windows is None:  # an offer without them would let it burn anywhere
             log.warning(
@@ -566,7 +568,7 @@ class Platform(RoleFacade, PlatformMessaging):
         upload_key = _record_key(key, effect.name, effect.md5)
         with self._records:
             self._record_grant(key, effect, upload_key)
-        url = self.files.signed_put_url(upload_key, effect.size, effect.md5, self.url_ttl)
+        url = self.files.signed_put_url(upload_key, effect.size, effect.md5, self.url_ttl, key)
         answer = resources.CreateUploadTaskRsp(effect.size, effect.name, effect.md5, url)
         self.runtime.publish("resource_upload", key, answer, 0)
 
@@ -624,7 +626,7 @@ class Platform(RoleFacade, PlatformMessaging):
                 self.store.put("uploads", upload_key, doc)
 
     def _send_download_task(self, key: DeviceKey, effect: resources.SendDownloadTask) -> None:
-        url = self.files.signed_get_url(effect.file_id, self.url_ttl)
+        url = self.files.signed_get_url(effect.file_id, self.url_ttl, key)
         kind = resources.GetDownloadTaskRsp if effect.answer else resources.DownloadTask
         task = kind(effect.size, effect.name, effect.md5, url)
         self.runtime.publish("resource_download", key, task, 0)

@@ -376,6 +376,10 @@ class FileService:
         self._post_routes: dict[str, tuple[PostHandler, int]] = {}
         self._server: _Server | None = None
         self.hooks = FaultHooks()
+        self.admits: Callable[[str, str], bool] | None = None
+        """Asked (product, device) for every request whose URL was signed for a device: a
+        device disabled or removed after its URL went out is refused at once (403), not when
+        the URL expires. None: every correctly signed URL is served."""
 
     def _remove_orphans(self) -> None:
         """Delete bodies in flight left by an earlier process: nothing else ever would."""
@@ -478,35 +482,59 @@ class FileService:
     def published(self, file_id: str) -> FileRef | None:
         return self.blobs.ref(file_id)
 
-    def signed_get_url(self, file_id: str, expires_in: float) -> str:
-        """A download URL valid for `expires_in` seconds. The id need not exist (yet): 404 then."""
+    def signed_get_url(
+        self, file_id: str, expires_in: float, holder: tuple[str, str] | None = None
+    ) -> str:
+        """A download URL valid for `expires_in` seconds. The id need not exist (yet): 404 then.
+        With a `holder` (product, device) the URL is that device's: signed with its name and
+        served only while `admits` lets the device in."""
         path = "/files/" + quote(check_name(file_id), safe="")
         expires = self._expiry(expires_in)
-        signature = self._sign("GET", path, expires)
-        return f"{self.public_base}{path}?expires={expires}&signature={signature}"
+        device = _holder_text(holder)
+        signature = self._sign("GET", path, expires, device=device)
+        held = _device_query(device)
+        return f"{self.public_base}{path}?expires={expires}{held}&signature={signature}"
 
-    def signed_put_url(self, upload_key: str, size: int, md5: str, expires_in: float) -> str:
-        """An upload URL for exactly `size` bytes with this md5; any other body is refused."""
+    def signed_put_url(
+        self,
+        upload_key: str,
+        size: int,
+        md5: str,
+        expires_in: float,
+        holder: tuple[str, str] | None = None,
+    ) -> str:
+        """An upload URL for exactly `size` bytes with this md5; any other body is refused.
+        `holder` as for `signed_get_url`."""
         path = "/uploads/" + quote(check_name(upload_key, "upload key"), safe="")
         if size < 0:
             raise ValueError(f"upload size must be >= 0, got {size}")
         md5 = check_md5(md5)
         expires = self._expiry(expires_in)
-        signature = self._sign("PUT", path, expires, size, md5)
+        device = _holder_text(holder)
+        signature = self._sign("PUT", path, expires, size, md5, device=device)
         return (
             f"{self.public_base}{path}?expires={expires}&size={size}&md5={md5}"
-            f"&signature={signature}"
+            f"{_device_query(device)}&signature={signature}"
         )
 
     def _expiry(self, expires_in: float) -> int:
         return int(self._clock.now() + expires_in)
 
     def _sign(
-        self, method: str, path: str, expires: int, size: int | None = None, md5: str | None = None
+        self,
+        method: str,
+        path: str,
+        expires: int,
+        size: int | None = None,
+        md5: str | None = None,
+        *,
+        device: str | None = None,
     ) -> str:
         message = f"{method}\n{path}\n{expires}"
         if size is not None:
             message += f"\n{size}\n{md5}"
+        if device is not None:
+            message += f"\nfor {device}"
         return hmac.new(self._secret, message.encode(), hashlib.sha256).hexdigest()
 
     # Uploads ------------------------------------------------------------------------------------
@@ -577,6 +605,10 @@ class FileService:
             if len(got) != 1:
                 return f"query parameter {key!r} missing or repeated", 0, ""
             values[key] = got[0]
+        holders = params.get("device", [])
+        if len(holders) > 1:
+            return "query parameter 'device' repeated", 0, ""
+        device = holders[0] if holders else None
         expires = parse_decimal(values["expires"])
         if expires is None:
             return "bad expires", 0, ""
@@ -588,14 +620,18 @@ class FileService:
             size, md5 = parsed_size, values["md5"]
             if not _HEX_MD5.fullmatch(md5):
                 return "bad md5", 0, ""
-            expected = self._sign(method, path, expires, size, md5)
+            expected = self._sign(method, path, expires, size, md5, device=device)
         else:
-            expected = self._sign(method, path, expires)
+            expected = self._sign(method, path, expires, device=device)
         signature = values["signature"]
         if not signature.isascii() or not hmac.compare_digest(expected, signature.lower()):
             return "signature does not match", 0, ""
         if self._clock.now() > expires:
             return "URL expired", 0, ""
+        if device is not None and self.admits is not None:
+            product, _, name = device.partition("/")
+            if not self.admits(product, name):
+                return "the device this URL was signed for is not admitted", 0, ""
         return None, size, md5.lower()
 
     def _strip_prefix(self, path: str) -> str:
@@ -606,6 +642,17 @@ class FileService:
         if prefix and path.startswith(prefix + "/"):
             return path[len(prefix) :]
         return path
+
+
+def _holder_text(holder: tuple[str, str] | None) -> str | None:
+    if holder is None:
+        return None
+    product, device = holder  # names the topics already checked: no "/" in either
+    return f"{product}/{device}"
+
+
+def _device_query(device: str | None) -> str:
+    return "" if device is None else "&device=" + quote(device, safe="")
 
 
 def _check_public_base(base: str) -> str:
