@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -282,3 +283,66 @@ def test_a_device_disabled_while_connected_loses_its_next_subscription(
     device.client.subscribe(f"$ota/update/{PRODUCT}/{DEV_A.device}", 1)
     device.first("closed")
     assert not any(e[0] == "suback" for e in device.events)
+
+
+class FailingPolicy(BrokerPolicy):
+    """The policy, failing the next `fail` checks that `match` picks (a check the listener
+    could not answer: RabbitMQ treats a `deny` and a backend error alike, `access_refused`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail = 0
+        self.match: Callable[[str, Mapping[str, str]], bool] = lambda _k, _p: False
+        self.asked: list[str] = []
+
+    def decide(self, kind: str, params: Mapping[str, str]) -> bool:
+        self.asked.append(f"{kind} {params.get('resource', '')} {params.get('permission', '')}")
+        if self.fail and self.match(kind, params):
+            self.fail -= 1
+            return False
+        return super().decide(kind, params)
+
+
+def test_a_failed_check_on_the_qos1_channel_loses_every_later_qos1_publish(
+    rabbitmq_node: RabbitNode, probes: Callable[..., Probe], directory: Registry
+) -> None:
+    """What 3.10.8 does when one authorization check of an established connection fails (issue
+    17's lost reports). The MQTT reader and each of its two AMQP channels (QoS 0 publishes go
+    through one, QoS 1 publishes through another, opened at the first QoS 1 publish) keep a
+    permission cache that is dropped whenever the process hibernates, after about a second
+    idle: a device's next publish is checked again over HTTP, by the reader (topic) and by the
+    channel (exchange write, then topic). The QoS 1 channel is not linked to the reader: when
+    its check fails the channel closes, and the connection stays open with every later QoS 1
+    publish cast to a dead channel: no PUBACK, nothing routed, no log line naming the device
+    after the one refusal; QoS 0 publishes still go through. Only a new connection recovers.
+    So the broker-auth listener must answer every check of an established connection."""
+    policy = FailingPolicy(directory, ACCOUNT, all_features(), device_topics)
+    with BrokerAuthServer(policy, *rabbitmq_node.auth_address):
+        platform = _platform(probes)
+        device = _device(probes, directory, DEV_A)
+        assert device.first("connack") == ("connack", 0)
+        topic = f"$ota/report/{PRODUCT}/{DEV_A.device}"
+        device.client.publish(topic, b"first", qos=1)
+        platform.wait(lambda ev: ("message", topic, b"first") in ev, "the first report")
+        device.first("puback")
+        time.sleep(3)  # the reader and its channels hibernate: their caches are dropped
+        policy.asked.clear()
+        policy.match = lambda kind, params: (
+            kind == "resource" and params.get("resource") == "exchange"
+        )
+        policy.fail = 1  # the QoS 1 channel's exchange check: the reader asks only topics
+        device.client.publish(topic, b"refused", qos=1)
+        deadline = time.monotonic() + WAIT
+        while policy.fail and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert policy.fail == 0, f"the channel's check never came: {policy.asked}"
+        device.client.publish(topic, b"after", qos=1)  # every check answered `allow` now
+        device.client.publish(topic, b"qos0", qos=0)
+        platform.wait(lambda ev: ("message", topic, b"qos0") in ev, "the QoS 0 report")
+        time.sleep(2)
+        assert [m[1] for m in platform.messages()] == [b"first", b"qos0"]
+        # paho reports a QoS 0 publish (mid 4) as published once written: only 1 was acked
+        assert [e for e in device.events if e[0] in ("puback", "closed")] == [
+            ("puback", 1),
+            ("puback", 4),
+        ]

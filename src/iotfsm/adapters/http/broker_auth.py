@@ -116,6 +116,8 @@ class _Server(socketserver.TCPServer):
         self, address: tuple[str, int], policy: BrokerPolicy, workers: int, pending: int
     ) -> None:
         self.policy = policy
+        self.shed = 0
+        """Connections closed unanswered because the queue was full."""
         self.pending: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(pending)
         self.workers = [
             threading.Thread(target=self._work, name=f"broker-auth-{n}", daemon=True)
@@ -127,6 +129,7 @@ class _Server(socketserver.TCPServer):
         try:
             self.pending.put_nowait((request, client_address))
         except queue.Full:
+            self.shed += 1
             log.warning("broker auth: %d checks waiting; refusing one", self.pending.qsize())
             self.shutdown_request(request)
 
@@ -166,6 +169,11 @@ class BrokerAuthServer:
     def address(self) -> tuple[str, int]:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
+
+    @property
+    def shed(self) -> int:
+        """How many checks were refused unanswered (their connection closed) under load."""
+        return self._server.shed
 
     @property
     def url(self) -> str:
