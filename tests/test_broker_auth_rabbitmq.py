@@ -307,42 +307,62 @@ def test_a_failed_check_on_the_qos1_channel_loses_every_later_qos1_publish(
     rabbitmq_node: RabbitNode, probes: Callable[..., Probe], directory: Registry
 ) -> None:
     """What 3.10.8 does when one authorization check of an established connection fails (issue
-    17's lost reports). The MQTT reader and each of its two AMQP channels (QoS 0 publishes go
-    through one, QoS 1 publishes through another, opened at the first QoS 1 publish) keep a
-    permission cache that is dropped whenever the process hibernates, after about a second
-    idle: a device's next publish is checked again over HTTP, by the reader (topic) and by the
-    channel (exchange write, then topic). The QoS 1 channel is not linked to the reader: when
-    its check fails the channel closes, and the connection stays open with every later QoS 1
-    publish cast to a dead channel: no PUBACK, nothing routed, no log line naming the device
-    after the one refusal; QoS 0 publishes still go through. Only a new connection recovers.
-    So the broker-auth listener must answer every check of an established connection."""
+    17's lost reports). The MQTT reader checks the topic, then hands the publish to one of its two
+    AMQP channels (QoS 0 publishes go through one, QoS 1 publishes through another, opened at the
+    first QoS 1 publish), which checks the exchange and the topic again. The QoS 1 channel is not
+    linked to the reader: when its check fails the channel closes, and the connection stays open
+    with every later QoS 1 publish cast to a dead channel: no PUBACK, nothing routed, nothing
+    logged naming the device after the one refusal; QoS 0 publishes still go through. Only a new
+    connection recovers. The reader and the channels drop their own permission caches whenever
+    they hibernate (after about a second idle), so without the node's authorization cache
+    (`rabbitmq_config`) every report after a pause is checked over HTTP again, each check a
+    chance to fail under load; here the QoS 1 channel's first check fails."""
     policy = FailingPolicy(directory, ACCOUNT, all_features(), device_topics)
     with BrokerAuthServer(policy, *rabbitmq_node.auth_address):
         platform = _platform(probes)
         device = _device(probes, directory, DEV_A)
         assert device.first("connack") == ("connack", 0)
         topic = f"$ota/report/{PRODUCT}/{DEV_A.device}"
-        device.client.publish(topic, b"first", qos=1)
-        platform.wait(lambda ev: ("message", topic, b"first") in ev, "the first report")
-        device.first("puback")
-        time.sleep(3)  # the reader and its channels hibernate: their caches are dropped
-        policy.asked.clear()
+        # the channel's exchange check: the reader asks only about topics
         policy.match = lambda kind, params: (
             kind == "resource" and params.get("resource") == "exchange"
         )
-        policy.fail = 1  # the QoS 1 channel's exchange check: the reader asks only topics
+        policy.fail = 1
         device.client.publish(topic, b"refused", qos=1)
         deadline = time.monotonic() + WAIT
         while policy.fail and time.monotonic() < deadline:
             time.sleep(0.05)
         assert policy.fail == 0, f"the channel's check never came: {policy.asked}"
-        device.client.publish(topic, b"after", qos=1)  # every check answered `allow` now
+        device.client.publish(topic, b"after", qos=1)  # every check is answered `allow` now
         device.client.publish(topic, b"qos0", qos=0)
         platform.wait(lambda ev: ("message", topic, b"qos0") in ev, "the QoS 0 report")
         time.sleep(2)
-        assert [m[1] for m in platform.messages()] == [b"first", b"qos0"]
-        # paho reports a QoS 0 publish (mid 4) as published once written: only 1 was acked
-        assert [e for e in device.events if e[0] in ("puback", "closed")] == [
-            ("puback", 1),
-            ("puback", 4),
-        ]
+        assert [m[1] for m in platform.messages()] == [b"qos0"]
+        # paho reports a QoS 0 publish (mid 3) as published once written: no QoS 1 was acked
+        assert [e for e in device.events if e[0] in ("puback", "closed")] == [("puback", 3)]
+
+
+def test_after_a_pause_a_report_is_not_checked_over_http_again(
+    rabbitmq_node: RabbitNode, probes: Callable[..., Probe], directory: Registry
+) -> None:
+    """The node's authorization cache (`auth_backends.1.authz = cache`): the reader and the
+    channels forget their own caches when they hibernate, but the node answers their checks of
+    a device's next report from its cache, so the listener is not asked again and no check of
+    the connection can fail there. Without it this report was checked three times over HTTP,
+    and a failing check lost it and every later QoS 1 report of the connection."""
+    policy = FailingPolicy(directory, ACCOUNT, all_features(), device_topics)
+    with BrokerAuthServer(policy, *rabbitmq_node.auth_address):
+        platform = _platform(probes)
+        device = _device(probes, directory, DEV_B)
+        assert device.first("connack") == ("connack", 0)
+        topic = f"$ota/report/{PRODUCT}/{DEV_B.device}"
+        device.client.publish(topic, b"first", qos=1)
+        platform.wait(lambda ev: ("message", topic, b"first") in ev, "the first report")
+        time.sleep(3)  # the reader and its channels hibernate
+        policy.asked.clear()
+        policy.match = lambda kind, _params: kind != "user"
+        policy.fail = 3
+        device.client.publish(topic, b"after a pause", qos=1)
+        platform.wait(lambda ev: ("message", topic, b"after a pause") in ev, "the second report")
+        device.wait(lambda ev: ("puback", 2) in ev, "its PUBACK")
+        assert policy.asked == [] and policy.fail == 3

@@ -1,10 +1,11 @@
 """The platform's broker-auth listener: RabbitMQ's HTTP auth backend asks it about every login.
 
-RabbitMQ (`auth_backends.1 = http`, see `iotfsm.adapters.amqp.rabbitmq_config`) POSTs a form to
-`/auth/user`, `/auth/vhost`, `/auth/resource` and `/auth/topic` and reads a 200 answer whose body
-is `allow` or `deny` (for `user`, `allow` may be followed by tags such as `administrator`; the
-platform hands out none: no login here may use the management UI). What each question means and
-how it is answered lives in `broker_policy`; this module is only the HTTP edge.
+RabbitMQ (`auth_backends.1.authn = http`, see `iotfsm.adapters.amqp.rabbitmq_config`) POSTs a
+form to `/auth/user`, `/auth/vhost`, `/auth/resource` and `/auth/topic` and reads a 200 answer
+whose body is `allow` or `deny` (for `user`, `allow` may be followed by tags such as
+`administrator`; the platform hands out none: no login here may use the management UI). What
+each question means and how it is answered lives in `broker_policy`; this module is only the
+HTTP edge.
 
 It is a listener of its own, on 127.0.0.1 by default, never the public file service: devices have
 no business asking it whether a password is right. It is bounded: a fixed number of worker
@@ -46,6 +47,12 @@ MAX_FIELDS = 16
 DEFAULT_WORKERS = 4
 DEFAULT_QUEUE = 64
 REQUEST_TIMEOUT = 5.0
+LISTEN_BACKLOG = 1024
+"""Connections the kernel holds before the accept thread takes them. RabbitMQ opens one per
+check, hundreds at once when a fleet reconnects; with a short backlog the kernel drops the
+surplus SYNs, the node's connect times out (`auth_http.connection_timeout`) and the check
+fails, which on an established connection loses messages (`rabbitmq_config`). The bounded
+queue behind the accept thread (`pending`) is where load is shed."""
 
 
 def parse_form(body: bytes) -> dict[str, str] | None:
@@ -110,7 +117,7 @@ class _Server(socketserver.TCPServer):
     """Accepts on one thread, hands connections to a fixed pool through a bounded queue."""
 
     allow_reuse_address = True
-    request_queue_size = DEFAULT_QUEUE
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(
         self, address: tuple[str, int], policy: BrokerPolicy, workers: int, pending: int
