@@ -312,8 +312,12 @@ def _auth_summary(pool: Pool) -> str:
         for what in ("returned an error", "channel exception", "authorization failure")
         if what in line
     )  # fmt: skip
-    shed = pool.auth.shed if pool.auth is not None else None
-    return f"broker auth shed {shed}, node log {dict(failures)}"
+    if pool.auth is None:
+        return f"node log {dict(failures)}"
+    asked: Counter[str] = Counter()
+    for (kind, _), n in pool.auth.policy.decisions.items():
+        asked[kind] += n
+    return f"broker auth shed {pool.auth.shed}, asked {dict(asked)}, node log {dict(failures)}"
 
 
 def _broker_view(pool: Pool, names: list[str]) -> str:
