@@ -10,7 +10,10 @@ HTTP edge.
 It is a listener of its own, on 127.0.0.1 by default, never the public file service: devices have
 no business asking it whether a password is right. It is bounded: a fixed number of worker
 threads take accepted connections from a short queue, and a connection that finds the queue full
-is closed at once (RabbitMQ then refuses that login, which is what an overloaded check should do).
+is closed at once (`shed` counts them). For a login RabbitMQ then refuses it, which is what an
+overloaded check should do; but the listener cannot tell a login from a check of an established
+connection before reading it, and a failed check there can lose that connection's QoS 1 publishes
+on 3.10 (`rabbitmq_config`): the node's authorization cache is what keeps those checks rare.
 Each connection answers one request and closes (HTTP/1.0), so a keep-alive connection never ties up
 a worker, and a slow or silent client is cut after a few seconds. Hostile input (no or huge
 Content-Length, a body that is not a form, repeated or undecodable fields, a huge username) is
