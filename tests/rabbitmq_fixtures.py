@@ -8,7 +8,7 @@ on that port and stops it at the end, so tests never see each other's registry. 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -52,6 +52,36 @@ class RabbitNode:
                 raise AssertionError(
                     f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}"
                 )
+
+    def mqtt_connections(self, client_ids: Sequence[str]) -> str:
+        """What the node holds for the MQTT connections of `client_ids`, for a failure message:
+        each one's reader state, its two channels (QoS 0 and QoS 1 publishes each go through
+        one; 3.10 opens the QoS 1 one at the first QoS 1 publish) and whether they are alive,
+        the QoS 1 publishes waiting for a confirm, and the reader process's mailbox."""
+        wanted = ",".join(f'<<"{c}">>' for c in client_ids if c.isalnum())
+        expression = (
+            f"Ids = [{wanted}], "
+            "Alive = fun(undefined) -> none; (Pid) -> is_process_alive(Pid) end, "
+            "[begin "
+            "  I = rabbit_mqtt_reader:info(P, [conn_name, connection_state, channels,"
+            "    unacked_pubs, awaiting_seqno, awaiting_ack, message_id]), "
+            "  {channels, {C0, C1}} = lists:keyfind(channels, 1, I), "
+            "  {unacked_pubs, U} = lists:keyfind(unacked_pubs, 1, I), "
+            "  {rabbit_data_coercion:to_binary(Id), "
+            "   lists:keydelete(unacked_pubs, 1, I), {unacked_pubs, gb_trees:to_list(U)}, "
+            "   {qos0_channel_alive, Alive(C0)}, {qos1_channel_alive, Alive(C1)}, "
+            "   erlang:process_info(P, [message_queue_len, current_function, status])} "
+            "end || {Id, P} <- rabbit_mqtt_collector:list(), "
+            "lists:member(rabbit_data_coercion:to_binary(Id), Ids)]."
+        )
+        found = self.broker.ctl("eval", expression)
+        return (found.stdout + found.stderr).strip()
+
+    def log_lines(self, needles: Sequence[str], most: int = 80) -> str:
+        """The node's log lines naming one of `needles` (a client id, a username)."""
+        lines = [line for line in self.broker.log_text().splitlines()
+                 if any(needle in line for needle in needles)]  # fmt: skip
+        return "\n".join(lines[-most:])
 
 
 def _new_node(auth_address: tuple[str, int]) -> RabbitMQ:

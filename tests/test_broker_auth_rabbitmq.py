@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -282,3 +283,94 @@ def test_a_device_disabled_while_connected_loses_its_next_subscription(
     device.client.subscribe(f"$ota/update/{PRODUCT}/{DEV_A.device}", 1)
     device.first("closed")
     assert not any(e[0] == "suback" for e in device.events)
+
+
+class FailingPolicy(BrokerPolicy):
+    """The policy, failing the next `fail` checks that `match` picks (a check the listener
+    could not answer: RabbitMQ treats a `deny` and a backend error alike, `access_refused`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fail = 0
+        self.match: Callable[[str, Mapping[str, str]], bool] = lambda _k, _p: False
+        self.asked: list[str] = []
+
+    def decide(self, kind: str, params: Mapping[str, str]) -> bool:
+        self.asked.append(f"{kind} {params.get('resource', '')} {params.get('permission', '')}")
+        if self.fail and self.match(kind, params):
+            self.fail -= 1
+            return False
+        return super().decide(kind, params)
+
+
+@pytest.fixture
+def failing(rabbitmq_node: RabbitNode, directory: Registry) -> Iterator[FailingPolicy]:
+    """A listener answering from a FailingPolicy (failing nothing until armed)."""
+    policy = FailingPolicy(directory, ACCOUNT, all_features(), device_topics)
+    with BrokerAuthServer(policy, *rabbitmq_node.auth_address):
+        yield policy
+
+
+def _reporter(
+    probes: Callable[..., Probe], directory: Registry, key: DeviceKey
+) -> tuple[Probe, Probe, str]:
+    """The platform's subscriber, a logged-in device `key`, and the topic of its reports."""
+    platform = _platform(probes)
+    device = _device(probes, directory, key)
+    assert device.first("connack") == ("connack", 0)
+    return platform, device, f"$ota/report/{key.product}/{key.device}"
+
+
+def test_a_failed_check_on_the_qos1_channel_loses_every_later_qos1_publish(
+    failing: FailingPolicy, probes: Callable[..., Probe], directory: Registry
+) -> None:
+    """What 3.10.8 does when one authorization check of an established connection fails (issue
+    17's lost reports). The MQTT reader checks the topic, then hands the publish to one of its two
+    AMQP channels (QoS 0 publishes go through one, QoS 1 publishes through another, opened at the
+    first QoS 1 publish), which checks the exchange and the topic again. The QoS 1 channel is not
+    linked to the reader: when its check fails the channel closes, and the connection stays open
+    with every later QoS 1 publish cast to a dead channel: no PUBACK, nothing routed, nothing
+    logged naming the device after the one refusal; QoS 0 publishes still go through. Only a new
+    connection recovers. The reader and the channels drop their own permission caches whenever
+    they hibernate (after about a second idle), so without the node's authorization cache
+    (`rabbitmq_config`) every report after a pause is checked over HTTP again, each check a
+    chance to fail under load; here the QoS 1 channel's first check fails."""
+    policy = failing
+    platform, device, topic = _reporter(probes, directory, DEV_A)
+    # the channel's exchange check: the reader asks only about topics
+    policy.match = lambda kind, params: kind == "resource" and params.get("resource") == "exchange"
+    policy.fail = 1
+    device.client.publish(topic, b"refused", qos=1)
+    deadline = time.monotonic() + WAIT
+    while policy.fail and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert policy.fail == 0, f"the channel's check never came: {policy.asked}"
+    device.client.publish(topic, b"after", qos=1)  # every check is answered `allow` now
+    device.client.publish(topic, b"qos0", qos=0)
+    platform.wait(lambda ev: ("message", topic, b"qos0") in ev, "the QoS 0 report")
+    time.sleep(2)
+    assert [m[1] for m in platform.messages()] == [b"qos0"]
+    # paho reports a QoS 0 publish (mid 3) as published once written: no QoS 1 was acked
+    assert [e for e in device.events if e[0] in ("puback", "closed")] == [("puback", 3)]
+
+
+def test_after_a_pause_a_report_is_not_checked_over_http_again(
+    failing: FailingPolicy, probes: Callable[..., Probe], directory: Registry
+) -> None:
+    """The node's authorization cache (`auth_backends.1.authz = cache`): the reader and the
+    channels forget their own caches when they hibernate, but the node answers their checks of
+    a device's next report from its cache, so the listener is not asked again and no check of
+    the connection can fail there. Without it this report was checked three times over HTTP,
+    and a failing check lost it and every later QoS 1 report of the connection."""
+    policy = failing
+    platform, device, topic = _reporter(probes, directory, DEV_B)
+    device.client.publish(topic, b"first", qos=1)
+    platform.wait(lambda ev: ("message", topic, b"first") in ev, "the first report")
+    time.sleep(3)  # the reader and its channels hibernate
+    policy.asked.clear()
+    policy.match = lambda kind, _params: kind != "user"
+    policy.fail = 3
+    device.client.publish(topic, b"after a pause", qos=1)
+    platform.wait(lambda ev: ("message", topic, b"after a pause") in ev, "the second report")
+    device.wait(lambda ev: ("puback", 2) in ev, "its PUBACK")
+    assert policy.asked == [] and policy.fail == 3

@@ -22,8 +22,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,7 @@ class Pool:
     http: list[tuple[str, int]] = attrs.Factory(list)
     others: list[subprocess.Popen[Any]] = attrs.Factory(list)
     """Other processes of the test (a crashing worker): killed and reaped with the workers."""
+    auth: BrokerAuthServer | None = None
 
     @property
     def dsn(self) -> str:
@@ -143,16 +146,40 @@ class Pool:
                       if any(needle in line for needle in needles)]  # fmt: skip
         return "\n".join(found[-most:])
 
-    def logs(self) -> str:
+    def keep_logs(self) -> None:
+        """Copy the workers' and the node's logs to $IOTFSM_POOL_LOGS when it is set."""
         keep = os.environ.get("IOTFSM_POOL_LOGS")
         if keep:
             for n in range(len(self.workers)):
                 name = f"worker{n}.log"
                 (Path(keep) / name).write_bytes((self.root / name).read_bytes())
+            (Path(keep) / "rabbitmq.log").write_text(self.node.broker.log_text())
+
+    def logs(self) -> str:
+        self.keep_logs()
         return "\n".join(
             f"--- worker{n}\n" + (self.root / f"worker{n}.log").read_text(errors="replace")[-6000:]
             for n in range(len(self.workers))
         )
+
+
+class RecordingPolicy(BrokerPolicy):
+    """The test's broker policy, remembering what it was asked per login (the part of the
+    username before `;`, which is the client id): a stuck device's checks for the failure."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.asked: dict[str, deque[str]] = {}
+        self._asked_lock = threading.Lock()
+
+    def decide(self, kind: str, params: Mapping[str, str]) -> bool:
+        allowed = super().decide(kind, params)
+        who = params.get("username", "").split(";")[0][:40]
+        what = params.get("routing_key") or params.get("name") or ""
+        line = f"{time.time():.3f} {kind} {params.get('permission', '')} {what[:60]} {allowed}"
+        with self._asked_lock:
+            self.asked.setdefault(who, deque(maxlen=16)).append(line)
+        return allowed
 
 
 def _register(store: PostgresStore, secrets_dir: Path, names: list[str]) -> Registry:
@@ -185,6 +212,7 @@ def pool(
         yield found
     finally:
         found.stop()
+        found.keep_logs()
 
 
 @attrs.define
@@ -271,7 +299,47 @@ def _diagnosis(pool: Pool, devices: Devices, store: PostgresStore) -> str:
             ([name for name, *_ in stuck],),
         ).fetchall()
     traces = pool.lines_about([f".{name}" for name, *_ in stuck])
-    return f"{devices.totals()}\n{queues}\n{stuck}\n{rows}\n{traces}\n{pool.logs()}"
+    return "\n".join([f"{devices.totals()}", queues, f"{stuck}", f"{rows}", traces,
+                      _broker_view(pool, [name for name, *_ in stuck]), pool.logs()])  # fmt: skip
+
+
+def _auth_summary(pool: Pool) -> str:
+    """How the node's auth checks went: what the listener shed, and the node's log lines
+    about checks that failed (an error from the HTTP backend, a channel closed by one)."""
+    log = pool.node.broker.log_text()
+    failures = Counter(
+        what for line in log.splitlines()
+        for what in ("returned an error", "channel exception", "authorization failure")
+        if what in line
+    )  # fmt: skip
+    if pool.auth is None:
+        return f"node log {dict(failures)}"
+    asked: Counter[str] = Counter()
+    for (kind, _), n in pool.auth.policy.decisions.items():
+        asked[kind] += n
+    return f"broker auth shed {pool.auth.shed}, asked {dict(asked)}, node log {dict(failures)}"
+
+
+def _broker_view(pool: Pool, names: list[str]) -> str:
+    """The node's and the broker-auth listener's side of the stuck devices: their MQTT
+    connections (reader state, channels alive, publishes awaiting a confirm), the node's log
+    lines naming them, how often the node's auth checks failed, and what the listener shed
+    and answered for them."""
+    client_ids = [f"{PRODUCT}{name}" for name in names]
+    parts = [
+        "--- rabbitmq: the stuck devices' MQTT connections",
+        pool.node.mqtt_connections(client_ids),
+        f"--- {_auth_summary(pool)}; the node's log lines naming the stuck devices:",
+        pool.node.log_lines(client_ids),
+    ]
+    if pool.auth is not None:
+        policy = pool.auth.policy
+        parts += [f"--- broker auth decisions {dict(policy.decisions)}"]
+        if isinstance(policy, RecordingPolicy):
+            for client_id in client_ids:
+                asked = policy.asked.get(client_id, deque())
+                parts += [f"{client_id}: " + " | ".join(asked)]
+    return "\n".join(parts)
 
 
 def _has_deployment(store: PostgresStore) -> bool:
@@ -284,10 +352,11 @@ def test_three_workers_one_killed_every_device_updated_once(pool: Pool) -> None:
     names = [f"d{i:05d}" for i in range(DEVICES)]
     store = PostgresStore(pool.cluster.conninfo(pool.dbname))
     registry = _register(store, pool.root / "secrets", names)
-    policy = BrokerPolicy(registry, ACCOUNT, all_features(), device_topics)
+    policy = RecordingPolicy(registry, ACCOUNT, all_features(), device_topics)
     auth = BrokerAuthServer(policy, *pool.node.auth_address, workers=8, pending=2048).start()
     devices = Devices()
     try:
+        pool.auth = auth
         queue_deploy(store, PRODUCT, TARGET, IMAGE)
         for _ in range(3):
             pool.start_worker()
@@ -322,7 +391,7 @@ def test_three_workers_one_killed_every_device_updated_once(pool: Pool) -> None:
     print(
         f"\npool: {DEVICES} devices, 3 workers (one SIGKILLed at {killed_at} successes, one "
         f"joined at {joined_at}); setup {ready - began:.1f} s, fleet {finished - ready:.1f} s;"
-        f" device counts {counts}"
+        f" device counts {counts}; {_auth_summary(pool)}"
     )
     assert sorted(per_device) == names, "every device has an OTA success recorded"
     assert set(per_device.values()) == {1}, "no OTA success recorded twice"

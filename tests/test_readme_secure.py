@@ -203,7 +203,7 @@ def test_the_rabbitmq_subsection_runs_against_a_private_node(
             )  # fmt: skip
             assert done.returncode == 0, f"{shlex.join(argv)}:\n{done.stdout}{done.stderr}"
     conf = (tmp_path / "rabbitmq" / "rabbitmq.conf").read_text()
-    assert "auth_backends.1 = http" in conf and "mqtt.allow_anonymous = false" in conf
+    assert "auth_backends.1.authn = http" in conf and "mqtt.allow_anonymous = false" in conf
     assert platform is not None
     wait_for(
         "the platform to answer the device",

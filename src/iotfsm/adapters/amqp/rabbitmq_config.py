@@ -4,11 +4,23 @@ One generator serves the operator (`iotfsm broker-config rabbitmq`) and the test
 node of `iotfsm.testing.rabbitmq`), so the file an operator deploys is the file the tests ran.
 
 What it sets, and why:
-- `auth_backends.1 = http` with the four `auth_http.*_path` URLs under the platform's broker-auth
-  listener: every login, vhost, queue, exchange and topic decision is asked of the platform, which
-  answers from its device registry (`iotfsm.adapters.http.broker_auth`). The internal user
-  database is not consulted at all, so the `guest` account the node creates on first boot cannot
-  log in.
+- `auth_backends.1.authn = http` with the four `auth_http.*_path` URLs under the platform's
+  broker-auth listener: every login, vhost, queue, exchange and topic decision is asked of the
+  platform (through the cache below), which answers from its device registry
+  (`iotfsm.adapters.http.broker_auth`). The internal user database is not consulted at all, so
+  the `guest` account the node creates on first boot cannot log in.
+- authorization through `rabbitmq_auth_backend_cache` (`auth_backends.1.authz = cache`, over http,
+  `AUTHZ_CACHE_TTL_MS`); logins (`authn`) are still asked every time. RabbitMQ 3.10's MQTT reader
+  and each of its channels drop their own permission caches whenever they hibernate (after about
+  a second idle), so without the node-wide cache every report of a device after a pause is checked
+  over HTTP again, three to five requests, and a fleet's load on the listener grows with its
+  message rate. It matters beyond load: a check that fails on an established connection is not
+  retried. A failed check on the channel that carries QoS 1 publishes closes that channel, which
+  3.10 does not link to the connection: the connection stays open and every later QoS 1 publish
+  of it is lost without a PUBACK (issue 17; `tests/test_broker_auth_rabbitmq.py`). Successes
+  only are cached (refusals and errors are asked again), so a device disabled while connected
+  keeps the topics it already used for at most the TTL; it cannot log in again, and the platform
+  drops what a disabled device sends.
 - `mqtt.allow_anonymous = false`: RabbitMQ 3.10 would otherwise log an MQTT client without a
   username in as `mqtt.default_user` (guest).
 - `ignore_colons_in_username` (advanced.config: the 3.10 schema has no rabbitmq.conf key for it):
@@ -34,9 +46,17 @@ AUTH_KINDS = ("user", "vhost", "resource", "topic")
 
 AUTH_PATH_PREFIX = "/auth/"
 
-PLUGINS = ("rabbitmq_mqtt", "rabbitmq_auth_backend_http", "rabbitmq_consistent_hash_exchange")
+PLUGINS = (
+    "rabbitmq_mqtt",
+    "rabbitmq_auth_backend_http",
+    "rabbitmq_auth_backend_cache",
+    "rabbitmq_consistent_hash_exchange",
+)
 """The consistent-hash exchange splits device uplinks into the worker pool's partition queues
 (`iotfsm.adapters.amqp.topology`); a node without a pool just does not use it."""
+
+AUTHZ_CACHE_TTL_MS = 60_000
+"""How long the node keeps an allowed vhost, resource or topic check (see the module doc)."""
 
 _HOST = re.compile(r"[A-Za-z0-9.:\[\]-]{1,253}")
 
@@ -106,7 +126,12 @@ class RabbitConfig:
             "mqtt.tcp_listen_options.nodelay = true",
         ]
         if self.auth_url is not None:
-            lines += ["", "auth_backends.1 = http", "auth_http.http_method = post"]
+            lines += ["", "auth_backends.1.authn = http", "auth_backends.1.authz = cache"]
+            lines += [
+                "auth_cache.cached_backend = http",
+                f"auth_cache.cache_ttl = {AUTHZ_CACHE_TTL_MS}",
+            ]
+            lines += ["auth_http.http_method = post"]
             # without these a hung platform would hang every login (httpc waits forever)
             lines += ["auth_http.connection_timeout = 5000", "auth_http.request_timeout = 15000"]
             lines += [

@@ -1,15 +1,19 @@
 """The platform's broker-auth listener: RabbitMQ's HTTP auth backend asks it about every login.
 
-RabbitMQ (`auth_backends.1 = http`, see `iotfsm.adapters.amqp.rabbitmq_config`) POSTs a form to
-`/auth/user`, `/auth/vhost`, `/auth/resource` and `/auth/topic` and reads a 200 answer whose body
-is `allow` or `deny` (for `user`, `allow` may be followed by tags such as `administrator`; the
-platform hands out none: no login here may use the management UI). What each question means and
-how it is answered lives in `broker_policy`; this module is only the HTTP edge.
+RabbitMQ (`auth_backends.1.authn = http`, see `iotfsm.adapters.amqp.rabbitmq_config`) POSTs a
+form to `/auth/user`, `/auth/vhost`, `/auth/resource` and `/auth/topic` and reads a 200 answer
+whose body is `allow` or `deny` (for `user`, `allow` may be followed by tags such as
+`administrator`; the platform hands out none: no login here may use the management UI). What
+each question means and how it is answered lives in `broker_policy`; this module is only the
+HTTP edge.
 
 It is a listener of its own, on 127.0.0.1 by default, never the public file service: devices have
 no business asking it whether a password is right. It is bounded: a fixed number of worker
 threads take accepted connections from a short queue, and a connection that finds the queue full
-is closed at once (RabbitMQ then refuses that login, which is what an overloaded check should do).
+is closed at once (`shed` counts them). For a login RabbitMQ then refuses it, which is what an
+overloaded check should do; but the listener cannot tell a login from a check of an established
+connection before reading it, and a failed check there can lose that connection's QoS 1 publishes
+on 3.10 (`rabbitmq_config`): the node's authorization cache is what keeps those checks rare.
 Each connection answers one request and closes (HTTP/1.0), so a keep-alive connection never ties up
 a worker, and a slow or silent client is cut after a few seconds. Hostile input (no or huge
 Content-Length, a body that is not a form, repeated or undecodable fields, a huge username) is
@@ -46,6 +50,12 @@ MAX_FIELDS = 16
 DEFAULT_WORKERS = 4
 DEFAULT_QUEUE = 64
 REQUEST_TIMEOUT = 5.0
+LISTEN_BACKLOG = 1024
+"""Connections the kernel holds before the accept thread takes them. RabbitMQ opens one per
+check, hundreds at once when a fleet reconnects; with a short backlog the kernel drops the
+surplus SYNs, the node's connect times out (`auth_http.connection_timeout`) and the check
+fails, which on an established connection loses messages (`rabbitmq_config`). The bounded
+queue behind the accept thread (`pending`) is where load is shed."""
 
 
 def parse_form(body: bytes) -> dict[str, str] | None:
@@ -110,12 +120,14 @@ class _Server(socketserver.TCPServer):
     """Accepts on one thread, hands connections to a fixed pool through a bounded queue."""
 
     allow_reuse_address = True
-    request_queue_size = DEFAULT_QUEUE
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(
         self, address: tuple[str, int], policy: BrokerPolicy, workers: int, pending: int
     ) -> None:
         self.policy = policy
+        self.shed = 0
+        """Connections closed unanswered because the queue was full."""
         self.pending: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(pending)
         self.workers = [
             threading.Thread(target=self._work, name=f"broker-auth-{n}", daemon=True)
@@ -127,6 +139,7 @@ class _Server(socketserver.TCPServer):
         try:
             self.pending.put_nowait((request, client_address))
         except queue.Full:
+            self.shed += 1
             log.warning("broker auth: %d checks waiting; refusing one", self.pending.qsize())
             self.shutdown_request(request)
 
@@ -166,6 +179,11 @@ class BrokerAuthServer:
     def address(self) -> tuple[str, int]:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
+
+    @property
+    def shed(self) -> int:
+        """How many checks were refused unanswered (their connection closed) under load."""
+        return self._server.shed
 
     @property
     def url(self) -> str:
