@@ -19,7 +19,12 @@ from test_broker_auth_rabbitmq import ACCOUNT, DEV_A, make_registry
 
 from iotfsm.adapters.amqp.rabbitmq_config import BrokerConfigError, RabbitConfig
 from iotfsm.adapters.amqp.routing import routing_key
-from iotfsm.adapters.http.broker_auth import MAX_BODY, BrokerAuthServer, parse_form
+from iotfsm.adapters.http.broker_auth import (
+    MAX_BODY,
+    OVERLOAD_TIMEOUT,
+    BrokerAuthServer,
+    parse_form,
+)
 from iotfsm.adapters.identity.broker_account import (
     BrokerAccount,
     BrokerAccountError,
@@ -257,6 +262,38 @@ def test_silent_clients_cannot_exhaust_the_endpoint(server: BrokerAuthServer) ->
         except (http.client.RemoteDisconnected, ConnectionResetError):
             time.sleep(0.05)  # still draining the closed ones
     assert answers == [(200, b"deny")]
+
+
+def test_a_full_queue_sheds_logins_but_answers_every_check_of_a_connection(
+    policy: BrokerPolicy, registry: Registry
+) -> None:
+    """The worker and the queue held by silent clients: the accept thread reads the next
+    request itself. A login is answered deny unasked (shed); a topic check of a device that is
+    in is decided as ever, because a failed check there loses the device's QoS 1 publishes."""
+    user = _login(policy, registry)
+    creds = registry.credentials(*DEV_A)
+    login = urlencode({"username": user, "password": creds.password(user), "vhost": "/",
+                       "client_id": A_ID}).encode()  # fmt: skip
+    check = urlencode(_topic(user, "write", f"$ota.report.{PRODUCT}.dev:a_1-x")).encode()
+    foreign = urlencode(_topic(user, "write", f"$ota.report.{PRODUCT}.dev-b")).encode()
+    with BrokerAuthServer(policy, workers=1, pending=1) as server:
+        idle = [socket.create_connection(server.address) for _ in range(3)]
+        try:
+            # one idle connection on the worker, one in the queue, and the third read by the
+            # accept thread until OVERLOAD_TIMEOUT cuts it
+            time.sleep(OVERLOAD_TIMEOUT + 0.3)
+            assert _post(server, "/auth/topic", check) == (200, b"allow")
+            assert _post(server, "/auth/topic", foreign) == (200, b"deny")
+            assert _post(server, "/auth/user", login) == (200, b"deny")
+            assert server.shed == 1
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while _post(server, "/auth/user", login) != (200, b"allow"):
+            assert time.monotonic() < deadline, "logins never answered again"
+            time.sleep(0.05)
+        assert server.shed >= 1
 
 
 def test_platform_account_password_file(tmp_path: Path) -> None:

@@ -9,11 +9,16 @@ HTTP edge.
 
 It is a listener of its own, on 127.0.0.1 by default, never the public file service: devices have
 no business asking it whether a password is right. It is bounded: a fixed number of worker
-threads take accepted connections from a short queue, and a connection that finds the queue full
-is closed at once (`shed` counts them). For a login RabbitMQ then refuses it, which is what an
-overloaded check should do; but the listener cannot tell a login from a check of an established
-connection before reading it, and a failed check there can lose that connection's QoS 1 publishes
-on 3.10 (`rabbitmq_config`): the node's authorization cache is what keeps those checks rare.
+threads take accepted connections from a short queue. A connection that finds the queue full
+is read by the accept thread itself, with a short timeout (`OVERLOAD_TIMEOUT`): a login
+(`/auth/user`) is then answered `deny` without a look at the registry (`shed` counts them;
+RabbitMQ refuses the login and the device tries again later, which is what an overloaded check
+should do), and every other question (vhost, resource, topic: checks of a connection that is
+already in) is decided as usual. Those must never fail for load: on RabbitMQ 3.10 a failed check
+on the MQTT plugin's QoS 1 channel closes that channel under a connection that stays open, and
+every later QoS 1 publish of the device is lost without a word (`rabbitmq_config`). The accept
+thread answering them itself is backpressure, not loss: accepting slows down to the rate of
+answering, and the kernel's backlog (`LISTEN_BACKLOG`) holds the rest.
 Each connection answers one request and closes (HTTP/1.0), so a keep-alive connection never ties up
 a worker, and a slow or silent client is cut after a few seconds. Hostile input (no or huge
 Content-Length, a body that is not a form, repeated or undecodable fields, a huge username) is
@@ -55,7 +60,10 @@ LISTEN_BACKLOG = 1024
 check, hundreds at once when a fleet reconnects; with a short backlog the kernel drops the
 surplus SYNs, the node's connect times out (`auth_http.connection_timeout`) and the check
 fails, which on an established connection loses messages (`rabbitmq_config`). The bounded
-queue behind the accept thread (`pending`) is where load is shed."""
+queue behind the accept thread (`pending`) is where logins are shed."""
+OVERLOAD_TIMEOUT = 0.5
+"""Seconds the accept thread waits for a request it reads itself (the queue being full): a
+slow or silent client cannot hold the listener for longer than this."""
 
 
 def parse_form(body: bytes) -> dict[str, str] | None:
@@ -95,10 +103,17 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         self._handle(parts.path, parts.query.encode("latin-1", "replace"))
 
+    overloaded = False
+    """Read by the accept thread because the queue was full: logins are shed."""
+
     def _handle(self, path: str, body: bytes) -> None:
         kind = path[len(AUTH_PATH_PREFIX) :] if path.startswith(AUTH_PATH_PREFIX) else ""
         if kind not in KINDS:
             self._answer(False, status=404)
+            return
+        if self.overloaded and kind == "user":
+            self.server.shed += 1
+            self._answer(False)
             return
         fields = parse_form(body)
         allowed = fields is not None and self.server.policy.decide(kind, fields)
@@ -116,6 +131,13 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("broker auth %s: " + format, self.address_string(), *args)
 
 
+class _OverloadHandler(_Handler):
+    """A request the accept thread reads itself: a short timeout, and logins shed."""
+
+    overloaded = True
+    timeout = OVERLOAD_TIMEOUT
+
+
 class _Server(socketserver.TCPServer):
     """Accepts on one thread, hands connections to a fixed pool through a bounded queue."""
 
@@ -127,7 +149,9 @@ class _Server(socketserver.TCPServer):
     ) -> None:
         self.policy = policy
         self.shed = 0
-        """Connections closed unanswered because the queue was full."""
+        """Logins answered `deny` unasked because the queue was full."""
+        self.overloaded = 0
+        """Requests the accept thread read itself because the queue was full."""
         self.pending: queue.Queue[tuple[socket.socket, Any] | None] = queue.Queue(pending)
         self.workers = [
             threading.Thread(target=self._work, name=f"broker-auth-{n}", daemon=True)
@@ -139,9 +163,19 @@ class _Server(socketserver.TCPServer):
         try:
             self.pending.put_nowait((request, client_address))
         except queue.Full:
-            self.shed += 1
-            log.warning("broker auth: %d checks waiting; refusing one", self.pending.qsize())
-            self.shutdown_request(request)
+            self.overloaded += 1
+            if self.overloaded % 100 == 1:
+                log.warning(
+                    "broker auth: %d checks waiting; the accept thread answers (logins shed: %d)",
+                    self.pending.qsize(),
+                    self.shed,
+                )
+            try:
+                _OverloadHandler(request, client_address, self)
+            except Exception:
+                log.debug("broker auth: request from %s failed", client_address, exc_info=True)
+            finally:
+                self.shutdown_request(request)
 
     def _work(self) -> None:
         while True:
@@ -182,7 +216,8 @@ class BrokerAuthServer:
 
     @property
     def shed(self) -> int:
-        """How many checks were refused unanswered (their connection closed) under load."""
+        """How many logins were answered deny unasked because the listener was full (checks
+        of connections already in are always decided)."""
         return self._server.shed
 
     @property
