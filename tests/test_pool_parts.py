@@ -172,6 +172,41 @@ def test_marks_of_a_batch_are_committed_with_it_and_name_their_answers(
     assert store.device_sessions(KEY, ("ota",)) == [("ota", {"state": "offered"})]
 
 
+def test_a_record_written_in_the_middle_of_a_batch_does_not_commit_the_batch(
+    store: PostgresStore, database: tuple[PostgreSQL, str]
+) -> None:
+    """The leader's campaign runner writes its snapshot inside the step that ended an OTA task
+    (and relays outcomes from another thread at any time): that write must carry neither the
+    half-done step's uplink mark (the next owner would take the redelivery for a step done and
+    never record its outcome) nor its snapshot or staged outcome. A worker that drops its batch
+    drops the staged outcome with it."""
+    rk = "$ota.report.PPOOL.dev-1"
+    store.save("ota", KEY, {"state": "succeeded"})
+    store.mark(rk, KEY, 3, "d1", [])
+    store.stage("ota_outcomes", "PPOOL/dev-1/2.0.0/x", {"ok": True})
+    store.put("campaigns", "c-1", {"state": "running"})  # the runner, mid-step
+    cluster, name = database
+    other = PostgresStore(cluster.conninfo(name))
+    try:
+        assert other.get("campaigns", "c-1") == {"state": "running"}, "a record is written at once"
+        assert other.marked_answers(rk, "d1") is None, "the step is not marked done"
+        assert other.device_sessions(KEY, ("ota",)) == []
+        assert other.items("ota_outcomes") == []
+        assert store.items("ota_outcomes") == [("PPOOL/dev-1/2.0.0/x", {"ok": True})]
+        store.mark(rk, KEY, 3, "d1", [("$ota.update.PPOOL.dev-1", "{}", 0)])
+        store.commit()  # the batch, all of it
+        assert other.marked_answers(rk, "d1") == [("$ota.update.PPOOL.dev-1", "{}", 0)]
+        assert other.items("ota_outcomes") == [("PPOOL/dev-1/2.0.0/x", {"ok": True})]
+        # a worker that lost its partitions: the new owner steps it again and records it
+        store.save("ota", KEY, {"state": "idle"})
+        store.stage("ota_outcomes", "PPOOL/dev-1/3.0.0/y", {"ok": True})
+        assert store.discard_pending() == 2
+        store.commit()
+        assert [k for k, _ in other.items("ota_outcomes")] == ["PPOOL/dev-1/2.0.0/x"]
+    finally:
+        other.close()
+
+
 def test_setdefault_keeps_the_first_value(store: PostgresStore) -> None:
     assert store.setdefault("pool", "settings", {"n": 1}) == {"n": 1}
     assert store.setdefault("pool", "settings", {"n": 2}) == {"n": 1}
