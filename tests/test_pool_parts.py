@@ -9,6 +9,7 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from postgres_fixtures import fresh_database
@@ -210,6 +211,37 @@ def test_a_record_written_in_the_middle_of_a_batch_does_not_commit_the_batch(
 def test_setdefault_keeps_the_first_value(store: PostgresStore) -> None:
     assert store.setdefault("pool", "settings", {"n": 1}) == {"n": 1}
     assert store.setdefault("pool", "settings", {"n": 2}) == {"n": 1}
+
+
+def test_an_outcome_is_marked_relayed_only_after_the_campaign_runner_heard_it(
+    database: tuple[PostgreSQL, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader killed between the two leaves the outcome to the next leader, not lost."""
+    from iotfsm.pool import OUTCOMES, PoolPlatform
+
+    cluster, name = database
+    pool = PoolPlatform("amqp://127.0.0.1:1/%2F", cluster.conninfo(name), data_dir=tmp_path)
+    try:
+        doc = {"product": "PPOOL", "device": "dev-1", "version": "2.0.0", "ok": True, "code": 0,
+               "message": "", "worker": 1, "relayed": False}  # fmt: skip
+        pool.store.put(OUTCOMES, "r1", doc)
+        heard: list[tuple[DeviceKey, ota.OtaFinished]] = []
+
+        def leader_dies(key: DeviceKey, effect: ota.OtaFinished) -> None:
+            heard.append((key, effect))
+            raise SystemExit("SIGKILL")
+
+        monkeypatch.setattr(pool.platform.campaigns, "ota_finished", leader_dies)
+        with pytest.raises(SystemExit):
+            pool._relay_outcomes()
+        assert pool.store.get(OUTCOMES, "r1") == doc, "not marked: the next leader relays it"
+        monkeypatch.setattr(pool.platform.campaigns, "ota_finished", lambda *a: heard.append(a))
+        pool._relay_outcomes()
+        pool._relay_outcomes()
+        assert pool.store.get(OUTCOMES, "r1") == {**doc, "relayed": True}
+        assert [key for key, _ in heard] == [KEY, KEY], "heard again after the crash, then once"
+    finally:
+        pool.store.close()
 
 
 # ---- files any worker serves ----------------------------------------------------------------

@@ -326,13 +326,17 @@ class PoolPlatform:
             self._user_hook(key, effect)
 
     def _relay_outcomes(self) -> None:
+        """Other workers' outcomes to the campaign runner, each marked relayed only after the
+        runner heard it (and committed what it made of it): a leader killed in between leaves
+        it to the next one, whose runner ignores an outcome of a device no longer running.
+        Marked first, it would be lost, and the campaign would wait for that device forever."""
         for record, doc in self.store.items(OUTCOMES):
             if not isinstance(doc, dict) or doc.get("relayed", True):
                 continue
             outcome = Outcome(**doc)
-            self.store.put(OUTCOMES, record, {**doc, "relayed": True})
             effect = ota.OtaFinished(outcome.ok, outcome.version, outcome.code, outcome.message)
             self.platform.campaigns.ota_finished(DeviceKey(outcome.product, outcome.device), effect)
+            self.store.put(OUTCOMES, record, {**doc, "relayed": True})
 
 
 def _write_secret(path: Path, secret: bytes) -> None:
