@@ -1,8 +1,9 @@
 """Fixtures every test module may ask for by name, registered once for the whole session.
 
-`rabbitmq_node`, `postgres_cluster` and the browser (`chromium`, `page`) live here (imported from
-rabbitmq_fixtures, postgres_fixtures and browser_fixtures) and not in each test module: a
-session-scoped fixture imported into two modules is two fixtures, and so two 20-second nodes.
+`rabbitmq_node`, `postgres_cluster`, the browser (`chromium`, `page`) and the pool tests' worker
+pool (`pool`) live here (imported from rabbitmq_fixtures, postgres_fixtures, browser_fixtures and
+pool_world) and not in each test module: a session-scoped fixture imported into two modules is
+two fixtures, and so two 20-second nodes.
 Fixtures are lazy: a run that asks for no node starts none. One that does starts booting it as
 soon as collection is done, on a thread, while the tests before the first user run
 (tests/server_warmup.py).
@@ -14,6 +15,7 @@ import postgres_fixtures
 import pytest
 import rabbitmq_fixtures
 from browser_fixtures import artifacts_dir, chromium, page
+from pool_world import pool
 from postgres_fixtures import postgres_cluster
 from rabbitmq_fixtures import rabbitmq_node
 
@@ -21,6 +23,7 @@ __all__ = [
     "artifacts_dir",
     "chromium",
     "page",
+    "pool",
     "postgres_cluster",
     "pytest_collection_finish",
     "rabbitmq_node",

@@ -13,6 +13,8 @@ import pytest
 
 from iotfsm.campaigns import CampaignSettings
 from iotfsm.device import Device
+from iotfsm.fsm.events import Event
+from iotfsm.machines import DeviceKey
 from iotfsm.machines.campaign import AbortRule, CampaignError, Rate
 from iotfsm.platform import Platform
 from iotfsm.testing import Pair
@@ -154,3 +156,30 @@ def test_a_restart_continues_the_campaign_without_starting_anyone_twice(pair: Pa
     runs = pair.platform.campaigns.context(cid).devices
     assert all(r.starts == 1 for r in runs.values())
     assert {d: t for d, t in starts(pair, cid).items() if d in before} == before
+
+
+def test_a_start_lost_with_a_dead_leader_is_sent_again_and_only_that_one(pair: Pair) -> None:
+    """`start_lost`, what a pool's new leader calls: the devices its predecessor marked started
+    but whose start never reached their OTA machine get it (and finish); the others do not."""
+    runner = pair.platform.campaigns
+    for name in NAMES:
+        pair.platform.register_device(PRODUCT, name)
+    cid = pair.platform.start_campaign(PRODUCT, "2.0", IMAGE, [NAMES[:2]])
+    pair.run_until("both started", lambda: runner.status(cid).waves[0].running == 2)
+    posted: list[tuple[str, str]] = []
+    post = pair.platform.runtime.post
+
+    def spy(feature: str, key: DeviceKey, event: Event) -> None:
+        posted.append((key.device, type(event).__name__))
+        post(feature, key, event)
+
+    pair.platform.runtime.post = spy  # type: ignore[method-assign]
+    assert runner.start_lost(lambda key, version: True) == []
+    assert runner.start_lost(lambda key, version: key.device != "dev-1") == [
+        DeviceKey(PRODUCT, "dev-1")
+    ]
+    assert posted == [("dev-1", "DeployFirmware")]
+    devices = fleet(pair)
+    pair.run_until("the campaign to succeed", lambda: runner.status(cid).state == "succeeded")
+    assert {d.version for d in list(devices.values())[:2]} == {"2.0"}
+    assert runner.start_lost(lambda key, version: False) == [], "nobody runs any more"

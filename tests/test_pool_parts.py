@@ -9,6 +9,7 @@ import logging
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from postgres_fixtures import fresh_database
@@ -172,9 +173,75 @@ def test_marks_of_a_batch_are_committed_with_it_and_name_their_answers(
     assert store.device_sessions(KEY, ("ota",)) == [("ota", {"state": "offered"})]
 
 
+def test_a_record_written_in_the_middle_of_a_batch_does_not_commit_the_batch(
+    store: PostgresStore, database: tuple[PostgreSQL, str]
+) -> None:
+    """The leader's campaign runner writes its snapshot inside the step that ended an OTA task
+    (and relays outcomes from another thread at any time): that write must carry neither the
+    half-done step's uplink mark (the next owner would take the redelivery for a step done and
+    never record its outcome) nor its snapshot or staged outcome. A worker that drops its batch
+    drops the staged outcome with it."""
+    rk = "$ota.report.PPOOL.dev-1"
+    store.save("ota", KEY, {"state": "succeeded"})
+    store.mark(rk, KEY, 3, "d1", [])
+    store.stage("ota_outcomes", "PPOOL/dev-1/2.0.0/x", {"ok": True})
+    store.put("campaigns", "c-1", {"state": "running"})  # the runner, mid-step
+    cluster, name = database
+    other = PostgresStore(cluster.conninfo(name))
+    try:
+        assert other.get("campaigns", "c-1") == {"state": "running"}, "a record is written at once"
+        assert other.marked_answers(rk, "d1") is None, "the step is not marked done"
+        assert other.device_sessions(KEY, ("ota",)) == []
+        assert other.items("ota_outcomes") == []
+        assert store.items("ota_outcomes") == [("PPOOL/dev-1/2.0.0/x", {"ok": True})]
+        store.mark(rk, KEY, 3, "d1", [("$ota.update.PPOOL.dev-1", "{}", 0)])
+        store.commit()  # the batch, all of it
+        assert other.marked_answers(rk, "d1") == [("$ota.update.PPOOL.dev-1", "{}", 0)]
+        assert other.items("ota_outcomes") == [("PPOOL/dev-1/2.0.0/x", {"ok": True})]
+        # a worker that lost its partitions: the new owner steps it again and records it
+        store.save("ota", KEY, {"state": "idle"})
+        store.stage("ota_outcomes", "PPOOL/dev-1/3.0.0/y", {"ok": True})
+        assert store.discard_pending() == 2
+        store.commit()
+        assert [k for k, _ in other.items("ota_outcomes")] == ["PPOOL/dev-1/2.0.0/x"]
+    finally:
+        other.close()
+
+
 def test_setdefault_keeps_the_first_value(store: PostgresStore) -> None:
     assert store.setdefault("pool", "settings", {"n": 1}) == {"n": 1}
     assert store.setdefault("pool", "settings", {"n": 2}) == {"n": 1}
+
+
+def test_an_outcome_is_marked_relayed_only_after_the_campaign_runner_heard_it(
+    database: tuple[PostgreSQL, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A leader killed between the two leaves the outcome to the next leader, not lost."""
+    from iotfsm.pool import OUTCOMES, PoolPlatform
+
+    cluster, name = database
+    pool = PoolPlatform("amqp://127.0.0.1:1/%2F", cluster.conninfo(name), data_dir=tmp_path)
+    try:
+        doc = {"product": "PPOOL", "device": "dev-1", "version": "2.0.0", "ok": True, "code": 0,
+               "message": "", "worker": 1, "relayed": False}  # fmt: skip
+        pool.store.put(OUTCOMES, "r1", doc)
+        heard: list[tuple[DeviceKey, ota.OtaFinished]] = []
+
+        def leader_dies(key: DeviceKey, effect: ota.OtaFinished) -> None:
+            heard.append((key, effect))
+            raise SystemExit("SIGKILL")
+
+        monkeypatch.setattr(pool.platform.campaigns, "ota_finished", leader_dies)
+        with pytest.raises(SystemExit):
+            pool._relay_outcomes()
+        assert pool.store.get(OUTCOMES, "r1") == doc, "not marked: the next leader relays it"
+        monkeypatch.setattr(pool.platform.campaigns, "ota_finished", lambda *a: heard.append(a))
+        pool._relay_outcomes()
+        pool._relay_outcomes()
+        assert pool.store.get(OUTCOMES, "r1") == {**doc, "relayed": True}
+        assert [key for key, _ in heard] == [KEY, KEY], "heard again after the crash, then once"
+    finally:
+        pool.store.close()
 
 
 # ---- files any worker serves ----------------------------------------------------------------

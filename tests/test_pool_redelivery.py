@@ -19,18 +19,10 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
-from postgres_fixtures import postgres_cluster  # noqa: F401 (fixture)
-from rabbitmq_fixtures import rabbitmq_node  # noqa: F401 (fixture)
-from test_pool_failover import (
-    ACCOUNT,
-    PRODUCT,
-    SRC,
-    Pool,
-    _logins,
-    _register,
-    _wait,
-    pool,  # noqa: F401 (fixture)
-)
+from pool_world import ACCOUNT, PRODUCT, SRC, Pool
+from pool_world import logins as _logins
+from pool_world import register as _register
+from pool_world import wait_for as _wait
 
 from iotfsm.adapters.amqp.leases import PARTITION_SPACE
 from iotfsm.adapters.http.broker_auth import BrokerAuthServer
@@ -62,7 +54,7 @@ def _crashing_worker(running: Pool) -> subprocess.Popen[str]:
 
 
 def test_a_report_committed_by_a_worker_that_died_before_its_ack_is_answered_once(
-    pool: Pool,  # noqa: F811
+    pool: Pool,
 ) -> None:
     store = PostgresStore(pool.cluster.conninfo(pool.dbname))
     registry = _register(store, pool.root / "secrets", ["solo"])

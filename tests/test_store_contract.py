@@ -150,7 +150,8 @@ def test_a_crash_between_a_step_and_its_commit_keeps_the_committed_batch_only(
         ("ota", DeviceKey("P", "kept")): {"state": "idle", "n": 1},
         ("ota", DeviceKey("P", "changed")): {"state": "idle", "n": 1},
     }
-    # a record is written at once, with the sessions pending then (as SQLite always did)
+    # a record is written at once (SQLite writes the sessions pending then with it; PostgreSQL
+    # leaves them to the commit, see adapters/store/postgres.py)
     assert after.items("deployments") == [("P/1.0", {"version": "1.0"})]
 
 

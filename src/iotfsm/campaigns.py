@@ -208,6 +208,33 @@ class CampaignRunner:
         with self._lock:
             return sorted(self.sessions)
 
+    def start_lost(self, reached: Callable[[DeviceKey, str], bool]) -> list[DeviceKey]:
+        """Send the start again to every running device whose start never reached its OTA
+        machine (`reached(key, version)` says whether it did); returns those devices.
+
+        For a pool's new leader: its predecessor may have died between committing a start and
+        sending it, and without a device timeout the campaign would wait for that device for
+        ever. A start that did reach it is not sent again (that would offer the image twice)."""
+        with self._lock:
+            if self._stopped:
+                return []
+            running = [
+                (cid, s, device)
+                for cid, s in self.sessions.items()
+                if s.ctx.plan is not None and s.state not in ("succeeded", "cancelled")
+                for device, run in s.ctx.devices.items()
+                if run.state == campaign.RUNNING
+            ]
+        lost = []
+        for cid, session, device in running:
+            plan: Plan = session.ctx.plan
+            key = DeviceKey(plan.product, device)
+            if not reached(key, plan.firmware.version):
+                log.info("campaign %s: %s/%s started again (its start was lost)", cid, *key)
+                self._carry_out(cid, session, campaign.StartDevice(device))
+                lost.append(key)
+        return lost
+
     def context(self, cid: str) -> CampaignContext:
         """The live context (device runs with their start times); read it, never change it."""
         ctx: CampaignContext = self._session(cid).ctx

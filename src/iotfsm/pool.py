@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 SETTINGS = ("pool", "settings")
 TASKS = "pool_tasks"
 OUTCOMES = "ota_outcomes"
+LOST_STARTS_AFTER = 5.0
+"""Seconds a new leader waits before it sends again the campaign starts its predecessor committed
+but never sent: starts that were on their way are stepped and committed by their owners by then,
+and are not sent twice."""
 
 
 class PoolStore:
@@ -246,6 +250,8 @@ class PoolPlatform:
             self._leader.set()
             self.platform.campaigns.start()
             log.info("worker %d leads the pool", self.worker.leases.member)
+            runtime = self.platform.runtime
+            runtime.scheduler.call_at(runtime.clock.now() + LOST_STARTS_AFTER, self._lost_starts)
         else:
             self._leader.clear()
             self.platform.campaigns.stop()
@@ -260,6 +266,30 @@ class PoolPlatform:
         lines += self._run_tasks()
         self._relay_outcomes()
         return lines
+
+    def _lost_starts(self) -> None:
+        """On the worker's loop, a while after taking the lead (`LOST_STARTS_AFTER`)."""
+        if self.leader:
+            lost = self.platform.campaigns.start_lost(self._start_reached)
+            if lost:
+                log.warning(
+                    "%d campaign starts were committed by the previous leader but never sent: "
+                    "sent again (%s)",
+                    len(lost),
+                    ", ".join(f"{k.product}/{k.device}" for k in lost[:10]),
+                )
+
+    def _start_reached(self, key: DeviceKey, version: str) -> bool:
+        """Whether the device's OTA machine holds a task for `version`: this worker's session
+        if it steps the device (its last batch may not be committed yet), else the committed one."""
+        local = self.platform.runtime.sessions["ota"].get(key)
+        if local is not None:
+            return bool(local.ctx.target == version)
+        docs = self.store.device_sessions(key, ("ota",))
+        return any(
+            isinstance(doc, dict) and doc.get("context", {}).get("target") == version
+            for _, doc in docs
+        )
 
     # ---- product-wide work ------------------------------------------------------------------
 
@@ -326,13 +356,17 @@ class PoolPlatform:
             self._user_hook(key, effect)
 
     def _relay_outcomes(self) -> None:
+        """Other workers' outcomes to the campaign runner, each marked relayed only after the
+        runner heard it (and committed what it made of it): a leader killed in between leaves
+        it to the next one, whose runner ignores an outcome of a device no longer running.
+        Marked first, it would be lost, and the campaign would wait for that device forever."""
         for record, doc in self.store.items(OUTCOMES):
             if not isinstance(doc, dict) or doc.get("relayed", True):
                 continue
             outcome = Outcome(**doc)
-            self.store.put(OUTCOMES, record, {**doc, "relayed": True})
             effect = ota.OtaFinished(outcome.ok, outcome.version, outcome.code, outcome.message)
             self.platform.campaigns.ota_finished(DeviceKey(outcome.product, outcome.device), effect)
+            self.store.put(OUTCOMES, record, {**doc, "relayed": True})
 
 
 def _write_secret(path: Path, secret: bytes) -> None:

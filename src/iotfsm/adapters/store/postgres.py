@@ -1,12 +1,19 @@
 """The platform's sessions and records in PostgreSQL, so several workers (and `iotfsm status` on
 another host) share one store: `PostgresStore`, behind the same `SessionStore` protocol as SQLite.
 
-It keeps SQLite's semantics. Session snapshots wait in memory until `commit` (once per batch of
-steps) and records are written at once; each write is one transaction over a connection from a
-small psycopg pool, a few statements whatever the batch size (arrays through `unnest`). A write
-that fails (the database restarting, a network cut) keeps every pending change, reads see them,
-and the next commit writes them again; one warning says so, repeated at most every `WARN_EVERY`
-seconds.
+Session snapshots wait in memory until `commit` (once per batch of steps), as in SQLite, and
+records are written at once; each write is one transaction over a connection from a small psycopg
+pool, a few statements whatever the batch size (arrays through `unnest`). A write that fails (the
+database restarting, a network cut) keeps every pending change, reads see them, and the next
+commit writes them again; one warning says so, repeated at most every `WARN_EVERY` seconds.
+
+Unlike SQLite, a record's write carries only records: the batch pending then (snapshots, the
+pool's uplink marks and the records `stage`d with them) waits for `commit`. In a pool a record is
+written in the middle of a batch, by a handler inside a step (the leader's campaign runner hearing
+an OTA end) or by another thread (the leader relaying outcomes): had it carried the batch, a step
+would be durable half done, its uplink mark committed before its answers and its staged outcome,
+and the next owner would take the redelivered message for one stepped already and never record
+that outcome.
 
 `data_version()` is a change counter row bumped in the transaction of every record write (the
 registry, deployments, campaigns live in records; sessions belong to the worker stepping them, so
@@ -98,6 +105,9 @@ class PostgresStore:
         self._write_timeout = write_timeout
         self._sessions: dict[tuple[str, str, str], str | object] = {}
         self._records: dict[tuple[str, str], str | object] = {}
+        """Records `put` or deleted and not written yet (a write failed): with the next write."""
+        self._staged: dict[tuple[str, str], str | object] = {}
+        """Records `stage`d: part of the batch, written by `commit` only."""
         self._marks: dict[str, tuple[str, str, int, list[Any]]] = {}
         """routing key -> (product, device, partition, steps): the pool's uplink marks, written
         in the transaction of the snapshots saved with them (see `mark`)."""
@@ -127,7 +137,7 @@ class PostgresStore:
     def pending(self) -> int:
         """Changes kept in memory because they could not be written yet (0 when all is saved)."""
         with self._lock:
-            return len(self._sessions) + len(self._records) + len(self._marks)
+            return len(self._sessions) + len(self._records) + len(self._staged) + len(self._marks)
 
     def load(self) -> Iterator[tuple[str, DeviceKey, dict[str, Any]]]:
         with self._lock, self._pool.connection() as conn:
@@ -154,19 +164,22 @@ class PostgresStore:
             self._write()
 
     def put(self, table: str, key: str, value: Any) -> None:
+        """Write the record now, without the batch pending (see the module's docstring)."""
         text = json.dumps(value)
         with self._lock:
+            self._staged.pop((table, key), None)
             self._records[(table, key)] = text
-            self._write()
+            self._write(batch=False)
 
     def delete(self, table: str, key: str) -> None:
         with self._lock:
+            self._staged.pop((table, key), None)
             self._records[(table, key)] = _GONE
-            self._write()
+            self._write(batch=False)
 
     def get(self, table: str, key: str) -> Any | None:
         with self._lock:
-            pending = self._records.get((table, key))
+            pending = self._staged.get((table, key), self._records.get((table, key)))
             if pending is not None:
                 return None if pending is _GONE else json.loads(str(pending))
             with self._pool.connection() as conn:
@@ -181,7 +194,7 @@ class PostgresStore:
                 "SELECT key, value FROM records WHERE tbl = %s", (table,)
             ).fetchall()
             merged: dict[str, object] = dict(rows)
-            for (t, k), v in self._records.items():
+            for (t, k), v in [*self._records.items(), *self._staged.items()]:
                 if t == table:
                     merged[k] = v if v is _GONE else json.loads(str(v))
         return [(k, v) for k, v in sorted(merged.items()) if v is not _GONE]
@@ -227,7 +240,8 @@ class PostgresStore:
         transaction as the snapshots and marks of that batch."""
         text = json.dumps(value)
         with self._lock:
-            self._records[(table, key)] = text
+            self._records.pop((table, key), None)
+            self._staged[(table, key)] = text
 
     def marked_answers(self, routing_key: str, digest: str) -> list[tuple[str, str, int]] | None:
         """The answers of a committed step of this stream's last batch whose message had
@@ -278,13 +292,15 @@ class PostgresStore:
         return [DeviceKey(product, str(d)) for (d,) in rows]
 
     def discard_pending(self) -> int:
-        """Forget the session snapshots and marks not written yet; how many. A worker that lost
-        its partitions calls it: the new owner steps those messages again from what was
-        committed, and a late write of ours would overwrite its progress."""
+        """Forget the session snapshots, marks and staged records not written yet; how many. A
+        worker that lost its partitions calls it: the new owner steps those messages again from
+        what was committed, and a late write of ours would overwrite its progress (or record an
+        OTA outcome the new owner records again)."""
         with self._lock:
-            count = len(self._sessions) + len(self._marks)
+            count = len(self._sessions) + len(self._marks) + len(self._staged)
             self._sessions.clear()
             self._marks.clear()
+            self._staged.clear()
             return count
 
     def setdefault(self, table: str, key: str, value: Any) -> Any:
@@ -317,27 +333,33 @@ class PostgresStore:
 
     # --- writing ---
 
-    def _write(self) -> bool:
-        """Write every pending change in one transaction; False (changes kept) if it failed."""
-        if not self._sessions and not self._records and not self._marks:
+    def _write(self, *, batch: bool = True) -> bool:
+        """Write the pending records and, with `batch`, the pending batch (snapshots, marks,
+        staged records) in one transaction; False (changes kept) if it failed."""
+        sessions = self._sessions if batch else {}
+        marks = self._marks if batch else {}
+        records = {**self._records, **self._staged} if batch else self._records
+        if not sessions and not records and not marks:
             return True
-        saved = [(*k, v) for k, v in self._sessions.items() if isinstance(v, str)]
-        gone = [k for k, v in self._sessions.items() if v is _GONE]
-        puts = [(*k, v) for k, v in self._records.items() if isinstance(v, str)]
-        dropped = [k for k, v in self._records.items() if v is _GONE]
+        saved = [(*k, v) for k, v in sessions.items() if isinstance(v, str)]
+        gone = [k for k, v in sessions.items() if v is _GONE]
+        puts = [(*k, v) for k, v in records.items() if isinstance(v, str)]
+        dropped = [k for k, v in records.items() if v is _GONE]
         try:
             with self._pool.connection(timeout=self._write_timeout) as conn, conn.transaction():
                 _write_batch(conn, saved, gone, puts, dropped)
-                if self._marks:
-                    _write_marks(conn, self._marks)
+                if marks:
+                    _write_marks(conn, marks)
         except psycopg.Error as exc:
             self._cannot_write(exc)
             return False
-        count = len(self._sessions) + len(self._records) + len(self._marks)
-        self._sessions.clear()
+        count = len(sessions) + len(records) + len(marks)
         self._records.clear()
-        self._marks.clear()
-        if self._failing_since is not None:
+        if batch:
+            self._sessions.clear()
+            self._staged.clear()
+            self._marks.clear()
+        if self._failing_since is not None and not (self._sessions or self._staged or self._marks):
             log.warning(
                 "store %s: writing works again; %d changes kept in memory over %.0f s are saved",
                 self.name,
@@ -351,7 +373,7 @@ class PostgresStore:
     def _cannot_write(self, exc: psycopg.Error) -> None:
         now = self._clock()
         self._failures += 1
-        pending = len(self._sessions) + len(self._records)
+        pending = len(self._sessions) + len(self._records) + len(self._staged)
         if self._failing_since is None:
             self._failing_since = self._warned_at = now
             log.warning(
