@@ -18,6 +18,7 @@ EXAMPLE = """example:
   PGPASSFILE=~/.pgpass iotfsm status --store postgresql://iotfsm@db:5432/iotfsm
 """
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--data-dir", type=Path, help="a platform's data directory (SQLite)")
