@@ -314,13 +314,13 @@ class World(Pair):
 
     def stray_files(self) -> list[str]:
         """Files outside the platform's data directory and the devices' state directories."""
-        allowed = [self.root / "platform", self.root / "devices", self.root / "sources"]
+        allowed = {str(self.root / d) for d in ("platform", "devices", "sources")}
         stray = []
-        for path in self.root.parent.rglob("*"):
-            if path.is_dir():
-                continue
-            if not any(path.is_relative_to(a) for a in allowed):
-                stray.append(f"stray file {path}")
+        # checked after every step: the allowed directories, where every file is allowed, are
+        # not walked at all (they hold most of the files)
+        for top, dirs, files in os.walk(self.root.parent):
+            dirs[:] = [d for d in dirs if os.path.join(top, d) not in allowed]
+            stray += [f"stray file {Path(top, name)}" for name in files]
         return stray
 
     def close(self) -> None:

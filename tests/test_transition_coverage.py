@@ -4,6 +4,7 @@ diagram that draws untaken edges grey and dashed."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -73,10 +74,15 @@ def test_platform():
 
 
 def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """pytest on SUITE with the iotfsm plugin only. The other installed plugins (schemathesis,
+    anyio, hypothesis, timeout) take 1-2 s of CPU to import in every run and play no part here;
+    the entry point that loads iotfsm's plugin by itself is the one this suite runs under."""
     (tmp_path / "test_suite.py").write_text(SUITE)
+    argv = ["-q", "-p", "no:cacheprovider", "-p", "iotfsm.testing.pytest_plugin"]
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, "test_suite.py"],
+        [sys.executable, "-m", "pytest", *argv, *args, "test_suite.py"],
         cwd=tmp_path,
+        env={**os.environ, "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"},
         capture_output=True,
         text=True,
         timeout=120,

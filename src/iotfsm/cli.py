@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -110,29 +111,73 @@ def _web_demo(args: argparse.Namespace) -> WebDemo | None:
     return WebDemo(WebOptions(host, port, args.web_seconds), stop_on_signals())
 
 
+if TYPE_CHECKING:
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:  # not subscriptable at run time
+    _SubParsers = argparse._SubParsersAction
+
+
+class _Commands(_SubParsers):
+    """Subcommands whose options are declared only once they are the one on the command line.
+
+    Declaring a command's options means importing its module, and its module imports what the
+    command runs on (the machines, paho, the HTTP servers, `cryptography`, the diagrams): about
+    0.3 s for all of them, paid by every `iotfsm registry add` and every test that spawns one.
+    `iotfsm --help` lists the commands from their one-line help, given here without imports."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mounts: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        if isinstance(values, Sequence) and values:
+            mount = self.mounts.pop(str(values[0]), None)
+            if mount is not None:
+                mount(self.choices[str(values[0])])
+        super().__call__(parser, namespace, values, option_string)
+
+
 def _mount(
-    sub: Any,
+    sub: _Commands,
     name: str,
-    module: Any,
+    module_name: str,
     help_text: str,
     description: str,
     *,
-    epilog: str | None = None,
-) -> argparse.ArgumentParser:
+    exit_codes: bool = False,
+) -> None:
     """One subcommand from a `commands` module (`add_arguments`, and `run` unless its own
-    subcommands set theirs), with the help layout every command shares."""
-    parser: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=help_text,
-        description=description,
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    module.add_arguments(parser)
-    run = getattr(module, "run", None)
-    if run is not None:
-        parser.set_defaults(run=run)
-    return parser
+    subcommands set theirs), with the help layout every command shares: `description` and the
+    module's EXAMPLE, then the exit codes where they apply. The module is imported only when the
+    command is the one given (see `_Commands`)."""
+    sub.add_parser(name, help=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    def mount(parser: argparse.ArgumentParser) -> None:
+        module = importlib.import_module(f".commands.{module_name}", __package__)
+        parser.description = f"{description} {module.EXAMPLE}"
+        if exit_codes:
+            from .commands.common import EXIT_CODES
+
+            parser.epilog = EXIT_CODES
+        module.add_arguments(parser)
+        run = getattr(module, "run", None)
+        if run is not None:
+            parser.set_defaults(run=run)
+
+    sub.mounts[name] = mount
+
+
+def _mount_diagram(parser: argparse.ArgumentParser) -> None:
+    from .diagrams import cli as diagram_cli
+
+    diagram_cli.add_arguments(parser)
+    parser.set_defaults(run=diagram_cli.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the level of one logger and those below it, over --log-level (repeatable), "
         "e.g. --log iotfsm.pool.deliveries=debug for every delivery a pool worker takes",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, action=_Commands)
+    assert isinstance(sub, _Commands)
 
     demo = sub.add_parser(
         "demo",
@@ -190,97 +236,87 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_demo)
 
-    from .diagrams import cli as diagram_cli
-
-    diagram = sub.add_parser(
+    sub.add_parser(
         "diagram",
         help="render a feature's state machines (svg, png or dot)",
         description="Render state diagrams from the declarations. Examples: "
         "iotfsm diagram ota --role device --format png -o out/ ; "
         "iotfsm diagram --all -o docs/diagrams",
     )
-    diagram_cli.add_arguments(diagram)
-    diagram.set_defaults(run=diagram_cli.run)
-
-    from .commands import conformance, device, firmware_key, platform, registry, status
-
+    sub.mounts["diagram"] = _mount_diagram
     _mount(
         sub,
         "device",
-        device,
+        "device",
         "run the device role of every feature until SIGINT or SIGTERM",
         "Run the device role of every feature against a broker (RRPC calls answered with"
-        " --rrpc-commands). " + device.EXAMPLE,
+        " --rrpc-commands).",
     )
     _mount(
         sub,
         "platform",
-        platform,
+        "platform",
         "run the platform role, reconciled toward a desired-state file",
         "Run the platform role (OTA, resources, config, log level) against a broker, with the "
-        "HTTP file service and a SQLite store. " + platform.EXAMPLE,
-        epilog=status.EXIT_CODES,
+        "HTTP file service and a SQLite store.",
+        exit_codes=True,
     )
     _mount(
         sub,
         "status",
-        status,
+        "status",
         "devices by feature, from a platform's data directory",
-        "Show every device's state per feature. " + status.EXAMPLE,
-        epilog=status.EXIT_CODES,
+        "Show every device's state per feature.",
+        exit_codes=True,
     )
     _mount(
         sub,
         "firmware-key",
-        firmware_key,
+        "firmware_key",
         "make the key pair that signs firmware (platform) and checks it (devices)",
-        "Ed25519 firmware signing keys. " + firmware_key.EXAMPLE,
+        "Ed25519 firmware signing keys.",
     )
     _mount(
         sub,
         "registry",
-        registry,
+        "registry",
         "register, list, enable, disable and remove the devices a platform admits",
         "The devices a platform admits (kept in its data directory; a running platform sees "
-        "changes within a second). " + registry.EXAMPLE,
-        epilog=status.EXIT_CODES,
+        "changes within a second).",
+        exit_codes=True,
     )
-    from .commands import api_token, broker_config, campaign
-
     _mount(
         sub,
         "api-token",
-        api_token,
+        "api_token",
         "create, list and revoke the tokens of the management API",
-        "Tokens for `iotfsm platform --api` (kept hashed in the platform's store). "
-        + api_token.EXAMPLE,
-        epilog=status.EXIT_CODES,
+        "Tokens for `iotfsm platform --api` (kept hashed in the platform's store).",
+        exit_codes=True,
     )
-
     _mount(
         sub,
         "campaign",
-        campaign,
+        "campaign",
         "start, pause, resume, cancel a rollout campaign, or show its waves",
         "Operate a platform's rollout campaigns through its data directory or its PostgreSQL "
-        "store (a running platform applies a command within a second). " + campaign.EXAMPLE,
-        epilog=status.EXIT_CODES,
+        "store (a running platform applies a command within a second).",
+        exit_codes=True,
     )
     _mount(
         sub,
         "broker-config",
-        broker_config,
+        "broker_config",
         "write a broker configuration that lets only registered devices in",
-        "Write a ready broker configuration. " + broker_config.EXAMPLE,
-        epilog=status.EXIT_CODES,
+        "Write a ready broker configuration.",
+        exit_codes=True,
     )
     _mount(
         sub,
         "conformance",
-        conformance,
+        "conformance",
         "play the platform against any device and check the protocol, scenario by scenario",
         "Walk a device through the scenarios the declarations imply (offers, cut downloads, "
-        "wrong md5, 404, expired URL, config, log level, resources). " + conformance.EXAMPLE,
+        "wrong md5, 404, expired URL, config, log level, resources).",
     )
     return parser
 

@@ -12,16 +12,26 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 
-from ..adapters.connect import MqttOptions
-from ..fsm.trace import StepRecord
+if TYPE_CHECKING:  # imported where used: paho and the machines are no cost of `iotfsm registry`
+    from ..adapters.connect import MqttOptions
+    from ..fsm.trace import StepRecord
 
 STORE_DAMAGED = 3
 """Exit code when the platform store is damaged: not 1 (any CommandError) nor 2 (argparse's usage
 errors), so a supervisor can stop restarting a platform that cannot start on its store."""
+
+EXIT_CODES = f"""exit codes:
+  0  done
+  1  a problem the message names (a broker out of reach, a missing file, a bad value)
+  2  a usage error (an unknown or missing option)
+  {STORE_DAMAGED}  the platform store (platform.sqlite3) is damaged: restore it from a backup, or
+     start once with `iotfsm platform --reset-store` (moves it aside, keeping it)
+"""
+"""The epilog of every command that opens the platform store."""
 
 
 class CommandError(Exception):
@@ -68,6 +78,8 @@ def check_ca(path: Path | None) -> MqttOptions:
     """MQTT options for an agent: a CA file that must exist, and a patient reconnect."""
     if path is not None and not path.is_file():
         raise CommandError(f"--tls-ca {path}: no such file")
+    from ..adapters.connect import MqttOptions
+
     return MqttOptions(ca_file=path, backoff_min=0.5, backoff_max=30.0)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..adapters.identity.certificates import CertificateError, PlatformCA
 from ..adapters.identity.registry import RegistryError
 from ..machines.feature import DeviceKey
 from .common import CommandError
@@ -48,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if not 1 <= args.days <= 3650:
         raise CommandError(f"--days {args.days} must be 1-3650")
+    from ..adapters.identity.certificates import CertificateError, PlatformCA
+
     try:
         ca = PlatformCA.in_data_dir(args.data_dir).ensure()
         issued = ca.issue_device(DeviceKey(args.product_id, args.device_name), args.out, args.days)

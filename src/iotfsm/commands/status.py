@@ -11,20 +11,11 @@ from typing import Any
 from ..adapters.store.session_store import SessionStore
 from ..campaigns import stored_statuses
 from .campaign import open_store, wave_summary
-from .common import STORE_DAMAGED
 from .store_option import add_store_argument, describe_store, open_dsn
 
 EXAMPLE = """example:
   iotfsm status --data-dir ./platform --json
   PGPASSFILE=~/.pgpass iotfsm status --store postgresql://iotfsm@db:5432/iotfsm
-"""
-
-EXIT_CODES = f"""exit codes:
-  0  done
-  1  a problem the message names (a broker out of reach, a missing file, a bad value)
-  2  a usage error (an unknown or missing option)
-  {STORE_DAMAGED}  the platform store (platform.sqlite3) is damaged: restore it from a backup, or
-     start once with `iotfsm platform --reset-store` (moves it aside, keeping it)
 """
 
 

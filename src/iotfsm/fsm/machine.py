@@ -69,6 +69,21 @@ class _CompiledMachine(transitions.Machine):
     transition_cls = _BoundTransition
 
 
+def _compile(spec: MachineSpec[Any]) -> _CompiledMachine:
+    """The declaration's tables; read-only once built, so runtimes on any thread share them."""
+    compiled = _CompiledMachine(
+        model=None,
+        states=list(spec.state_names),
+        initial=spec.initial,
+        auto_transitions=False,
+        ignore_invalid_triggers=True,
+        name=spec.name,
+    )
+    for src, binding in spec.expanded():
+        compiled.add_transition(binding.trigger_name, src, binding.dest, binding=binding)
+    return compiled
+
+
 class Machine(Generic[C]):
     """A compiled declaration, shared by every session of that (feature, role).
 
@@ -79,16 +94,11 @@ class Machine(Generic[C]):
     def __init__(self, spec: MachineSpec[C], tracer: Tracer | None = None) -> None:
         self.spec = spec
         self.tracer = tracer
-        self.compiled = _CompiledMachine(
-            model=None,
-            states=list(spec.state_names),
-            initial=spec.initial,
-            auto_transitions=False,
-            ignore_invalid_triggers=True,
-            name=spec.name,
-        )
-        for src, binding in spec.expanded():
-            self.compiled.add_transition(binding.trigger_name, src, binding.dest, binding=binding)
+        if spec.compiled is None:
+            # once per declaration, kept on it: 10-30 ms of `transitions` bookkeeping that every
+            # runtime paid again (a restart, each device of a fleet in one process)
+            object.__setattr__(spec, "compiled", _compile(spec))
+        self.compiled: _CompiledMachine = spec.compiled
         self._events: dict[str, _BoundEvent] = cast(
             dict[str, _BoundEvent], dict(self.compiled.events)
         )

@@ -96,6 +96,9 @@ class MachineSpec(Generic[C]):
     inbound: tuple[type[Event], ...] = attrs.field(default=(), converter=_events)
     version: int = 1
     doc: str = ""
+    compiled: Any = attrs.field(default=None, init=False, repr=False)
+    """The `transitions` tables compiled from this declaration, set by the first `fsm.Machine`
+    built on it and shared by every later one (each runtime builds its own Machines)."""
 
     def __attrs_post_init__(self) -> None:
         validate(self)

@@ -10,10 +10,39 @@
   when iotfsm is installed (the `pytest11` entry point `iotfsm.testing.pytest_plugin`).
 """
 
-from .mosquitto import Mosquitto
-from .pair import Pair
-from .paths import Edge, Path, PathError, Plan, Step, edges, paths, plan, run_path, shrink
-from .waiting import wait_for
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .mosquitto import Mosquitto
+    from .pair import Pair
+    from .paths import Edge, Path, PathError, Plan, Step, edges, paths, plan, run_path, shrink
+    from .waiting import wait_for
+
+_LAZY = {
+    "Edge": ".paths",
+    "Mosquitto": ".mosquitto",
+    "Pair": ".pair",
+    "Path": ".paths",
+    "PathError": ".paths",
+    "Plan": ".paths",
+    "Step": ".paths",
+    "edges": ".paths",
+    "paths": ".paths",
+    "plan": ".paths",
+    "run_path": ".paths",
+    "shrink": ".paths",
+    "wait_for": ".waiting",
+}
+"""Each public name and the module that defines it, imported on first use (PEP 562): the pytest
+plugin, `iotfsm diagram` and the transition coverage import `iotfsm.testing.coverage`, and
+need neither the Platform and Devices of `Pair` nor the certificates of `Mosquitto`."""
+
+
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)
 
 __all__ = [
     "Edge",

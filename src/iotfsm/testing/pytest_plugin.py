@@ -19,32 +19,40 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from ..adapters.mqtt.memory_broker import MemoryBroker
-from ..fsm.clock import ManualClock
-from .coverage import MachineCoverage, TransitionCoverage, recording
-from .mosquitto import Mosquitto
-from .pair import START, Pair
+if TYPE_CHECKING:  # imported where used: every pytest run loads this plugin, few use all of it
+    from ..adapters.mqtt.memory_broker import MemoryBroker
+    from ..fsm.clock import ManualClock
+    from .coverage import MachineCoverage, TransitionCoverage
+    from .mosquitto import Mosquitto
+    from .pair import Pair
 
 
 @pytest.fixture
 def iotfsm_clock() -> ManualClock:
     """A clock that moves only when the test advances it."""
+    from ..fsm.clock import ManualClock
+    from .pair import START
+
     return ManualClock(START)
 
 
 @pytest.fixture
 def iotfsm_broker(iotfsm_clock: ManualClock) -> MemoryBroker:
     """The embedded MQTT broker on `iotfsm_clock`, recording every delivery (`.record`)."""
+    from ..adapters.mqtt.memory_broker import MemoryBroker
+
     return MemoryBroker(scheduler=iotfsm_clock, record=True)
 
 
 @pytest.fixture
 def iotfsm_pair(tmp_path: Path) -> Iterator[Pair]:
     """A started Platform plus `.device(name)` factories, over a memory broker and manual clock."""
+    from .pair import Pair
+
     with Pair(tmp_path / "iotfsm") as pair:
         yield pair
 
@@ -52,14 +60,16 @@ def iotfsm_pair(tmp_path: Path) -> Iterator[Pair]:
 @pytest.fixture
 def mosquitto() -> Iterator[Mosquitto]:
     """A real Mosquitto of this test's own on a free 127.0.0.1 port (`.url`), stopped after."""
+    from .mosquitto import Mosquitto
+
     with Mosquitto() as broker:
         yield broker
 
 
 # ---- transition coverage: pytest --iotfsm-coverage ------------------------------------------
 
-COVERAGE_KEY = pytest.StashKey[TransitionCoverage]()
-RECORDING_KEY = pytest.StashKey[contextlib.ExitStack]()
+COVERAGE_KEY: pytest.StashKey[TransitionCoverage] = pytest.StashKey()
+RECORDING_KEY: pytest.StashKey[contextlib.ExitStack] = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -87,6 +97,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if not config.getoption("iotfsm_coverage", False):
         return
+    from .coverage import recording
+
     stack = contextlib.ExitStack()
     config.stash[COVERAGE_KEY] = stack.enter_context(recording())
     config.stash[RECORDING_KEY] = stack

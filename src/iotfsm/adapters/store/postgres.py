@@ -95,6 +95,9 @@ class PostgresStore:
         write_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """Connect, migrate the schema, open the pool; StoreUnavailableError if the database
+        cannot be used. A database that refuses (no server on the port, a wrong password) is
+        reported at once; `connect_timeout` bounds the wait for a host that does not answer."""
         self.name = describe(dsn)
         try:
             conninfo_to_dict(dsn)
@@ -115,18 +118,24 @@ class PostgresStore:
         self._failures = 0
         self._warned_at = float("-inf")
         self._version = 0
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "connect_timeout": max(2, int(connect_timeout)),  # libpq's least is 2 s
+        }
+        # One connection of our own first, for the migrations, so that a database that answers
+        # no (nothing listens on the port, a wrong password, an unknown host) is reported at
+        # once with libpq's reason, as psql would, and not after the pool has retried for
+        # `connect_timeout` seconds to say only "pool initialization incomplete".
+        try:
+            with psycopg.connect(dsn, **kwargs) as conn:
+                applied = migrate(conn)
+        except psycopg.Error as exc:
+            raise StoreUnavailableError(self.name, _first_line(exc)) from None
         self._pool: ConnectionPool[Conn] = ConnectionPool(
-            dsn,
-            min_size=1,
-            max_size=pool_size,
-            kwargs={"autocommit": True, "connect_timeout": max(2, int(connect_timeout))},
-            name="iotfsm-store",
-            open=False,
+            dsn, min_size=1, max_size=pool_size, kwargs=kwargs, name="iotfsm-store", open=False
         )
         try:
             self._pool.open(wait=True, timeout=connect_timeout)
-            with self._pool.connection() as conn:
-                applied = migrate(conn)
         except psycopg.Error as exc:
             self._pool.close()
             raise StoreUnavailableError(self.name, _first_line(exc)) from None
