@@ -6,7 +6,9 @@ application's burn step, and reports done and its new version, or fail with Tenc
 Platform: one session per device; a task names the target firmware; every report_version is
 answered, a device reporting the target has succeeded, any other version gets a fresh offer.
 A task stays active until cancelled: a device that reports another version after its success
-(`drift`) is offered the target again.
+(`drift`) is offered the target again. Deploying the very task a session runs again while an
+attempt is under way changes nothing (a pool's new leader may re-send a start still in flight):
+a second offer would restart the device's download.
 Failed attempts are retried with backoff, and an attempt counts as failed only when it made no
 progress, because real devices on weak links fail often but resume each time.
 """
