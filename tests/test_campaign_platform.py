@@ -179,6 +179,14 @@ def test_a_start_lost_with_a_dead_leader_is_sent_again_and_only_that_one(pair: P
         DeviceKey(PRODUCT, "dev-1")
     ]
     assert posted == [("dev-1", "DeployFirmware")]
+    # dev-1's start had reached it after all (one still in flight when a leader dies looks
+    # lost too): the same task again changed nothing, so it was not offered a second time
+    pair.settle()
+    ota = {n: pair.platform.runtime.session("ota", DeviceKey(PRODUCT, n)) for n in NAMES[:2]}
+    assert {n: (s.state, s.ctx.offers) for n, s in ota.items()} == {
+        "dev-0": ("offered", 1),
+        "dev-1": ("offered", 1),
+    }
     devices = fleet(pair)
     pair.run_until("the campaign to succeed", lambda: runner.status(cid).state == "succeeded")
     assert {d.version for d in list(devices.values())[:2]} == {"2.0"}

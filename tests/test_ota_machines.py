@@ -288,3 +288,69 @@ def test_stale_and_malformed_reports_change_nothing() -> None:
         )
     ]
     assert (s.state, s.ctx.percent) == ("offered", 0)
+
+
+def test_the_same_deploy_again_while_under_way_changes_nothing() -> None:
+    """A new pool leader re-sends a start still in flight, or an operator deploys twice: no
+    second offer, no reset, no timer touched, in every state of an attempt under way."""
+    s = Stepper(PLATFORM, key=KEY)
+    s.step(ReportVersion.of("0.1"))
+    s.step(TASK)
+    again = [Log.info("deploy of 0.2 (fw-0.2) again while under way: not offered again")]
+    assert s.step(TASK) == again
+    assert (s.state, s.ctx.offers) == ("offered", 1)
+    s.step(ReportProgress.downloading("0.2", 40))
+    assert s.step(TASK) == again
+    assert (s.state, s.ctx.percent, s.ctx.offers) == ("downloading", 40, 1)
+    s.step(ReportProgress.burning("0.2"))
+    assert s.step(TASK) == again
+    assert s.state == "burning"
+    s.step(ReportProgress.done("0.2"))
+    assert s.advance(200.0) == []
+    assert s.step(TASK) == again
+    assert s.state == "confirming"
+    # the silence timer `done` armed still fires 300 s after it, not 300 s after the repeat
+    assert s.advance(100.0) == [SetTimer("retry", 30.0, 5)]
+    assert (s.state, s.ctx.offers) == ("retrying", 1)
+
+
+def test_a_different_task_while_under_way_is_offered_again() -> None:
+    """Any field that differs (file, size, md5, windows) is a new task: offered, progress reset."""
+    s = Stepper(PLATFORM, key=KEY)
+    s.step(ReportVersion.of("0.1"))
+    s.step(TASK)
+    s.step(ReportProgress.downloading("0.2", 40))
+    rebuilt = DeployFirmware("0.2", "fw-0.2b", 1200, MD5_B)
+    assert s.step(rebuilt) == [
+        CancelTimer("silence"),
+        OfferFirmware("0.2", "fw-0.2b", 1200, MD5_B),
+        SetTimer("silence", 300.0, 3),
+    ]
+    assert (s.state, s.ctx.percent, s.ctx.offers) == ("offered", 0, 2)
+    s.step(ReportProgress.burning("0.2"))
+    assert s.step(TASK) == [
+        CancelTimer("silence"),
+        OfferFirmware("0.2", "fw-0.2", 1000, MD5_A),
+        SetTimer("silence", 300.0, 5),
+    ]
+    assert (s.state, s.ctx.file_id) == ("offered", "fw-0.2")
+
+
+def test_the_same_deploy_when_no_attempt_is_under_way_acts_as_before() -> None:
+    """Retrying: offered now rather than at the retry timer, with a fresh count of attempts; a
+    device already on the target: done at once, as `_runs_deployed` decides before anything."""
+    s = Stepper(PLATFORM, key=KEY)
+    s.step(ReportVersion.of("0.1"))
+    s.step(TASK)
+    s.step(ReportProgress.fail("0.2", -2, "not found"))
+    assert (s.state, s.ctx.attempts) == ("retrying", 1)
+    assert s.step(TASK) == [
+        CancelTimer("retry"),
+        OfferFirmware("0.2", "fw-0.2", 1000, MD5_A),
+        SetTimer("silence", 300.0, 3),
+    ]
+    assert (s.state, s.ctx.attempts) == ("offered", 0)
+    s.step(ReportVersion.of("0.2"))
+    assert s.state == "succeeded"
+    assert s.step(TASK) == [OtaFinished(True, "0.2", 0, "already running")]
+    assert s.state == "succeeded"

@@ -214,7 +214,8 @@ class CampaignRunner:
 
         For a pool's new leader: its predecessor may have died between committing a start and
         sending it, and without a device timeout the campaign would wait for that device for
-        ever. A start that did reach it is not sent again (that would offer the image twice)."""
+        ever. A start that did reach it is not sent again: the OTA machine ignores the same task
+        while an attempt is under way, but a retrying device would be offered it at once."""
         with self._lock:
             if self._stopped:
                 return []

@@ -120,7 +120,12 @@ def _progress_reports(ctx: ota.PlatformContext) -> list[Event]:
 
 
 def _deployments(ctx: ota.PlatformContext) -> list[Event]:
-    deployments: list[Event] = [ota.DeployFirmware("2.0.0", "fw-2", 1024, MD5)]
+    """The task, the same version rebuilt (another task: offered again even while the first is
+    under way, where the task itself again changes nothing), and what the device runs."""
+    deployments: list[Event] = [
+        ota.DeployFirmware("2.0.0", "fw-2", 1024, MD5),
+        ota.DeployFirmware("2.0.0", "fw-2b", 2048, OTHER_MD5),
+    ]
     if ctx.reported:
         deployments.append(ota.DeployFirmware(ctx.reported, "fw-r", 1024, MD5))
     return deployments

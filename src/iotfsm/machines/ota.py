@@ -6,7 +6,9 @@ application's burn step, and reports done and its new version, or fail with Tenc
 Platform: one session per device; a task names the target firmware; every report_version is
 answered, a device reporting the target has succeeded, any other version gets a fresh offer.
 A task stays active until cancelled: a device that reports another version after its success
-(`drift`) is offered the target again.
+(`drift`) is offered the target again. Deploying the very task a session runs again while an
+attempt is under way changes nothing (a pool's new leader may re-send a start still in flight):
+a second offer would restart the device's download.
 Failed attempts are retried with backoff, and an attempt counts as failed only when it made no
 progress, because real devices on weak links fail often but resume each time.
 """
@@ -769,6 +771,29 @@ def _deploy_done(ctx: PlatformContext, event: DeployFirmware, now: float) -> Ite
     return (OtaFinished(True, ctx.target, 0, "already running"),)
 
 
+def _same_task(ctx: PlatformContext, event: DeployFirmware) -> bool:
+    """The task the session already runs, again: a new pool leader re-sending a campaign start
+    that was still in flight, or an operator deploying twice. Every field counts, burn windows
+    included: a different image or window set under the same version is a new task."""
+    task = (ctx.target, ctx.file_id, ctx.size, ctx.md5, ctx.burn)
+    return bool(ctx.target) and task == (
+        event.version,
+        event.file_id,
+        event.size,
+        event.md5,
+        event.burn,
+    )
+
+
+def _deploy_again(ctx: PlatformContext, event: DeployFirmware, now: float) -> Iterable[Effect]:
+    """While an attempt is under way the repeat changes nothing: a second offer would restart a
+    download in progress (the device takes an offer as a new transfer) and reset its percent,
+    and one device would count two offers. Retrying, failed and succeeded sessions still take
+    it as today (a re-offer now, a fresh count, a drift repaired)."""
+    text = f"deploy of {ctx.target} ({ctx.file_id}) again while under way: not offered again"
+    return (Log.info(text),)
+
+
 def _deploy(ctx: PlatformContext, event: DeployFirmware, now: float) -> Iterable[Effect]:
     _set_task(ctx, event)
     return _offer(ctx)
@@ -896,6 +921,7 @@ PLATFORM = MachineSpec(
         ),
         On(ReportVersion, ANY_STATE, None, action=_refuse_version),
         On(DeployFirmware, ANY_STATE, "succeeded", guard=_runs_deployed, action=_deploy_done),
+        On(DeployFirmware, WAITING, None, guard=_same_task, action=_deploy_again),
         On(DeployFirmware, ANY_STATE, "offered", action=_deploy),
         On(CancelFirmware, ANY_STATE, "idle", action=_cancel),
         On(
