@@ -35,10 +35,14 @@ from ..machines.messages import Message, RawMessage
 from .codec import Codec, DecodeError
 from .scheduler import ThreadScheduler
 from .store.session_store import SessionStore
-from .topics import TopicError, Topics, check_key
+from .topics import Route, TopicError, Topics, check_key
 from .transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
+
+ROUTES_KEPT = 4096
+"""Inbound topics a runtime remembers the route of (a few hundred bytes each): every topic of
+a couple of thousand busy devices; a bigger fleet mostly parses, as it did without the cache."""
 
 EffectHandler = Callable[[DeviceKey, Any], None]
 """Carries out one feature effect (e.g. ApplyLogLevel) for the session `key`."""
@@ -144,6 +148,9 @@ class Runtime:
         self._names: dict[tuple[Feature, ...], tuple[str, ...]] = {}
         """A topic's features -> their names, as the codec takes them (one tuple per topic
         table entry, not a list per message)."""
+        self._routes: dict[str, tuple[Route, tuple[str, ...]]] = {}
+        """Recent inbound topics of admitted devices -> `_route`'s answer: parsing and checking
+        a topic costs more than the rest of routing; at most ROUTES_KEPT, then it starts over."""
 
     def _install(
         self, handlers: Mapping[type[Effect] | tuple[str, type[Effect]], EffectHandler]
@@ -353,18 +360,17 @@ class Runtime:
     # ---- transport callbacks ----------------------------------------------------------------
 
     def on_message(self, topic: str, payload: bytes) -> None:
+        routes = self._routes
+        known = routes.get(topic)
         try:
-            route = self.topics.parse(topic)
-            if route.direction != self._inbound:
-                raise TopicError(f"a {self.role} does not receive {route.direction} topics")
-            if self.identity is not None and route.key != self.identity:
-                raise TopicError(f"not a topic of this device ({'/'.join(self.identity)})")
+            route, names = self._route(topic) if known is None else known
             if self._admit is not None and not self._admit(route.key):
                 self.refused += 1
                 return
-            names = self._names.get(route.features)
-            if names is None:
-                names = self._names[route.features] = tuple(f.name for f in route.features)
+            if known is None:  # only topics of admitted devices: invented names cannot churn it
+                if len(routes) >= ROUTES_KEPT:
+                    routes.clear()
+                routes[topic] = (route, names)
             feature, message = self.codec.decode_any(names, route.direction, payload)
             if route.suffix and isinstance(message, RawMessage):
                 # the topic's value after the device (RRPC's processId) goes into the message
@@ -375,6 +381,19 @@ class Runtime:
             log.warning("dropped a message on %r: %s", topic, exc)
             return
         self.post(feature, route.key, message)
+
+    def _route(self, topic: str) -> tuple[Route, tuple[str, ...]]:
+        """Where an inbound topic leads, and its features' names as the codec takes them;
+        TopicError for a topic this runtime does not receive."""
+        route = self.topics.parse(topic)
+        if route.direction != self._inbound:
+            raise TopicError(f"a {self.role} does not receive {route.direction} topics")
+        if self.identity is not None and route.key != self.identity:
+            raise TopicError(f"not a topic of this device ({'/'.join(self.identity)})")
+        names = self._names.get(route.features)
+        if names is None:
+            names = self._names[route.features] = tuple(f.name for f in route.features)
+        return route, names
 
     def on_connection(self, up: bool) -> None:
         if self.identity is None:
