@@ -41,8 +41,9 @@ from .transport import Transport, TransportError
 log = logging.getLogger(__name__)
 
 ROUTES_KEPT = 4096
-"""Inbound topics a runtime remembers the route of (a few hundred bytes each): every topic of
-a couple of thousand busy devices; a bigger fleet mostly parses, as it did without the cache."""
+"""Inbound topics a runtime remembers the route of, and outbound topics it remembers (a few
+hundred bytes each): every topic of a couple of thousand busy devices; a bigger fleet mostly
+builds them per message, as it did before these caches."""
 
 EffectHandler = Callable[[DeviceKey, Any], None]
 """Carries out one feature effect (e.g. ApplyLogLevel) for the session `key`."""
@@ -151,6 +152,8 @@ class Runtime:
         self._routes: dict[str, tuple[Route, tuple[str, ...]]] = {}
         """Recent inbound topics of admitted devices -> `_route`'s answer: parsing and checking
         a topic costs more than the rest of routing; at most ROUTES_KEPT, then it starts over."""
+        self._replies: dict[tuple[str, DeviceKey], str] = {}
+        """(feature, device) -> its outbound topic (not a suffixed one), as `_routes`."""
 
     def _install(
         self, handlers: Mapping[type[Effect] | tuple[str, type[Effect]], EffectHandler]
@@ -368,9 +371,7 @@ class Runtime:
                 self.refused += 1
                 return
             if known is None:  # only topics of admitted devices: invented names cannot churn it
-                if len(routes) >= ROUTES_KEPT:
-                    routes.clear()
-                routes[topic] = (route, names)
+                _remember(routes, topic, (route, names))
             feature, message = self.codec.decode_any(names, route.direction, payload)
             if route.suffix and isinstance(message, RawMessage):
                 # the topic's value after the device (RRPC's processId) goes into the message
@@ -411,7 +412,11 @@ class Runtime:
         suffix = ""
         if isinstance(message, RawMessage) and message.SUFFIX:
             suffix = getattr(message, message.SUFFIX)
-        topic = self.topics.topic(feature, self._outbound, key, suffix)
+        topic = None if suffix else self._replies.get((feature, key))
+        if topic is None:
+            topic = self.topics.topic(feature, self._outbound, key, suffix)
+            if not suffix:
+                _remember(self._replies, (feature, key), topic)
         try:
             self.transport.publish(topic, self.codec.encode(message), qos)
         except TransportError as exc:
@@ -494,6 +499,14 @@ def _scheduler_for(clock: Clock) -> Scheduler:
     if isinstance(clock, ManualClock):
         return clock
     return ThreadScheduler(clock)
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    """Keep `value` under `key` in one of the runtime's per-topic caches: a full cache starts
+    over, which costs one dict less than evicting in order, and a hot set refills it at once."""
+    if len(cache) >= ROUTES_KEPT:
+        cache.clear()
+    cache[key] = value
 
 
 def _nothing(feature: str, session: Session, effect: Any) -> None:
