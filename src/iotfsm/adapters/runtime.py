@@ -32,7 +32,7 @@ from ..fsm.snapshot import Probe, SnapshotError, change_probe, restore, snapshot
 from ..fsm.trace import Tracer
 from ..machines.feature import DeviceKey, Feature, Role, inbound_direction, outbound_direction
 from ..machines.messages import Message, RawMessage
-from .codec import Codec, DecodeError
+from .codec import Codec, DecodeError, Decoder
 from .scheduler import ThreadScheduler
 from .store.session_store import SessionStore
 from .topics import Route, TopicError, Topics, check_key
@@ -149,7 +149,7 @@ class Runtime:
         self._names: dict[tuple[Feature, ...], tuple[str, ...]] = {}
         """A topic's features -> their names, as the codec takes them (one tuple per topic
         table entry, not a list per message)."""
-        self._routes: dict[str, tuple[Route, tuple[str, ...]]] = {}
+        self._routes: dict[str, tuple[Route, Decoder]] = {}
         """Recent inbound topics of admitted devices -> `_route`'s answer: parsing and checking
         a topic costs more than the rest of routing; at most ROUTES_KEPT, then it starts over."""
         self._replies: dict[tuple[str, DeviceKey], str] = {}
@@ -366,13 +366,13 @@ class Runtime:
         routes = self._routes
         known = routes.get(topic)
         try:
-            route, names = self._route(topic) if known is None else known
+            route, decode = self._route(topic) if known is None else known
             if self._admit is not None and not self._admit(route.key):
                 self.refused += 1
                 return
             if known is None:  # only topics of admitted devices: invented names cannot churn it
-                _remember(routes, topic, (route, names))
-            feature, message = self.codec.decode_any(names, route.direction, payload)
+                _remember(routes, topic, (route, decode))
+            feature, message = decode(payload)
             if route.suffix and isinstance(message, RawMessage):
                 # the topic's value after the device (RRPC's processId) goes into the message
                 changes: dict[str, Any] = {message.SUFFIX: route.suffix}
@@ -383,9 +383,9 @@ class Runtime:
             return
         self.post(feature, route.key, message)
 
-    def _route(self, topic: str) -> tuple[Route, tuple[str, ...]]:
-        """Where an inbound topic leads, and its features' names as the codec takes them;
-        TopicError for a topic this runtime does not receive."""
+    def _route(self, topic: str) -> tuple[Route, Decoder]:
+        """Where an inbound topic leads, and the codec's decoder for its payloads; TopicError
+        for a topic this runtime does not receive."""
         route = self.topics.parse(topic)
         if route.direction != self._inbound:
             raise TopicError(f"a {self.role} does not receive {route.direction} topics")
@@ -394,7 +394,7 @@ class Runtime:
         names = self._names.get(route.features)
         if names is None:
             names = self._names[route.features] = tuple(f.name for f in route.features)
-        return route, names
+        return route, self.codec.decoder(names, route.direction)
 
     def on_connection(self, up: bool) -> None:
         if self.identity is None:
