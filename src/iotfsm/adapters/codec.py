@@ -27,6 +27,9 @@ from .codec_emit import EmitGenerator, FallbackError
 from .codec_structure import Generator, Structure
 from .limits import MAX_PAYLOAD_BYTES
 
+Decoder = Callable[[bytes], tuple[str, Message]]
+"""A payload -> (the feature whose message it is, the message); raises DecodeError only."""
+
 _EXTRA = "\x00extra"
 _NUMERIC = re.compile(r"-?[0-9]{1,19}")
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
@@ -202,6 +205,8 @@ class Codec:
         """Per message class, its one-pass structuring (or cattrs' fast converter where the
         generator does not cover a field type)."""
         self._known: dict[type[Message], frozenset[str]] = {}
+        self._decoders: dict[tuple[tuple[str, ...], Direction], Decoder] = {}
+        """Per (features of a topic, direction), its `decoder`."""
         # one decoder and one encoder for every message: json.loads/dumps with options build a
         # new one per call, a measurable share of the platform's cost per message
         self._decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
@@ -258,43 +263,65 @@ class Codec:
 
     def decode(self, feature: str, direction: Direction, payload: bytes) -> Message:
         """Parse one payload received on `feature`'s `direction` topic. Raises DecodeError only."""
-        return self.decode_any((feature,), direction, payload)[1]
+        return self.decoder((feature,), direction)(payload)[1]
 
     def decode_any(
         self, features: Sequence[str], direction: Direction, payload: bytes
     ) -> tuple[str, Message]:
         """Parse a payload from a topic that `features` share; the `type` says whose it is."""
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            where = _where(features, direction)
-            raise DecodeError(f"{where}: {len(payload)} bytes exceed {MAX_PAYLOAD_BYTES}")
-        if self._raw and len(features) == 1:
-            raw = self._raw.get((features[0], direction))
+        return self.decoder(features, direction)(payload)
+
+    def decoder(self, features: Sequence[str], direction: Direction) -> Decoder:
+        """`decode_any` for one topic's features and direction, as one function made once:
+        what the common case looks up per payload is looked up here instead."""
+        key = (tuple(features), direction)
+        made = self._decoders.get(key)
+        if made is None:
+            made = self._make_decoder(key[0], direction)
+            if all((name, direction) in self._types for name in key[0]):
+                self._decoders[key] = made  # declared names only: callers cannot grow it
+        return made
+
+    def _make_decoder(self, features: tuple[str, ...], direction: Direction) -> Decoder:
+        general = partial(self._decode_general, features, direction)
+        single = len(features) == 1  # the fast path serves a topic of one feature only
+        one = features[0] if single else ""
+        raw = self._raw.get((one, direction)) if single else None
+        types = self._types.get((one, direction)) if single else None
+        structurers = self._structurers
+
+        def decode(payload: bytes) -> tuple[str, Message]:
+            if len(payload) > MAX_PAYLOAD_BYTES:
+                where = _where(features, direction)
+                raise DecodeError(f"{where}: {len(payload)} bytes exceed {MAX_PAYLOAD_BYTES}")
             if raw is not None:
-                return features[0], raw(payload=bytes(payload))
-        # The common case in one pass, with no call that is not needed: one feature, a payload
-        # orjson reads as json would (see `_load`), a known type, a document the generated
-        # structuring takes. Anything else, including every error, takes the general path.
-        if (
-            len(features) == 1
-            and payload.count(b"[") + payload.count(b"{") <= MAX_DEPTH
-            and b"\\u" not in payload
-            and len(payload) - len(payload.translate(None, _DIGITS)) < 19
-        ):
-            try:
-                doc = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                doc = None
-            types = self._types.get((features[0], direction))
-            if type(doc) is dict and types is not None:
-                kind = doc.get("type")
-                cls = types.get(kind) if type(kind) is str else None
-                fast = self._structurers.get(cls) if cls is not None else None
-                if fast is not None:
-                    try:
-                        return features[0], fast(doc)
-                    except Exception:  # the general path below names what is wrong
-                        pass
-        return self._decode_general(features, direction, payload)
+                return one, raw(payload=bytes(payload))
+            # The common case in one pass, with no call that is not needed: one feature, a
+            # payload orjson reads as json would (see `_load`), a known type, a document the
+            # generated structuring takes. Anything else, including every error, takes the
+            # general path.
+            if (
+                types is not None
+                and payload.count(b"[") + payload.count(b"{") <= MAX_DEPTH
+                and b"\\u" not in payload
+                and len(payload) - len(payload.translate(None, _DIGITS)) < 19
+            ):
+                try:
+                    doc = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    doc = None
+                if type(doc) is dict:
+                    kind = doc.get("type")
+                    cls = types.get(kind) if type(kind) is str else None
+                    fast = structurers.get(cls) if cls is not None else None
+                    if fast is not None:
+                        try:
+                            return one, fast(doc)
+                        except Exception:  # the general path below names what is wrong
+                            pass
+            return general(payload)
+
+        return decode
 
     def _decode_general(
         self, features: Sequence[str], direction: Direction, payload: bytes

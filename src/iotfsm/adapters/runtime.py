@@ -32,13 +32,18 @@ from ..fsm.snapshot import Probe, SnapshotError, change_probe, restore, snapshot
 from ..fsm.trace import Tracer
 from ..machines.feature import DeviceKey, Feature, Role, inbound_direction, outbound_direction
 from ..machines.messages import Message, RawMessage
-from .codec import Codec, DecodeError
+from .codec import Codec, DecodeError, Decoder
 from .scheduler import ThreadScheduler
 from .store.session_store import SessionStore
-from .topics import TopicError, Topics, check_key
+from .topics import Route, TopicError, Topics, check_key
 from .transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
+
+ROUTES_KEPT = 4096
+"""Inbound topics a runtime remembers the route of, and outbound topics it remembers (a few
+hundred bytes each): every topic of a couple of thousand busy devices; a bigger fleet mostly
+builds them per message, as it did before these caches."""
 
 EffectHandler = Callable[[DeviceKey, Any], None]
 """Carries out one feature effect (e.g. ApplyLogLevel) for the session `key`."""
@@ -144,6 +149,11 @@ class Runtime:
         self._names: dict[tuple[Feature, ...], tuple[str, ...]] = {}
         """A topic's features -> their names, as the codec takes them (one tuple per topic
         table entry, not a list per message)."""
+        self._routes: dict[str, tuple[Route, Decoder]] = {}
+        """Recent inbound topics of admitted devices -> `_route`'s answer: parsing and checking
+        a topic costs more than the rest of routing; at most ROUTES_KEPT, then it starts over."""
+        self._replies: dict[tuple[str, DeviceKey], str] = {}
+        """(feature, device) -> its outbound topic (not a suffixed one), as `_routes`."""
 
     def _install(
         self, handlers: Mapping[type[Effect] | tuple[str, type[Effect]], EffectHandler]
@@ -353,19 +363,16 @@ class Runtime:
     # ---- transport callbacks ----------------------------------------------------------------
 
     def on_message(self, topic: str, payload: bytes) -> None:
+        routes = self._routes
+        known = routes.get(topic)
         try:
-            route = self.topics.parse(topic)
-            if route.direction != self._inbound:
-                raise TopicError(f"a {self.role} does not receive {route.direction} topics")
-            if self.identity is not None and route.key != self.identity:
-                raise TopicError(f"not a topic of this device ({'/'.join(self.identity)})")
+            route, decode = self._route(topic) if known is None else known
             if self._admit is not None and not self._admit(route.key):
                 self.refused += 1
                 return
-            names = self._names.get(route.features)
-            if names is None:
-                names = self._names[route.features] = tuple(f.name for f in route.features)
-            feature, message = self.codec.decode_any(names, route.direction, payload)
+            if known is None:  # only topics of admitted devices: invented names cannot churn it
+                _remember(routes, topic, (route, decode))
+            feature, message = decode(payload)
             if route.suffix and isinstance(message, RawMessage):
                 # the topic's value after the device (RRPC's processId) goes into the message
                 changes: dict[str, Any] = {message.SUFFIX: route.suffix}
@@ -375,6 +382,19 @@ class Runtime:
             log.warning("dropped a message on %r: %s", topic, exc)
             return
         self.post(feature, route.key, message)
+
+    def _route(self, topic: str) -> tuple[Route, Decoder]:
+        """Where an inbound topic leads, and the codec's decoder for its payloads; TopicError
+        for a topic this runtime does not receive."""
+        route = self.topics.parse(topic)
+        if route.direction != self._inbound:
+            raise TopicError(f"a {self.role} does not receive {route.direction} topics")
+        if self.identity is not None and route.key != self.identity:
+            raise TopicError(f"not a topic of this device ({'/'.join(self.identity)})")
+        names = self._names.get(route.features)
+        if names is None:
+            names = self._names[route.features] = tuple(f.name for f in route.features)
+        return route, self.codec.decoder(names, route.direction)
 
     def on_connection(self, up: bool) -> None:
         if self.identity is None:
@@ -392,7 +412,11 @@ class Runtime:
         suffix = ""
         if isinstance(message, RawMessage) and message.SUFFIX:
             suffix = getattr(message, message.SUFFIX)
-        topic = self.topics.topic(feature, self._outbound, key, suffix)
+        topic = None if suffix else self._replies.get((feature, key))
+        if topic is None:
+            topic = self.topics.topic(feature, self._outbound, key, suffix)
+            if not suffix:
+                _remember(self._replies, (feature, key), topic)
         try:
             self.transport.publish(topic, self.codec.encode(message), qos)
         except TransportError as exc:
@@ -475,6 +499,14 @@ def _scheduler_for(clock: Clock) -> Scheduler:
     if isinstance(clock, ManualClock):
         return clock
     return ThreadScheduler(clock)
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    """Keep `value` under `key` in one of the runtime's per-topic caches: a full cache starts
+    over, which costs one dict less than evicting in order, and a hot set refills it at once."""
+    if len(cache) >= ROUTES_KEPT:
+        cache.clear()
+    cache[key] = value
 
 
 def _nothing(feature: str, session: Session, effect: Any) -> None:

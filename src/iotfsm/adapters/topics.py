@@ -56,6 +56,9 @@ class Route(NamedTuple):
     """The value after the device on a suffixed feature's topic (an RRPC processId), else ""."""
 
 
+_tuple = tuple.__new__
+
+
 class Topics:
     def __init__(self, features: Iterable[Feature]) -> None:
         self._by_prefix: dict[str, tuple[tuple[Feature, ...], Direction]] = {}
@@ -88,11 +91,13 @@ class Topics:
         found = self._by_prefix.get(parts[0]) if len(parts) == 3 else None
         if found is None:
             return self._parse_suffixed(topic)
-        key = DeviceKey(parts[1], parts[2])
+        # the two named tuples built as tuples: their generated `__new__` takes keywords and
+        # costs more than the C call, which builds the same objects
+        key = _tuple(DeviceKey, parts[1:])
         # one match over `product/device` for the common, valid case; check_key says what is wrong
         if _KEY_TAIL.fullmatch(topic, len(parts[0]) + 1) is None:
             check_key(key)
-        return Route(found[0], found[1], key)
+        return _tuple(Route, (*found, key, ""))
 
     def _parse_suffixed(self, topic: str) -> Route:
         parts = topic.rsplit("/", 3)

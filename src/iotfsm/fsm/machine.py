@@ -22,29 +22,19 @@ from .spec import MachineSpec, On
 from .trace import StepRecord, Tracer
 
 C = TypeVar("C")
+_NONE: list[Any] = []
+"""No transitions from a state (shared, never changed: not a new list per ignored event)."""
 
 
 class _BoundTransition(transitions.Transition):
-    """A transitions.Transition that carries the declared `On` and runs its guard and action."""
+    """A transitions.Transition that carries the declared `On`, its guard and its action (which
+    `_BoundEvent.dispatch` runs)."""
 
     def __init__(self, source: str, dest: str | None, *args: Any, binding: On) -> None:
         super().__init__(source, dest, *args)  # type: ignore[arg-type]  # None: internal
         self.binding = binding
         self.guard = binding.guard
         self.action = binding.action
-
-    def fire(self, session: Session, event: Event, now: float, out: list[Effect]) -> bool:
-        guard = self.guard
-        if guard is not None and not guard(session.ctx, event):
-            return False
-        if self.dest is not None:
-            session.state = self.dest
-        action = self.action
-        if action is not None:
-            produced = action(session.ctx, event, now)
-            if produced:
-                out.extend(produced)
-        return True
 
 
 class _BoundEvent(transitions.core.Event):
@@ -56,11 +46,22 @@ class _BoundEvent(transitions.core.Event):
         return self.dispatch(model, args[0], args[1], args[2])
 
     def dispatch(self, session: Session, event: Event, now: float, out: list[Effect]) -> On | None:
-        """`trigger` without packing its arguments: what `Machine.step` calls."""
-        bound: list[_BoundTransition] = self.transitions.get(session.state, [])  # type: ignore[assignment]
+        """`trigger` without packing its arguments: what `Machine.step` calls. The first
+        transition whose guard passes fires (its destination, then its action's effects into
+        `out`), inline: one call less per transition tried."""
+        bound: list[_BoundTransition] = self.transitions.get(session.state, _NONE)
         for transition in bound:
-            if transition.fire(session, event, now, out):
-                return transition.binding
+            guard = transition.guard
+            if guard is not None and not guard(session.ctx, event):
+                continue
+            if transition.dest is not None:
+                session.state = transition.dest
+            action = transition.action
+            if action is not None:
+                produced = action(session.ctx, event, now)
+                if produced:
+                    out.extend(produced)
+            return transition.binding
         return None
 
 

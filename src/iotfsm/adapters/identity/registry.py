@@ -296,10 +296,14 @@ class Registry:
         return entry is not None and entry.enabled
 
     def gate(self, key: DeviceKey) -> bool:
-        """`admits`, and a rate-limited log line when it does not."""
-        if self.admits(key):
+        """`admits`, and a rate-limited log line when it does not (`admits` inline: this is
+        the message path's gate)."""
+        if self.open:
             return True
+        self._look()
         entry = self._known.get(key)
+        if entry is not None and entry.enabled:
+            return True
         self.refusals.note(key, "disabled" if entry is not None else "not registered")
         return False
 

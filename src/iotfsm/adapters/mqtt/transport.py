@@ -71,6 +71,9 @@ MAX_INFLIGHT = 150
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
+CHECKED_TOPICS_KEPT = 4096
+"""Topics `publish` has checked and remembers as good (a platform answering a couple of
+thousand busy devices; past that it starts over)."""
 _SUBSCRIBE_BATCH = 32
 """Filters per SUBSCRIBE packet when resubscribing: one packet for a device's handful of topics,
 several small ones for a platform with many, so no single packet grows without bound."""
@@ -348,6 +351,7 @@ class MqttTransport:
         self._settings = settings
         self._rng = rng if rng is not None else random.Random()
         self._lock = threading.Lock()
+        self._checked_topics: set[str] = set()
         self._life = _Life.NEW
         self._on_message: MessageHandler | None = None
         self._on_connection: ConnectionHandler | None = None
@@ -399,16 +403,12 @@ class MqttTransport:
     def publish(self, topic: str, payload: bytes, qos: int = 0) -> None:
         """Send now, or (QoS 1 only) queue until the next connection; see the module doc."""
         _check_qos(qos)
-        try:
-            validate_topic(topic)
-        except ValueError as error:
-            raise TransportError(str(error)) from error
-        topic_bytes = len(topic.encode("utf-8"))
-        if topic_bytes > MAX_TOPIC_BYTES:
-            raise TransportError(
-                f"topic {topic!r} is {topic_bytes} bytes; Tencent IoT Hub accepts at most "
-                f"{MAX_TOPIC_BYTES} (use a shorter product id or device name)"
-            )
+        checked = self._checked_topics
+        if topic not in checked:  # a platform answers on the same few topics again and again
+            _check_topic(topic)
+            if len(checked) >= CHECKED_TOPICS_KEPT:
+                checked.clear()
+            checked.add(topic)
         if not isinstance(payload, bytes | bytearray):
             raise TransportError(
                 f"payload must be bytes, not {type(payload).__name__}; encode it first"
@@ -773,6 +773,19 @@ def _session_expiry(settings: MqttSettings) -> Properties | None:
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = settings.session_expiry
     return properties
+
+
+def _check_topic(topic: str) -> None:
+    try:
+        validate_topic(topic)
+    except ValueError as error:
+        raise TransportError(str(error)) from error
+    topic_bytes = len(topic.encode("utf-8"))
+    if topic_bytes > MAX_TOPIC_BYTES:
+        raise TransportError(
+            f"topic {topic!r} is {topic_bytes} bytes; Tencent IoT Hub accepts at most "
+            f"{MAX_TOPIC_BYTES} (use a shorter product id or device name)"
+        )
 
 
 def _check_qos(qos: int) -> None:
