@@ -53,3 +53,26 @@ def test_every_public_name_resolves(name: str) -> None:
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Devise'"):
         iotfsm.Devise  # noqa: B018
+
+
+def test_a_name_that_is_also_a_submodule_stays_the_name() -> None:
+    """`iotfsm.testing.paths` is a function and a module: importing the module (as the pytest
+    helper does) must not replace the function (README's generated-paths example)."""
+    probe = (
+        "import iotfsm.testing.generated; from iotfsm.testing import paths;"
+        " import types; print(isinstance(paths, types.FunctionType))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+        env={"PYTHONPATH": str(SRC)},
+    ).stdout.strip()  # fmt: skip
+    assert found == "True"
+
+
+def test_lazy_names_may_not_be_submodules(tmp_path: Path) -> None:
+    from iotfsm._lazy import lazy_exports
+
+    (tmp_path / "paths.py").write_text("")
+    namespace = {"__name__": "pkg", "__file__": str(tmp_path / "__init__.py")}
+    with pytest.raises(ValueError, match=r"\['paths'\] are also submodules"):
+        lazy_exports(namespace, {"paths": ".paths"})

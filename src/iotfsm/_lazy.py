@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -15,6 +16,10 @@ def lazy_exports(
     """The package's `__getattr__` and `__dir__`: `table` maps each public name to the module
     (relative to the package whose `globals()` is `namespace`) that defines it."""
     package = str(namespace["__name__"])
+    here = Path(str(namespace["__file__"])).parent
+    shadowed = sorted(n for n in table if (here / f"{n}.py").exists() or (here / n).is_dir())
+    if shadowed:  # importing that submodule would bind it over the name, for good
+        raise ValueError(f"{package}: lazy names {shadowed} are also submodules: import them now")
 
     def get(name: str) -> Any:
         module = table.get(name)

@@ -16,25 +16,20 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_exports
 
+# `paths` is also the name of its module: once anything imports `iotfsm.testing.paths` (the
+# pytest helper `generated` does), the import system binds the module to the package's `paths`,
+# and a lazy name would never be looked up again. The planner is light (the engine only), so its
+# names are bound now, over the module.
+from .paths import Edge, Path, PathError, Plan, Step, edges, paths, plan, run_path, shrink
+
 if TYPE_CHECKING:
     from .mosquitto import Mosquitto
     from .pair import Pair
-    from .paths import Edge, Path, PathError, Plan, Step, edges, paths, plan, run_path, shrink
     from .waiting import wait_for
 
 _LAZY = {
-    "Edge": ".paths",
     "Mosquitto": ".mosquitto",
     "Pair": ".pair",
-    "Path": ".paths",
-    "PathError": ".paths",
-    "Plan": ".paths",
-    "Step": ".paths",
-    "edges": ".paths",
-    "paths": ".paths",
-    "plan": ".paths",
-    "run_path": ".paths",
-    "shrink": ".paths",
     "wait_for": ".waiting",
 }
 """Each public name and the module that defines it, imported on first use (PEP 562): the pytest
