@@ -11,5 +11,7 @@ echo "== mypy --strict"; .venv/bin/mypy --strict
 # (the untaken edges are listed and explained in docs/transition-coverage.md), and its 20
 # slowest tests, to keep an eye on the 5-minute budget.
 coverage=()
-[ $# -eq 0 ] && coverage=(--iotfsm-coverage --iotfsm-coverage-min 97 --durations=20)
+# It runs on every core (pytest-xdist; each worker starts its own private servers, and the
+# transition coverage is summed over the workers).
+[ $# -eq 0 ] && coverage=(-n "${IOTFSM_TEST_WORKERS:-auto}" --iotfsm-coverage --iotfsm-coverage-min 97 --durations=20)
 echo "== pytest"; .venv/bin/python -m pytest -q -p no:cacheprovider "${coverage[@]}" "$@"

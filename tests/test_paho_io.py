@@ -277,6 +277,36 @@ def test_replies_from_on_message_need_no_wake_up_but_other_threads_do(harness: H
         wake_w.close()
 
 
+def test_a_disconnect_from_another_thread_waits_for_the_pubacks_of_the_read_pass(
+    harness: Harness,
+) -> None:
+    """Another thread stops the client while a read pass is handling its messages (it saw
+    the first one): the PUBACKs of the whole pass go out before the DISCONNECT, so the broker
+    has nothing to deliver again to the next session of a persistent client."""
+    client = harness.client
+    stopper: list[threading.Thread] = []
+
+    def stop_when_seen(_c: paho.Client, _u: Any, m: paho.MQTTMessage) -> None:
+        if not stopper:
+            stopper.append(threading.Thread(target=client.disconnect))
+            stopper[0].start()
+            time.sleep(0.1)  # the other thread is in disconnect() now
+
+    client.on_message = stop_when_seen
+    harness.feed(publish_packet("q1", b"1", 1, 1) + publish_packet("q2", b"2", 1, 2))
+    assert client.loop_read() == paho.MQTT_ERR_SUCCESS
+    stopper[0].join(timeout=10)
+    client.loop_write()
+    wire = b""
+    while _readable(harness.broker):
+        chunk = harness.broker.recv(1 << 16)
+        if not chunk:  # the client closed after its DISCONNECT
+            break
+        wire += chunk
+    assert wire.startswith(puback(1) + puback(2)), wire
+    assert wire.endswith(b"\xe0\x00")  # DISCONNECT, after them
+
+
 # --- writes ----------------------------------------------------------------------------------
 
 

@@ -292,9 +292,11 @@ class _Scenario:
             infos = {u.device: u for u in self.pair.platform.uploads(PRODUCT)}
             for name in self.fleet:
                 self.progress(name, "upload", infos[name].percent if name in infos else 0)
+            # both sides: the platform stored it, and each device's app heard its outcome (that
+            # callback runs on the device's thread a moment after the platform's record)
             return all(
                 n in infos and infos[n].stored and infos[n].state == "done" for n in self.fleet
-            )
+            ) and all(a.uploads for a in self.apps.values())
 
         self.pair.run_until("every upload stored", stored)
         copies = {u.device: Path(u.path).read_bytes() for u in self.pair.platform.uploads(PRODUCT)}

@@ -54,6 +54,8 @@ class TransitionCoverage:
 
     specs: dict[str, MachineSpec[Any]] = attrs.Factory(dict)
     counts: dict[str, Counter[tuple[int, str]]] = attrs.Factory(dict)
+    imported: dict[str, list[Edge]] = attrs.Factory(dict)
+    """Edges of machines known only from another process's `export`."""
 
     def watch(self, spec: MachineSpec[Any]) -> Tracer:
         """A tracer that counts the steps of `spec`. A machine counts from its first step, so
@@ -87,7 +89,8 @@ class TransitionCoverage:
         """One row per machine that stepped, by name."""
         rows = []
         for name in sorted(self.counts):
-            all_edges = tuple(edges(self.specs[name]))
+            spec = self.specs.get(name)
+            all_edges = tuple(edges(spec) if spec is not None else self.imported[name])
             taken = self.taken(name)
             rows.append(
                 MachineCoverage(
@@ -105,6 +108,26 @@ class TransitionCoverage:
             },
         }
         path.write_text(json.dumps(doc, separators=(",", ":")) + "\n", encoding="utf-8")
+
+    def export(self) -> str:
+        """What this process took, with every stepped machine's edges, as JSON: a pytest-xdist
+        worker hands it to the controller, which has not seen the test's own declarations."""
+        doc = {
+            name: {
+                "edges": [attrs.asdict(e) for e in edges(self.specs[name])],
+                "counts": sorted([i, src, n] for (i, src), n in self.counts[name].items()),
+            }
+            for name in sorted(self.counts)
+        }
+        return json.dumps(doc, separators=(",", ":"))
+
+    def merge(self, exported: str) -> None:
+        """Add another process's `export` (a controller gathering its workers)."""
+        for name, part in json.loads(exported).items():
+            counts = self.counts.setdefault(name, Counter())
+            for i, src, n in part["counts"]:
+                counts[(int(i), str(src))] += int(n)
+            self.imported.setdefault(name, [Edge(**e) for e in part["edges"]])
 
 
 def load(path: Path) -> dict[str, frozenset[tuple[int, str]]]:

@@ -115,11 +115,29 @@ def _total(rows: list[MachineCoverage]) -> float:
     return 100.0 if not edges else 100.0 * sum(len(r.taken) for r in rows) / edges
 
 
+WORKER_OUTPUT = "iotfsm_coverage"
+"""The key under which a pytest-xdist worker hands its coverage to the controller."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist, on the controller: add what a finished worker recorded (the controller
+    runs no test itself, so its table is the sum of its workers')."""
+    coverage = node.config.stash.get(COVERAGE_KEY, None)
+    exported = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
+    if coverage is not None and exported:
+        coverage.merge(exported)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     coverage = config.stash.get(COVERAGE_KEY, None)
     if coverage is None:
+        return
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: the controller reports
+        workeroutput[WORKER_OUTPUT] = coverage.export()
         return
     path = config.getoption("iotfsm_coverage_file")
     if path:
@@ -131,7 +149,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     coverage = config.stash.get(COVERAGE_KEY, None)
-    if coverage is None:
+    if coverage is None or hasattr(config, "workeroutput"):
         return
     rows = coverage.report()
     write = terminalreporter.write_line

@@ -82,6 +82,10 @@ READ_SIZE = 64 * 1024
 WRITE_BATCH = 64 * 1024
 """A batch stops growing once it holds this many bytes (a single larger packet goes alone)."""
 
+DISCONNECT_WAIT = 5.0
+"""Seconds `disconnect` waits for a read pass to finish (a handler that blocks for longer only
+delays nothing more: the DISCONNECT is queued anyway)."""
+
 PublishReceiver = Callable[[bytes, bytes], None]
 
 
@@ -264,6 +268,9 @@ class BatchedIOClient(paho.Client):
         self._iotfsm_buffer: ReadBuffer | None = None
         self._iotfsm_reader = 0
         """Ident of the thread inside `loop_read`, 0 outside: its packets need no wake-up."""
+        self._iotfsm_pass = threading.Lock()
+        """Held by a read pass from its first packet until what it queued is handed to the
+        socket: `disconnect` from another thread waits for it (`disconnect`)."""
         self._iotfsm_topic_callbacks = False
         """Whether `message_callback_add` was ever called: then paho dispatches by topic."""
         self.on_publish_received: PublishReceiver | None = None
@@ -342,25 +349,41 @@ class BatchedIOClient(paho.Client):
         if buffer is None or buffer.sock is not sock:
             buffer = self._iotfsm_buffer = ReadBuffer(sock)
         buffer.refills = 1
-        self._iotfsm_reader = threading.get_ident()
+        with self._iotfsm_pass:
+            self._iotfsm_reader = threading.get_ident()
+            try:
+                while True:
+                    rc = self._packet_read()
+                    if rc > 0:
+                        return self._loop_rc_handle(rc)
+                    if rc == MQTTErrorCode.MQTT_ERR_AGAIN or self._sock is not sock:
+                        break
+                    if not buffer.refills and not buffer.buffered():
+                        break
+            finally:
+                self._iotfsm_reader = 0
+                buffer.refills = 0
+                # Once per pass rather than per packet, for the packets of the fast path above.
+                with self._msgtime_mutex:
+                    self._last_bytes_received = time.monotonic()
+            if self._sock is sock and self._out_packet:
+                return self.loop_write()
+            return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def disconnect(self, *args: Any, **kwargs: Any) -> MQTTErrorCode:
+        """paho's `disconnect`, queued after the read pass in progress: a pass queues the
+        PUBACKs of the messages it handled as it goes and writes them at its end, so a
+        DISCONNECT queued meanwhile by another thread (a handler's caller that saw the last
+        message and stopped) went out first and the broker delivered those messages again to
+        the next session. From inside a pass (a handler that stops) it is queued at once."""
+        if not self.batched_io or self._iotfsm_reader == threading.get_ident():
+            return super().disconnect(*args, **kwargs)
+        waited = self._iotfsm_pass.acquire(timeout=DISCONNECT_WAIT)
         try:
-            while True:
-                rc = self._packet_read()
-                if rc > 0:
-                    return self._loop_rc_handle(rc)
-                if rc == MQTTErrorCode.MQTT_ERR_AGAIN or self._sock is not sock:
-                    break
-                if not buffer.refills and not buffer.buffered():
-                    break
+            return super().disconnect(*args, **kwargs)
         finally:
-            self._iotfsm_reader = 0
-            buffer.refills = 0
-            # Once per pass rather than per packet, for the packets of the fast path above.
-            with self._msgtime_mutex:
-                self._last_bytes_received = time.monotonic()
-        if self._sock is sock and self._out_packet:
-            return self.loop_write()
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+            if waited:
+                self._iotfsm_pass.release()
 
     # --- dispatch ---
 
