@@ -4,27 +4,10 @@ target here; `bench/RESULTS.md` records real runs and says whether the targets p
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from bench_runner import run_bench as _run
 
 from iotfsm.testing.mosquitto import MosquittoNotFoundError, find_mosquitto
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _run(script: str, *args: str, timeout: float) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
 
 
 def test_fleet_bench_quick_runs_both_variants_and_prints_the_figures() -> None:

@@ -4,21 +4,10 @@ invented ones. `--quick` is 20,000 names; `bench/RESULTS.md` records the 300,000
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "invented_names.py"
+from bench_runner import run_bench
 
 
 def test_invented_names_bench_quick_keeps_nothing_and_answers_real_devices() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH), "--quick"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "sessions kept 100, invented 0" in proc.stdout
-    assert "platform RSS KiB" in proc.stdout and "answer ms" in proc.stdout
+    out = run_bench("invented_names.py", "--quick", timeout=180)
+    assert "sessions kept 100, invented 0" in out
+    assert "platform RSS KiB" in out and "answer ms" in out

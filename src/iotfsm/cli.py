@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level",
         default="error",
-        choices=["debug", "info", "warning", "error"],
+        choices=list(LEVELS),
         help="how much of the library's log goes to stderr (default: error)",
     )
     parser.add_argument(
@@ -337,7 +337,7 @@ def _logger_level(text: str) -> tuple[str, int]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
+        level=LEVELS[args.log_level],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

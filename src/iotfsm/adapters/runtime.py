@@ -33,17 +33,13 @@ from ..fsm.trace import Tracer
 from ..machines.feature import DeviceKey, Feature, Role, inbound_direction, outbound_direction
 from ..machines.messages import Message, RawMessage
 from .codec import Codec, DecodeError, Decoder
+from .limits import remember
 from .scheduler import ThreadScheduler
 from .store.session_store import SessionStore
 from .topics import Route, TopicError, Topics, check_key
 from .transport import Transport, TransportError
 
 log = logging.getLogger(__name__)
-
-ROUTES_KEPT = 4096
-"""Inbound topics a runtime remembers the route of, and outbound topics it remembers (a few
-hundred bytes each): every topic of a couple of thousand busy devices; a bigger fleet mostly
-builds them per message, as it did before these caches."""
 
 EffectHandler = Callable[[DeviceKey, Any], None]
 """Carries out one feature effect (e.g. ApplyLogLevel) for the session `key`."""
@@ -151,7 +147,7 @@ class Runtime:
         table entry, not a list per message)."""
         self._routes: dict[str, tuple[Route, Decoder]] = {}
         """Recent inbound topics of admitted devices -> `_route`'s answer: parsing and checking
-        a topic costs more than the rest of routing; at most ROUTES_KEPT, then it starts over."""
+        a topic costs more than the rest of routing; bounded by `limits.remember`."""
         self._replies: dict[tuple[str, DeviceKey], str] = {}
         """(feature, device) -> its outbound topic (not a suffixed one), as `_routes`."""
 
@@ -371,7 +367,7 @@ class Runtime:
                 self.refused += 1
                 return
             if known is None:  # only topics of admitted devices: invented names cannot churn it
-                _remember(routes, topic, (route, decode))
+                remember(routes, topic, (route, decode))
             feature, message = decode(payload)
             if route.suffix and isinstance(message, RawMessage):
                 # the topic's value after the device (RRPC's processId) goes into the message
@@ -416,7 +412,7 @@ class Runtime:
         if topic is None:
             topic = self.topics.topic(feature, self._outbound, key, suffix)
             if not suffix:
-                _remember(self._replies, (feature, key), topic)
+                remember(self._replies, (feature, key), topic)
         try:
             self.transport.publish(topic, self.codec.encode(message), qos)
         except TransportError as exc:
@@ -499,14 +495,6 @@ def _scheduler_for(clock: Clock) -> Scheduler:
     if isinstance(clock, ManualClock):
         return clock
     return ThreadScheduler(clock)
-
-
-def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
-    """Keep `value` under `key` in one of the runtime's per-topic caches: a full cache starts
-    over, which costs one dict less than evicting in order, and a hot set refills it at once."""
-    if len(cache) >= ROUTES_KEPT:
-        cache.clear()
-    cache[key] = value
 
 
 def _nothing(feature: str, session: Session, effect: Any) -> None:

@@ -58,7 +58,7 @@ from iotfsm.adapters.mqtt.paho_io import BatchedIOClient
 from iotfsm.adapters.mqtt.topic_filter import validate_filter, validate_topic
 from iotfsm.adapters.transport import ConnectionHandler, MessageHandler, TransportError
 
-from ..limits import MAX_PAYLOAD_BYTES, MAX_TOPIC_BYTES
+from ..limits import MAX_PAYLOAD_BYTES, MAX_TOPIC_BYTES, remember
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +71,6 @@ MAX_INFLIGHT = 150
 
 DEFAULT_PORT = 1883
 DEFAULT_TLS_PORT = 8883
-CHECKED_TOPICS_KEPT = 4096
-"""Topics `publish` has checked and remembers as good (a platform answering a couple of
-thousand busy devices; past that it starts over)."""
 _SUBSCRIBE_BATCH = 32
 """Filters per SUBSCRIBE packet when resubscribing: one packet for a device's handful of topics,
 several small ones for a platform with many, so no single packet grows without bound."""
@@ -351,7 +348,8 @@ class MqttTransport:
         self._settings = settings
         self._rng = rng if rng is not None else random.Random()
         self._lock = threading.Lock()
-        self._checked_topics: set[str] = set()
+        self._checked_topics: dict[str, bool] = {}
+        """Topics `publish` has checked and found good (`limits.remember`)."""
         self._life = _Life.NEW
         self._on_message: MessageHandler | None = None
         self._on_connection: ConnectionHandler | None = None
@@ -406,9 +404,7 @@ class MqttTransport:
         checked = self._checked_topics
         if topic not in checked:  # a platform answers on the same few topics again and again
             _check_topic(topic)
-            if len(checked) >= CHECKED_TOPICS_KEPT:
-                checked.clear()
-            checked.add(topic)
+            remember(checked, topic, True)
         if not isinstance(payload, bytes | bytearray):
             raise TransportError(
                 f"payload must be bytes, not {type(payload).__name__}; encode it first"
